@@ -1,0 +1,75 @@
+"""The one error vocabulary of rokfs.
+
+Every failure the engine, the control verbs or the remote store report is a
+`RokfsError` carrying an errno. Adapters translate it once, at their
+boundary: FUSEError(errno) for FUSE, the NBD error code for NBD, a gRPC
+status for the control API and CSI. Nothing below the adapters knows about
+any of those.
+"""
+
+import errno as _errno
+
+
+class RokfsError(Exception):
+    """Base of every rokfs error; `errno` says what kind it is."""
+
+    errno = _errno.EIO
+
+    def __init__(self, message, *, errno=None):
+        super().__init__(message)
+        if errno is not None:
+            self.errno = errno
+
+    @property
+    def message(self):
+        return str(self)
+
+
+class InvalidArgument(RokfsError):
+    errno = _errno.EINVAL
+
+
+class OutOfRange(InvalidArgument):
+    """An offset/length outside the device."""
+
+
+class NotFound(RokfsError):
+    errno = _errno.ENOENT
+
+
+class AlreadyExists(RokfsError):
+    errno = _errno.EEXIST
+
+
+class ReadOnly(RokfsError):
+    errno = _errno.EROFS
+
+
+class NoSpace(RokfsError):
+    errno = _errno.ENOSPC
+
+
+class Busy(RokfsError):
+    errno = _errno.EBUSY
+
+
+class NotEmpty(RokfsError):
+    errno = _errno.ENOTEMPTY
+
+
+class Corrupt(RokfsError):
+    """Stored data or metadata failed a consistency or hash check."""
+
+    errno = _errno.EIO
+
+
+class RemoteError(RokfsError):
+    """The object store failed (after retries) or lied."""
+
+    errno = _errno.EIO
+
+
+def from_os_error(exc: OSError, what: str) -> RokfsError:
+    """Wrap an OSError from the local disk into the rokfs vocabulary."""
+    cls = NoSpace if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else RokfsError
+    return cls(f"{what}: {exc.strerror or exc}", errno=exc.errno or _errno.EIO)
