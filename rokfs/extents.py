@@ -1,0 +1,255 @@
+"""Extent store: chunk-sized slots in a few large sparse extent files.
+
+Invariants:
+- Slot `s` lives in file `s // slots_per_file` at byte offset
+  `(s % slots_per_file) * chunk_size`. A slot is backed by disk blocks
+  (posix_fallocate) before it is handed out, so a write into it never fails
+  with ENOSPC halfway; a freed slot's blocks go back with PUNCH_HOLE.
+- `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
+  written in place only when rc == 1 and it is not pinned.
+- A slot whose count dropped since the last commit is *pinned* (another
+  owner still references it in the committed metadata) and a slot whose
+  count reached zero is *pending*: neither is written or reused until the
+  commit that records the change has completed. This is what keeps the pool
+  at "the last flush or later" after a crash.
+"""
+
+import ctypes
+import errno
+import heapq
+import os
+from array import array
+
+from .errors import Corrupt, from_os_error
+
+RC_BLOCK = 4096  # slot refcounts are persisted in blocks of this many slots
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def punch_hole(fd, offset, length):
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(err, os.strerror(err))
+
+
+class SlotCommit:
+    """What one commit takes from the extent store."""
+
+    def __init__(self, blocks, fds, pinned, freed):
+        self.blocks = blocks   # [(block, bytes)]
+        self.fds = fds         # extent file descriptors to fdatasync
+        self.pinned = pinned   # set of slots pinned in this epoch
+        self.freed = freed     # slots whose count reached zero in this epoch
+
+
+class ExtentStore:
+    def __init__(self, directory, chunk_size, slots_per_file, rc_blocks=()):
+        self.directory = directory
+        self.chunk_size = chunk_size
+        self.slots_per_file = slots_per_file
+        self.rc = array("i")
+        for block, data in rc_blocks:
+            self._grow_rc((block + 1) * RC_BLOCK)
+            values = array("i")
+            values.frombytes(data)
+            if len(values) != RC_BLOCK:
+                raise Corrupt(f"slot refcount block {block} has a bad length")
+            self.rc[block * RC_BLOCK:(block + 1) * RC_BLOCK] = values
+        self.high_water = self._last_used() + 1
+        self.free = [s for s in range(self.high_water) if self.rc[s] == 0]
+        heapq.heapify(self.free)
+        self.fds = {}
+        self.dirty_blocks = set()
+        self.dirty_fds = set()
+        self.pinned = set()
+        self.pinned_inflight = set()
+        self.freed = []
+        os.makedirs(directory, exist_ok=True)
+        self._trim_files_beyond_high_water()
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    # -- geometry -----------------------------------------------------------
+    def locate(self, slot):
+        """(fd, byte offset) of a slot."""
+        index, within = divmod(slot, self.slots_per_file)
+        fd = self.fds.get(index)
+        if fd is None:
+            fd = self._open_file(index)
+        return fd, within * self.chunk_size
+
+    def _file_path(self, index):
+        return os.path.join(self.directory, f"ext-{index:05d}.dat")
+
+    def _open_file(self, index):
+        path = self._file_path(index)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if os.fstat(fd).st_size < self.slots_per_file * self.chunk_size:
+                os.ftruncate(fd, self.slots_per_file * self.chunk_size)
+        except OSError as exc:
+            raise from_os_error(exc, f"extent file {path}") from exc
+        self.fds[index] = fd
+        return fd
+
+    def _trim_files_beyond_high_water(self):
+        """Give back the space of slots allocated after the last commit."""
+        last_file = (self.high_water - 1) // self.slots_per_file if self.high_water else -1
+        for name in os.listdir(self.directory):
+            if name.startswith("ext-") and name.endswith(".dat"):
+                index = int(name[4:9])
+                if index > last_file:
+                    os.unlink(os.path.join(self.directory, name))
+        if self.high_water % self.slots_per_file:
+            fd, offset = self.locate(self.high_water)
+            punch_hole(fd, offset, (self.slots_per_file * self.chunk_size) - offset)
+
+    # -- reference counts ---------------------------------------------------
+    def _grow_rc(self, n):
+        if len(self.rc) < n:
+            blocks = -(-n // RC_BLOCK)
+            self.rc.extend(array("i", bytes(4 * (blocks * RC_BLOCK - len(self.rc)))))
+
+    def _last_used(self):
+        for s in range(len(self.rc) - 1, -1, -1):
+            if self.rc[s]:
+                return s
+        return -1
+
+    def incref(self, slot):
+        self.rc[slot] += 1
+        self.dirty_blocks.add(slot // RC_BLOCK)
+
+    def decref(self, slot):
+        count = self.rc[slot] - 1
+        if count < 0:
+            raise Corrupt(f"slot {slot} reference count went negative")
+        self.rc[slot] = count
+        self.dirty_blocks.add(slot // RC_BLOCK)
+        if count == 0:
+            self.freed.append(slot)
+        else:
+            self.pinned.add(slot)
+
+    def writable(self, slot):
+        return (self.rc[slot] == 1 and slot not in self.pinned
+                and slot not in self.pinned_inflight)
+
+    def allocate(self):
+        """A free slot with disk space reserved and a count of one."""
+        slot = heapq.heappop(self.free) if self.free else self.high_water
+        fd, offset = self.locate(slot)
+        try:
+            os.posix_fallocate(fd, offset, self.chunk_size)
+        except OSError as exc:
+            if slot < self.high_water:
+                heapq.heappush(self.free, slot)
+            raise from_os_error(exc, "allocating a chunk slot") from exc
+        if slot >= self.high_water:
+            self.high_water = slot + 1
+            self._grow_rc(self.high_water)
+        self.rc[slot] = 1
+        self.dirty_blocks.add(slot // RC_BLOCK)
+        self.dirty_fds.add(fd)
+        return slot
+
+    # -- data -----------------------------------------------------------------
+    def read_into(self, slot, offset, view):
+        fd, base = self.locate(slot)
+        pread_full(fd, view, base + offset)
+
+    def write(self, slot, offset, data):
+        fd, base = self.locate(slot)
+        self.write_at(fd, data, base + offset)
+
+    def write_at(self, fd, data, file_offset):
+        pwrite_full(fd, data, file_offset)
+        self.dirty_fds.add(fd)
+
+    # -- commit protocol ------------------------------------------------------
+    def begin_commit(self):
+        state = SlotCommit(
+            blocks=[(b, self.rc[b * RC_BLOCK:(b + 1) * RC_BLOCK].tobytes())
+                    for b in sorted(self.dirty_blocks)],
+            fds=list(self.dirty_fds), pinned=self.pinned, freed=self.freed)
+        self.dirty_blocks = set()
+        self.dirty_fds = set()
+        self.pinned_inflight = self.pinned
+        self.pinned = set()
+        self.freed = []
+        return state
+
+    @staticmethod
+    def sync(state):
+        """Thread-safe: make written data durable before metadata commits."""
+        for fd in state.fds:
+            os.fdatasync(fd)
+
+    def punch(self, slots):
+        """Thread-safe for slots nobody references: return their disk blocks."""
+        for fd, offset, length in self._runs(sorted(slots)):
+            punch_hole(fd, offset, length)
+
+    def end_commit(self, state):
+        for slot in state.freed:
+            heapq.heappush(self.free, slot)
+        self.pinned_inflight = set()
+
+    def abort_commit(self, state):
+        """The commit failed: everything it carried belongs to the next one."""
+        self.dirty_blocks.update(b for b, _ in state.blocks)
+        self.dirty_fds.update(state.fds)
+        self.pinned |= state.pinned
+        self.freed.extend(state.freed)
+        self.pinned_inflight = set()
+
+    def _runs(self, slots):
+        run = None
+        for slot in slots:
+            fd, offset = self.locate(slot)
+            if run and run[0] == fd and run[1] + run[2] == offset:
+                run[2] += self.chunk_size
+            else:
+                if run:
+                    yield tuple(run)
+                run = [fd, offset, self.chunk_size]
+        if run:
+            yield tuple(run)
+
+    # -- accounting -------------------------------------------------------------
+    def used_slots(self):
+        return self.high_water - len(self.free) - len(self.freed)
+
+    def disk_bytes(self):
+        total = 0
+        for name in os.listdir(self.directory):
+            total += os.stat(os.path.join(self.directory, name)).st_blocks * 512
+        return total
+
+
+def pread_full(fd, view, offset):
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            view[done:] = bytes(len(view) - done)
+            return
+        done += n
+
+
+def pwrite_full(fd, data, offset):
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        try:
+            done += os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            raise from_os_error(exc, "writing chunk data") from exc

@@ -1,0 +1,684 @@
+"""The rokfs engine: a pool of copy-on-write volumes and frozen snapshots.
+
+Layout of a pool directory: `meta.db` (SQLite, see store.py), `extents/`
+(chunk slots, see extents.py), `lock` (held with flock while open).
+
+Invariants:
+- The in-memory state is the authority while the pool is open; `commit()`
+  makes it durable in one step: extent files are fdatasync'ed, then the
+  changed metadata is written in one SQLite transaction. After a crash the
+  pool reopens at its last completed commit (FLUSH = commit).
+- An image (volume or snapshot) is a root in the map tree (extentmap.py).
+  Snapshots and clones share the root: O(1) whatever the volume's size. A
+  volume writes a chunk in place only if its whole path and the slot are
+  exclusively its own and the slot is not pinned; otherwise the write goes
+  to a new slot, copying the untouched part of the chunk.
+- Snapshots are never written. A snapshot's content can therefore change
+  only if its slots are overwritten, which the invariant above forbids.
+- All methods run on one thread (the daemon's event loop). Only
+  `write_commit(batch)` may run on a worker thread, one at a time.
+"""
+
+import fcntl
+import os
+import time
+
+from . import names
+from .errors import (AlreadyExists, Busy, Corrupt, InvalidArgument, NotEmpty, NotFound,
+                     OutOfRange, ReadOnly, RokfsError)
+from .extentmap import FANOUT, INHERIT, LEAF, MAX_CHUNKS, SLOT_BASE, ZERO, MapNodes
+from .extents import ExtentStore, pread_full
+from .store import FORMAT_VERSION, MetaStore
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+EXTENT_FILE_BYTES = 1 << 30
+SECTOR = 512
+HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
+
+
+class NeedsChunks(RokfsError):
+    """The operation touches cold chunks (content in the base manifest) that
+    must be hydrated first; `chunks` lists them. Raised before any change."""
+
+    def __init__(self, image, chunks):
+        super().__init__(f"{image.full_name}: {len(chunks)} chunks not hydrated yet")
+        self.image = image
+        self.chunks = chunks
+
+
+class Image:
+    """Common read side of volumes and snapshots."""
+
+    read_only = True
+
+    def __init__(self, pool, row):
+        self.pool = pool
+        self.id = row["id"]
+        self.name = row["name"]
+        self.size = row["size"]
+        self.root = row["root"]
+        self.created = row["created"]
+        self.base = row.get("base")
+        self.base_chunks = row.get("base_chunks") or 0
+        self._leaves = {}
+
+    @property
+    def nchunks(self):
+        return -(-self.size // self.pool.chunk_size)
+
+    def _leaf(self, leaf_no):
+        leaf = self._leaves.get(leaf_no)
+        if leaf is None:
+            leaf = self.pool.nodes.leaf(self.root, leaf_no)
+            if leaf is not None:
+                self._leaves[leaf_no] = leaf
+        return leaf
+
+    def entry(self, chunk):
+        leaf = self._leaf(chunk // FANOUT)
+        return leaf[chunk % FANOUT] if leaf is not None else INHERIT
+
+    def is_cold(self, chunk, entry):
+        return entry == INHERIT and chunk < self.base_chunks
+
+    def _check_range(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise OutOfRange(f"{self.full_name}: range {offset}+{length} is outside "
+                             f"the device (size {self.size})")
+
+    def spans(self, offset, length):
+        """Yield (chunk, offset within chunk, length) covering the range."""
+        cs = self.pool.chunk_size
+        end = offset + length
+        while offset < end:
+            chunk, within = divmod(offset, cs)
+            n = min(cs - within, end - offset)
+            yield chunk, within, n
+            offset += n
+
+    def pread(self, offset, length):
+        """Read `length` bytes at `offset`; returns a bytearray."""
+        self._check_range(offset, length)
+        out = bytearray(length)
+        view = memoryview(out)
+        slots = self.pool.slots
+        run, pos, cold = None, 0, []
+        for chunk, within, n in self.spans(offset, length):
+            entry = self.entry(chunk)
+            if entry >= SLOT_BASE:
+                fd, base = slots.locate(entry - SLOT_BASE)
+                if run and run[0] == fd and run[1] + run[3] == base + within:
+                    run[3] += n
+                else:
+                    if run:
+                        _read_run(view, run)
+                    run = [fd, base + within, pos, n]
+            elif self.is_cold(chunk, entry):
+                cold.append(chunk)
+            pos += n
+        if cold:
+            raise NeedsChunks(self, cold)
+        if run:
+            _read_run(view, run)
+        return out
+
+    def extents(self, offset, length):
+        """[(offset, length, flags)] for the range; flags HOLE|ZERO_FLAG for
+        ranges that read as zeros without stored data, 0 for data."""
+        self._check_range(offset, length)
+        out = []
+        for chunk, within, n in self.spans(offset, length):
+            entry = self.entry(chunk)
+            data = entry >= SLOT_BASE or self.is_cold(chunk, entry)
+            flags = 0 if data else HOLE | ZERO_FLAG
+            if out and out[-1][2] == flags:
+                out[-1][1] += n
+            else:
+                out.append([chunk * self.pool.chunk_size + within, n, flags])
+        return [tuple(e) for e in out]
+
+    def mapped_chunks(self):
+        """Yield (chunk, entry, exclusive) for every slot or cold chunk."""
+        nodes = self.pool.nodes
+        for leaf_no, leaf_id, path in nodes.walk_leaves(self.root):
+            shared_path = any(nodes.rc[n] > 1 for n in path) or nodes.rc[leaf_id] > 1
+            leaf = nodes.get(leaf_id)
+            first = leaf_no * FANOUT
+            for i, entry in enumerate(leaf):
+                chunk = first + i
+                if chunk >= self.nchunks:
+                    break
+                if entry >= SLOT_BASE:
+                    exclusive = not shared_path and self.pool.slots.rc[entry - SLOT_BASE] == 1
+                    yield chunk, entry, exclusive
+        for chunk in range(min(self.base_chunks, self.nchunks)):
+            if self.is_cold(chunk, self.entry(chunk)):
+                yield chunk, INHERIT, False
+
+    def usage(self):
+        cs = self.pool.chunk_size
+        allocated = exclusive = cold = 0
+        for _, entry, excl in self.mapped_chunks():
+            if entry >= SLOT_BASE:
+                allocated += 1
+                exclusive += excl
+            else:
+                cold += 1
+        return {"size": self.size, "allocated": allocated * cs,
+                "exclusive": exclusive * cs, "shared": (allocated - exclusive) * cs,
+                "unhydrated": cold * cs}
+
+
+class Snapshot(Image):
+    def __init__(self, pool, row):
+        super().__init__(pool, row)
+        self.volume_id = row["volume_id"]
+        self.labels = dict(row["labels"])
+
+    @property
+    def volume(self):
+        return self.pool._volumes_by_id[self.volume_id]
+
+    @property
+    def full_name(self):
+        return f"{self.volume.name}@{self.name}"
+
+    def row(self):
+        return {"id": self.id, "volume_id": self.volume_id, "name": self.name,
+                "size": self.size, "root": self.root, "created": self.created,
+                "labels": self.labels, "base": self.base, "base_chunks": self.base_chunks}
+
+    def info(self):
+        return {"name": self.full_name, "volume": self.volume.name, "snapshot": self.name,
+                "created": self.created, "labels": dict(self.labels), **self.usage()}
+
+
+class Volume(Image):
+    read_only = False
+
+    def __init__(self, pool, row):
+        super().__init__(pool, row)
+        self.origin = row.get("origin")
+        self.open_count = 0
+        self._owned = {}
+
+    @property
+    def full_name(self):
+        return self.name
+
+    def row(self):
+        return {"id": self.id, "name": self.name, "size": self.size, "root": self.root,
+                "created": self.created, "origin": self.origin, "base": self.base,
+                "base_chunks": self.base_chunks}
+
+    def _shared(self):
+        """Our root is now shared: every path must be copied before writing."""
+        self._owned.clear()
+
+    def _own_leaf(self, leaf_no):
+        """(leaf id, leaf array) for `leaf_no`, exclusively ours."""
+        hit = self._owned.get(leaf_no)
+        if hit is not None:
+            return hit
+        nodes = self.pool.nodes
+        i0, i1 = divmod(leaf_no, FANOUT)
+        root = nodes.owned(self.root, 0)
+        if root != self.root:
+            self.root = root
+            self.pool._changed(self)
+        mid = _own_child(nodes, root, i0, 1)
+        leaf_id = _own_child(nodes, mid, i1, LEAF)
+        hit = (leaf_id, nodes.get(leaf_id))
+        self._owned[leaf_no] = hit
+        self._leaves[leaf_no] = hit[1]
+        return hit
+
+    def pwrite(self, offset, data):
+        self._check_range(offset, len(data))
+        view = memoryview(data).cast("B")
+        self._refuse_cold_partials(offset, len(view))
+        cs = self.pool.chunk_size
+        slots = self.pool.slots
+        run, pos = None, 0
+        for chunk, within, n in self.spans(offset, len(view)):
+            leaf_id, leaf = self._own_leaf(chunk // FANOUT)
+            entry = leaf[chunk % FANOUT]
+            if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+                fd, base = slots.locate(entry - SLOT_BASE)
+                if run and run[0] == fd and run[1] + run[3] == base + within:
+                    run[3] += n
+                else:
+                    run = self._write_run(run, view)
+                    run = [fd, base + within, pos, n]
+            else:
+                run = self._write_run(run, view)
+                piece = view[pos:pos + n]
+                self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+            pos += n
+        self._write_run(run, view)
+
+    def _write_run(self, run, view):
+        if run:
+            fd, offset, pos, n = run
+            self.pool.slots.write_at(fd, view[pos:pos + n], offset)
+        return None
+
+    def _refuse_cold_partials(self, offset, length):
+        cold = [c for c, within, n in self.spans(offset, length)
+                if n < self.pool.chunk_size and self.is_cold(c, self.entry(c))]
+        if cold:
+            raise NeedsChunks(self, cold)
+
+    def _write_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs):
+        slots = self.pool.slots
+        slot = slots.allocate()
+        if len(piece) == cs:
+            slots.write(slot, 0, piece)
+        else:
+            buf = bytearray(cs)
+            if entry >= SLOT_BASE:
+                slots.read_into(entry - SLOT_BASE, 0, memoryview(buf))
+            buf[within:within + len(piece)] = piece
+            slots.write(slot, 0, buf)
+        self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+
+    def _set_entry(self, leaf_id, leaf, chunk, new):
+        i = chunk % FANOUT
+        old = leaf[i]
+        leaf[i] = new
+        self.pool.nodes.changed(leaf_id)
+        if old >= SLOT_BASE:
+            self.pool.slots.decref(old - SLOT_BASE)
+
+    def trim(self, offset, length):
+        """Discard the range: it reads as zeros afterwards, and cold chunks
+        wholly inside it are never fetched."""
+        self._check_range(offset, length)
+        cs = self.pool.chunk_size
+        for chunk, within, n in self.spans(offset, length):
+            entry = self.entry(chunk)
+            if entry == ZERO or (entry == INHERIT and not self.is_cold(chunk, entry)):
+                continue
+            if n == cs or chunk * cs + within + n == self.size and within == 0:
+                leaf_id, leaf = self._own_leaf(chunk // FANOUT)
+                self._set_entry(leaf_id, leaf, chunk, ZERO)
+            else:
+                self.pwrite(chunk * cs + within, bytes(n))
+
+    def write_zeroes(self, offset, length, no_hole=False):
+        if not no_hole:
+            return self.trim(offset, length)
+        self._check_range(offset, length)
+        zeros = bytes(self.pool.chunk_size)
+        for chunk, within, n in self.spans(offset, length):
+            self.pwrite(chunk * self.pool.chunk_size + within, zeros[:n])
+
+    def resize(self, new_size, force=False):
+        self.pool._check_size(new_size)
+        if new_size < self.size:
+            if not force:
+                self._refuse_shrink_over_data(new_size)
+            self._drop_tail(new_size)
+        self.size = new_size
+        self.pool._changed(self)
+
+    def _refuse_shrink_over_data(self, new_size):
+        cs = self.pool.chunk_size
+        first_full = -(-new_size // cs)
+        for chunk, entry, _ in self.mapped_chunks():
+            if chunk >= first_full:
+                raise InvalidArgument(
+                    f"{self.name}: cannot shrink to {new_size} bytes: data is stored "
+                    f"beyond it (at {chunk * cs}); trim it first or force the resize")
+        tail = min(first_full * cs, self.size) - new_size
+        if tail and any(self.pread(new_size, tail)):
+            raise InvalidArgument(
+                f"{self.name}: cannot shrink to {new_size} bytes: the bytes after it "
+                "hold data; trim them first or force the resize")
+
+    def _drop_tail(self, new_size):
+        cs = self.pool.chunk_size
+        first_full = -(-new_size // cs)
+        if new_size % cs:
+            self.write_zeroes(new_size, min(first_full * cs, self.size) - new_size)
+        nodes = self.pool.nodes
+        last_leaf = (self.nchunks - 1) // FANOUT
+        for leaf_no, _, _ in list(nodes.walk_leaves(self.root, first_full // FANOUT,
+                                                     max(last_leaf, first_full // FANOUT))):
+            leaf_id, leaf = self._own_leaf(leaf_no)
+            for i in range(max(first_full - leaf_no * FANOUT, 0), FANOUT):
+                if leaf[i] != INHERIT:
+                    self._set_entry(leaf_id, leaf, leaf_no * FANOUT + i, INHERIT)
+        self.base_chunks = min(self.base_chunks, first_full)
+
+    def info(self):
+        snaps = self.pool.list_snapshots(self.name)
+        return {"name": self.name, "created": self.created, "origin": self.origin,
+                "snapshots": [s.name for s in snaps], **self.usage()}
+
+
+def _own_child(nodes, parent_id, index, level):
+    parent = nodes.get(parent_id)
+    child = nodes.owned(parent[index], level)
+    if child != parent[index]:
+        parent[index] = child
+        nodes.changed(parent_id)
+    return child
+
+
+def _read_run(view, run):
+    fd, offset, pos, n = run
+    pread_full(fd, view[pos:pos + n], offset)
+
+
+class CommitBatch:
+    """Everything one commit writes, copied out of the in-memory state."""
+
+
+class Pool:
+    """A pool directory opened for exclusive use by this process."""
+
+    def __init__(self, path, lock_fd, store):
+        self.path = path
+        self._lock_fd = lock_fd
+        self.store = store
+        meta = store.get_meta()
+        if int(meta.get("format", FORMAT_VERSION)) != FORMAT_VERSION:
+            raise Corrupt(f"pool {path} has metadata format {meta['format']}, "
+                          f"this rokfs reads format {FORMAT_VERSION}")
+        self.chunk_size = int(meta["chunk_size"])
+        self.slots = ExtentStore(os.path.join(path, "extents"), self.chunk_size,
+                                 int(meta["slots_per_file"]), store.load_slot_blocks())
+        self.nodes = MapNodes(store, self.slots)
+        self._volumes = {}
+        self._volumes_by_id = {}
+        self._snapshots = {}
+        for row in store.load_volumes():
+            self._add_volume(Volume(self, row))
+        for row in store.load_snapshots():
+            snap = Snapshot(self, row)
+            self._snapshots[(snap.volume_id, snap.name)] = snap
+        self._next_id = max([0, *self._volumes_by_id, *(s.id for s in self._snapshots.values())]) + 1
+        self._dirty_volumes, self._dirty_snapshots = set(), set()
+        self._deleted_volumes, self._deleted_snapshots = set(), set()
+        self.autocommit = True
+        self.closed = False
+
+    # -- opening ---------------------------------------------------------------
+    @classmethod
+    def create(cls, path, chunk_size=DEFAULT_CHUNK_SIZE):
+        if chunk_size < 4096 or chunk_size & (chunk_size - 1) or chunk_size > 16 << 20:
+            raise InvalidArgument(f"chunk size {chunk_size} must be a power of two "
+                                  "between 4 KiB and 16 MiB")
+        if os.path.exists(os.path.join(path, "meta.db")):
+            raise AlreadyExists(f"a pool already exists at {path}")
+        os.makedirs(path, exist_ok=True)
+        lock_fd = _lock(path)
+        store = MetaStore(os.path.join(path, "meta.db"))
+        store.init_meta({"format": FORMAT_VERSION, "chunk_size": chunk_size,
+                         "slots_per_file": max(1, EXTENT_FILE_BYTES // chunk_size),
+                         "created": time.time()})
+        return cls(path, lock_fd, store)
+
+    @classmethod
+    def open(cls, path):
+        if not os.path.exists(os.path.join(path, "meta.db")):
+            raise NotFound(f"no rokfs pool at {path} (create one with `rokfs init {path}`)")
+        lock_fd = _lock(path)
+        try:
+            return cls(path, lock_fd, MetaStore(os.path.join(path, "meta.db")))
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    def open_or_create(cls, path, chunk_size=DEFAULT_CHUNK_SIZE):
+        if os.path.exists(os.path.join(path, "meta.db")):
+            return cls.open(path)
+        return cls.create(path, chunk_size)
+
+    def close(self):
+        if self.closed:
+            return
+        self.commit()
+        self.slots.close()
+        self.store.close()
+        os.close(self._lock_fd)
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- commit (= FLUSH) ----------------------------------------------------------
+    def begin_commit(self):
+        batch = CommitBatch()
+        batch.volumes = [self._volumes_by_id[i].row() for i in sorted(self._dirty_volumes)
+                         if i in self._volumes_by_id]
+        live_snaps = {s.id: s for s in self._snapshots.values()}
+        batch.snapshots = [live_snaps[i].row() for i in sorted(self._dirty_snapshots)
+                           if i in live_snaps]
+        batch.deleted_volumes = sorted(self._deleted_volumes)
+        batch.deleted_snapshots = sorted(self._deleted_snapshots)
+        batch.image_state = (self._dirty_volumes, self._dirty_snapshots,
+                             self._deleted_volumes, self._deleted_snapshots)
+        self._dirty_volumes, self._dirty_snapshots = set(), set()
+        self._deleted_volumes, self._deleted_snapshots = set(), set()
+        batch.nodes, batch.node_rcs, batch.deleted_nodes, batch.node_state = \
+            self.nodes.begin_commit()
+        batch.slot_state = self.slots.begin_commit()
+        batch.slot_blocks = batch.slot_state.blocks
+        return batch
+
+    def write_commit(self, batch):
+        """Blocking; may run in a worker thread."""
+        self.slots.sync(batch.slot_state)
+        self.store.commit(batch)
+        try:
+            self.slots.punch(batch.slot_state.freed)
+        except OSError:
+            pass  # space stays reserved; fsck --repair gives it back
+
+    def end_commit(self, batch):
+        self.slots.end_commit(batch.slot_state)
+
+    def abort_commit(self, batch):
+        dv, ds, xv, xs = batch.image_state
+        self._dirty_volumes |= dv
+        self._dirty_snapshots |= ds
+        self._deleted_volumes |= xv
+        self._deleted_snapshots |= xs
+        self.nodes.abort_commit(batch.node_state)
+        self.slots.abort_commit(batch.slot_state)
+
+    def commit(self):
+        batch = self.begin_commit()
+        try:
+            self.write_commit(batch)
+        except BaseException:
+            self.abort_commit(batch)
+            raise
+        self.end_commit(batch)
+
+    flush = commit
+
+    def _verb_done(self):
+        if self.autocommit:
+            self.commit()
+
+    def _changed(self, image):
+        if isinstance(image, Volume):
+            self._dirty_volumes.add(image.id)
+        else:
+            self._dirty_snapshots.add(image.id)
+
+    def _new_id(self):
+        self._next_id += 1
+        return self._next_id - 1
+
+    # -- lookups -------------------------------------------------------------------
+    def _add_volume(self, vol):
+        self._volumes[vol.name] = vol
+        self._volumes_by_id[vol.id] = vol
+
+    def volume(self, name):
+        names.check_name(name)
+        vol = self._volumes.get(name)
+        if vol is None:
+            raise NotFound(f"no volume named {name!r}")
+        return vol
+
+    def snapshot(self, full_name):
+        vol_name, snap_name = names.split_snapshot(full_name)
+        snap = self._snapshots.get((self.volume(vol_name).id, snap_name))
+        if snap is None:
+            raise NotFound(f"no snapshot named {full_name!r}")
+        return snap
+
+    def image(self, name):
+        """A volume ('data') or a snapshot ('data@snap')."""
+        return self.snapshot(name) if "@" in str(name) else self.volume(name)
+
+    def list_volumes(self):
+        return sorted(self._volumes.values(), key=lambda v: v.name)
+
+    def list_snapshots(self, volume=None):
+        snaps = self._snapshots.values()
+        if volume is not None:
+            vol_id = self.volume(volume).id
+            snaps = [s for s in snaps if s.volume_id == vol_id]
+        return sorted(snaps, key=lambda s: (s.volume.name, s.created, s.name))
+
+    # -- verbs -----------------------------------------------------------------------
+    def _check_size(self, size):
+        if not isinstance(size, int) or size < 0 or size % SECTOR:
+            raise InvalidArgument(f"size {size!r} must be a non-negative multiple of {SECTOR}")
+        if -(-size // self.chunk_size) > MAX_CHUNKS:
+            raise InvalidArgument(f"size {size} exceeds the maximum volume size "
+                                  f"{MAX_CHUNKS * self.chunk_size}")
+
+    def create_volume(self, name, size, *, base=None, base_chunks=0, origin=None):
+        names.check_name(name)
+        self._check_size(size)
+        if name in self._volumes:
+            raise AlreadyExists(f"volume {name!r} already exists")
+        vol = Volume(self, {"id": self._new_id(), "name": name, "size": size, "root": 0,
+                            "created": time.time(), "origin": origin, "base": base,
+                            "base_chunks": base_chunks})
+        self._add_volume(vol)
+        self._changed(vol)
+        self._verb_done()
+        return vol
+
+    def delete_volume(self, name, *, recursive=False, force=False):
+        vol = self.volume(name)
+        snaps = self.list_snapshots(name)
+        if snaps and not recursive:
+            raise NotEmpty(f"volume {name!r} has {len(snaps)} snapshots; delete them "
+                           "first or delete recursively")
+        if vol.open_count and not force:
+            raise Busy(f"volume {name!r} is in use ({vol.open_count} open handles)")
+        for snap in snaps:
+            self._drop_snapshot(snap)
+        self.nodes.decref(vol.root, 0)
+        del self._volumes[vol.name], self._volumes_by_id[vol.id]
+        self._dirty_volumes.discard(vol.id)
+        self._deleted_volumes.add(vol.id)
+        vol.deleted = True
+        self._verb_done()
+
+    def rename_volume(self, old, new):
+        vol = self.volume(old)
+        names.check_name(new)
+        if new in self._volumes:
+            raise AlreadyExists(f"volume {new!r} already exists")
+        del self._volumes[old]
+        vol.name = new
+        self._volumes[new] = vol
+        self._changed(vol)
+        self._verb_done()
+        return vol
+
+    def resize_volume(self, name, size, *, force=False):
+        vol = self.volume(name)
+        vol.resize(size, force=force)
+        self._verb_done()
+        return vol
+
+    def create_snapshot(self, full_name, labels=None):
+        vol_name, snap_name = names.split_snapshot(full_name)
+        labels = names.check_labels(labels)
+        vol = self.volume(vol_name)
+        if (vol.id, snap_name) in self._snapshots:
+            raise AlreadyExists(f"snapshot {full_name!r} already exists")
+        snap = Snapshot(self, {"id": self._new_id(), "volume_id": vol.id, "name": snap_name,
+                               "size": vol.size, "root": vol.root, "created": time.time(),
+                               "labels": labels, "base": vol.base,
+                               "base_chunks": vol.base_chunks})
+        self.nodes.incref(vol.root)
+        vol._shared()
+        self._snapshots[(vol.id, snap_name)] = snap
+        self._changed(snap)
+        self._verb_done()
+        return snap
+
+    def delete_snapshot(self, full_name):
+        self._drop_snapshot(self.snapshot(full_name))
+        self._verb_done()
+
+    def _drop_snapshot(self, snap):
+        self.nodes.decref(snap.root, 0)
+        del self._snapshots[(snap.volume_id, snap.name)]
+        self._dirty_snapshots.discard(snap.id)
+        self._deleted_snapshots.add(snap.id)
+
+    def set_labels(self, full_name, labels, *, replace=False):
+        snap = self.snapshot(full_name)
+        labels = names.check_labels(labels)
+        snap.labels = labels if replace else {**snap.labels, **labels}
+        self._changed(snap)
+        self._verb_done()
+        return snap
+
+    def clone(self, source, new_name):
+        """A new writable volume with the content of a snapshot or volume."""
+        src = self.image(source)
+        names.check_name(new_name)
+        if new_name in self._volumes:
+            raise AlreadyExists(f"volume {new_name!r} already exists")
+        vol = Volume(self, {"id": self._new_id(), "name": new_name, "size": src.size,
+                            "root": src.root, "created": time.time(),
+                            "origin": src.full_name, "base": src.base,
+                            "base_chunks": src.base_chunks})
+        self.nodes.incref(src.root)
+        if isinstance(src, Volume):
+            src._shared()
+        self._add_volume(vol)
+        self._changed(vol)
+        self._verb_done()
+        return vol
+
+    def status(self):
+        st = os.statvfs(self.path)
+        return {"path": self.path, "chunk_size": self.chunk_size,
+                "volumes": len(self._volumes), "snapshots": len(self._snapshots),
+                "used_bytes": self.slots.used_slots() * self.chunk_size,
+                "disk_bytes": self.slots.disk_bytes(),
+                "capacity_bytes": st.f_blocks * st.f_frsize,
+                "free_bytes": st.f_bavail * st.f_frsize}
+
+
+def _lock(path):
+    lock_path = os.path.join(path, "lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise Busy(f"pool {path} is already open by pid {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd

@@ -1,0 +1,140 @@
+"""Metadata store: one SQLite database (WAL, synchronous=FULL) per pool.
+
+Invariants:
+- The database is written only by `MetaStore.commit`, one transaction per
+  call, from at most one thread at a time (the pool serializes commits).
+  Whatever it holds is therefore a state the pool really had at a commit.
+- Map nodes and slot reference counts are stored as fixed-size blobs; the
+  engine keeps the authoritative copy in memory and hands the store only
+  the rows that changed since the previous commit.
+"""
+
+import json
+import sqlite3
+
+from .errors import Corrupt, RokfsError
+
+FORMAT_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS volumes (
+    id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, size INTEGER NOT NULL,
+    root INTEGER NOT NULL, created REAL NOT NULL, origin TEXT,
+    base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY, volume_id INTEGER NOT NULL, name TEXT NOT NULL,
+    size INTEGER NOT NULL, root INTEGER NOT NULL, created REAL NOT NULL,
+    labels TEXT NOT NULL, base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (volume_id, name));
+CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS slot_rc (block INTEGER PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+VOLUME_COLUMNS = ("id", "name", "size", "root", "created", "origin", "base", "base_chunks")
+SNAPSHOT_COLUMNS = ("id", "volume_id", "name", "size", "root", "created", "labels",
+                    "base", "base_chunks")
+
+
+class MetaStore:
+    def __init__(self, path):
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise Corrupt(f"cannot open pool metadata {path}: {exc}") from exc
+
+    def close(self):
+        self.db.close()
+
+    # -- reading (at open, and lazily for map nodes) --------------------------
+    def get_meta(self):
+        return dict(self.db.execute("SELECT key, value FROM meta"))
+
+    def init_meta(self, values):
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [(k, str(v)) for k, v in values.items()])
+
+    def load_volumes(self):
+        cols = ", ".join(VOLUME_COLUMNS)
+        return [dict(zip(VOLUME_COLUMNS, row))
+                for row in self.db.execute(f"SELECT {cols} FROM volumes")]
+
+    def load_snapshots(self):
+        cols = ", ".join(SNAPSHOT_COLUMNS)
+        rows = [dict(zip(SNAPSHOT_COLUMNS, row))
+                for row in self.db.execute(f"SELECT {cols} FROM snapshots")]
+        for row in rows:
+            row["labels"] = json.loads(row["labels"])
+        return rows
+
+    def load_node_refcounts(self):
+        return dict(self.db.execute("SELECT id, rc FROM nodes"))
+
+    def load_node(self, node_id):
+        row = self.db.execute("SELECT data FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        if row is None:
+            raise Corrupt(f"map node {node_id} is missing from the metadata store")
+        return row[0]
+
+    def load_slot_blocks(self):
+        return list(self.db.execute("SELECT block, data FROM slot_rc ORDER BY block"))
+
+    # -- writing ---------------------------------------------------------------
+    def commit(self, batch):
+        """Apply one CommitBatch atomically."""
+        with self._transaction():
+            db = self.db
+            db.executemany("DELETE FROM volumes WHERE id = ?", [(i,) for i in batch.deleted_volumes])
+            db.executemany("DELETE FROM snapshots WHERE id = ?",
+                           [(i,) for i in batch.deleted_snapshots])
+            db.executemany(f"INSERT OR REPLACE INTO volumes ({', '.join(VOLUME_COLUMNS)}) "
+                           f"VALUES ({', '.join('?' * len(VOLUME_COLUMNS))})",
+                           [tuple(row[c] for c in VOLUME_COLUMNS) for row in batch.volumes])
+            db.executemany(f"INSERT OR REPLACE INTO snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
+                           f"VALUES ({', '.join('?' * len(SNAPSHOT_COLUMNS))})",
+                           [tuple(json.dumps(row[c], sort_keys=True) if c == "labels" else row[c]
+                                  for c in SNAPSHOT_COLUMNS) for row in batch.snapshots])
+            db.executemany("DELETE FROM nodes WHERE id = ?", [(i,) for i in batch.deleted_nodes])
+            db.executemany("INSERT OR REPLACE INTO nodes (id, rc, data) VALUES (?, ?, ?)",
+                           batch.nodes)
+            db.executemany("UPDATE nodes SET rc = ? WHERE id = ?", batch.node_rcs)
+            db.executemany("INSERT OR REPLACE INTO slot_rc (block, data) VALUES (?, ?)",
+                           batch.slot_blocks)
+
+    def _transaction(self):
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except sqlite3.Error as err:
+                exc = err
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if isinstance(exc, sqlite3.Error):
+            raise _sqlite_error(exc) from exc
+        return False
+
+
+def _sqlite_error(exc):
+    text = str(exc)
+    if "full" in text:
+        from .errors import NoSpace
+        return NoSpace(f"metadata store: {text}")
+    return RokfsError(f"metadata store: {text}")
