@@ -107,7 +107,7 @@ class Image:
             entry = self.entry(chunk)
             if entry >= SLOT_BASE:
                 fd, base = slots.locate(entry - SLOT_BASE)
-                if run and run[0] == fd and run[1] + run[3] == base + within:
+                if _extends(run, fd, base + within, pos):
                     run[3] += n
                 else:
                     if run:
@@ -245,7 +245,7 @@ class Volume(Image):
             entry = leaf[chunk % FANOUT]
             if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
                 fd, base = slots.locate(entry - SLOT_BASE)
-                if run and run[0] == fd and run[1] + run[3] == base + within:
+                if _extends(run, fd, base + within, pos):
                     run[3] += n
                 else:
                     run = self._write_run(run, view)
@@ -331,7 +331,7 @@ class Volume(Image):
                     f"{self.name}: cannot shrink to {new_size} bytes: data is stored "
                     f"beyond it (at {chunk * cs}); trim it first or force the resize")
         tail = min(first_full * cs, self.size) - new_size
-        if tail and any(self.pread(new_size, tail)):
+        if tail and self.pread(new_size, tail) != bytes(tail):
             raise InvalidArgument(
                 f"{self.name}: cannot shrink to {new_size} bytes: the bytes after it "
                 "hold data; trim them first or force the resize")
@@ -364,6 +364,12 @@ def _own_child(nodes, parent_id, index, level):
         parent[index] = child
         nodes.changed(parent_id)
     return child
+
+
+def _extends(run, fd, file_offset, pos):
+    """Does [fd, file_offset) continue `run` both on disk and in the buffer?"""
+    return (run is not None and run[0] == fd and run[1] + run[3] == file_offset
+            and run[2] + run[3] == pos)
 
 
 def _read_run(view, run):

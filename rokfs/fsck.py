@@ -1,0 +1,111 @@
+"""fsck: recompute every reference count from the images' roots and compare.
+
+A pool is consistent when (1) every map node reachable from a volume or
+snapshot root exists and has FANOUT entries, (2) each node's stored count
+equals the number of parents pointing at it, (3) each slot's stored count
+equals the number of leaf entries pointing at it, (4) no stored node is
+unreachable. Leaks (counts too high, unreachable nodes) waste space only;
+counts too low would let live data be overwritten and are errors. Repair
+rewrites every count to its computed value, drops unreachable nodes and
+returns the space of every free slot to the filesystem.
+"""
+
+from collections import Counter
+
+from .errors import RokfsError
+from .extentmap import LEAF, SLOT_BASE
+from .extents import RC_BLOCK
+
+
+def _expected_counts(pool, problems):
+    node_refs, slot_refs = Counter(), Counter()
+    images = [*pool.list_volumes(), *pool.list_snapshots()]
+    seen = set()
+    stack = []
+    for image in images:
+        if image.root:
+            node_refs[image.root] += 1
+            stack.append((image.root, 0))
+    while stack:
+        node_id, level = stack.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        try:
+            node = pool.nodes.get(node_id)
+        except RokfsError as exc:
+            problems.append(f"error: {exc}")
+            continue
+        for entry in node:
+            if level == LEAF:
+                if entry >= SLOT_BASE:
+                    slot_refs[entry - SLOT_BASE] += 1
+            elif entry:
+                node_refs[entry] += 1
+                stack.append((entry, level + 1))
+    return node_refs, slot_refs
+
+
+def _compare(kind, stored, expected, problems):
+    """Return (leaks, errors) counts; describe each mismatch in `problems`."""
+    leaks = errors = 0
+    for key in sorted(set(stored) | set(expected)):
+        have, want = stored.get(key, 0), expected.get(key, 0)
+        if have == want:
+            continue
+        if have > want:
+            leaks += 1
+            problems.append(f"leak: {kind} {key} count {have}, referenced {want} times")
+        else:
+            errors += 1
+            problems.append(f"error: {kind} {key} count {have}, referenced {want} times")
+    return leaks, errors
+
+
+def fsck(pool, repair=False):
+    pool.commit()
+    problems = []
+    node_refs, slot_refs = _expected_counts(pool, problems)
+    stored_slots = {s: c for s, c in enumerate(pool.slots.rc) if c}
+    for slot in slot_refs:
+        if slot >= pool.slots.high_water:
+            problems.append(f"error: slot {slot} is referenced but lies beyond the extent files")
+    node_leaks, node_errors = _compare("node", dict(pool.nodes.rc), node_refs, problems)
+    slot_leaks, slot_errors = _compare("slot", stored_slots, slot_refs, problems)
+    read_errors = sum(p.startswith("error: map node") for p in problems)
+    clean = not problems
+    report = {"clean": clean, "problems": problems, "repaired": False,
+              "nodes": len(node_refs), "slots": len(slot_refs),
+              "leaks": node_leaks + slot_leaks, "errors": node_errors + slot_errors + read_errors}
+    if repair and not read_errors:
+        _repair(pool, node_refs, slot_refs)
+        report["repaired"] = True
+    state = "clean" if clean else ("repaired" if report["repaired"] else "NOT clean")
+    report["summary"] = (f"{state}: {report['nodes']} map nodes, {report['slots']} slots in use, "
+                         f"{report['leaks']} leaks, {report['errors']} errors")
+    return report
+
+
+def _repair(pool, node_refs, slot_refs):
+    nodes, slots = pool.nodes, pool.slots
+    for node_id in list(nodes.rc):
+        if node_id not in node_refs:
+            del nodes.rc[node_id]
+            nodes.data.pop(node_id, None)
+            nodes.dirty.discard(node_id)
+            nodes.deleted.add(node_id)
+    for node_id, count in node_refs.items():
+        if nodes.rc.get(node_id) != count:
+            nodes.rc[node_id] = count
+            nodes.dirty_rc.add(node_id)
+    free = []
+    for slot in range(slots.high_water):
+        want = slot_refs.get(slot, 0)
+        if slots.rc[slot] != want:
+            slots.rc[slot] = want
+            slots.dirty_blocks.add(slot // RC_BLOCK)
+        if want == 0:
+            free.append(slot)
+    pool.commit()
+    slots.free = sorted(free)
+    slots.punch(free)
