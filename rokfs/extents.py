@@ -5,6 +5,8 @@ Invariants:
   `(s % slots_per_file) * chunk_size`. A slot is backed by disk blocks
   (posix_fallocate) before it is handed out, so a write into it never fails
   with ENOSPC halfway; a freed slot's blocks go back with PUNCH_HOLE.
+- Data allocations stop short of the last few MiB of the filesystem
+  (METADATA_RESERVE_*), so a commit that frees space can always be written.
 - `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
   written in place only when rc == 1 and it is not pinned.
 - A slot whose count dropped since the last commit is *pinned* (another
@@ -20,9 +22,12 @@ import heapq
 import os
 from array import array
 
-from .errors import Corrupt, from_os_error
+from .errors import Corrupt, NoSpace, from_os_error
 
-RC_BLOCK = 4096  # slot refcounts are persisted in blocks of this many slots
+RC_BLOCK = 4096
+METADATA_RESERVE_MIN = 2 << 20     # disk space data allocations leave for metadata
+METADATA_RESERVE_MAX = 64 << 20
+BUDGET_RECHECK = 16 << 20          # statvfs again after this much allocation  # slot refcounts are persisted in blocks of this many slots
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -69,6 +74,7 @@ class ExtentStore:
         self.pinned = set()
         self.pinned_inflight = set()
         self.freed = []
+        self._budget = 0
         os.makedirs(directory, exist_ok=True)
         self._trim_files_beyond_high_water()
 
@@ -143,8 +149,23 @@ class ExtentStore:
         return (self.rc[slot] == 1 and slot not in self.pinned
                 and slot not in self.pinned_inflight)
 
+    def _reserve_space(self):
+        """Refuse data allocations that would eat the metadata's headroom."""
+        self._budget -= self.chunk_size
+        if self._budget >= 0:
+            return
+        st = os.statvfs(self.directory)
+        total, avail = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        reserve = min(METADATA_RESERVE_MAX, max(METADATA_RESERVE_MIN, total // 100))
+        self._budget = min(avail - reserve, BUDGET_RECHECK) - self.chunk_size
+        if self._budget < 0:
+            self._budget = 0
+            raise NoSpace(f"pool disk is full ({avail} bytes left, {reserve} kept for "
+                          "metadata): free space by deleting snapshots or volumes")
+
     def allocate(self):
         """A free slot with disk space reserved and a count of one."""
+        self._reserve_space()
         slot = heapq.heappop(self.free) if self.free else self.high_water
         fd, offset = self.locate(slot)
         try:

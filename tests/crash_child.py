@@ -1,0 +1,59 @@
+"""Child of the crash test: writes a deterministic random workload to a pool,
+printing an acknowledgement line after each completed flush and snapshot,
+until it is killed.
+
+    FLUSH <n>      every write numbered < n is durable
+    SNAP <name> <n> snapshot <name> holds exactly writes numbered < n
+"""
+
+import random
+import sys
+
+BLOCK = 4096
+VOLUME_BLOCKS = 512          # a 2 MiB volume
+CHUNK = 16384                # 4 blocks per chunk: partial-chunk writes copy
+
+
+def workload(seed):
+    """Yield (n, action, arg): ('write', (block, nblocks, version)),
+    ('flush', None) or ('snap', name)."""
+    rng = random.Random(seed)
+    n = 0
+    while True:
+        roll = rng.random()
+        if roll < 0.08:
+            yield n, "flush", None
+        elif roll < 0.11:
+            yield n, "snap", f"s{n}"
+        else:
+            block = rng.randrange(VOLUME_BLOCKS)
+            nblocks = min(rng.choice((1, 1, 2, 4, 9)), VOLUME_BLOCKS - block)
+            yield n, "write", (block, nblocks, rng.randrange(1 << 30))
+            n += 1
+
+
+def block_content(block, version):
+    head = f"{block}:{version}:".encode()
+    return (head * (BLOCK // len(head) + 1))[:BLOCK]
+
+
+def main(pool_dir, seed):
+    from rokfs.pool import Pool
+    pool = Pool.create(pool_dir, chunk_size=CHUNK)
+    vol = pool.create_volume("v", VOLUME_BLOCKS * BLOCK)
+    print("READY", flush=True)
+    for n, action, arg in workload(seed):
+        if action == "write":
+            block, nblocks, version = arg
+            data = b"".join(block_content(b, version) for b in range(block, block + nblocks))
+            vol.pwrite(block * BLOCK, data)
+        elif action == "flush":
+            pool.flush()
+            print(f"FLUSH {n}", flush=True)
+        else:
+            pool.create_snapshot(f"v@{arg}")
+            print(f"SNAP {arg} {n}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,314 @@
+"""Engine behaviour and bad input, on a temporary directory."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rokfs import errors
+from rokfs.fsck import fsck
+from rokfs.pool import Pool
+
+CHUNK = 4096
+
+
+def test_write_read_roundtrip_across_chunks(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    payload = os.urandom(3 * CHUNK + 123)
+    vol.pwrite(CHUNK - 17, payload)
+    assert vol.pread(CHUNK - 17, len(payload)) == payload
+    assert vol.pread(0, CHUNK - 17) == bytes(CHUNK - 17)
+
+
+def test_snapshot_is_frozen_and_volume_moves_on(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    vol.pwrite(0, b"A" * 10000)
+    snap = pool.create_snapshot("data@before", {"run": "42"})
+    vol.pwrite(5, b"B" * 100)
+    vol.trim(0, CHUNK)
+    assert snap.pread(0, 10000) == b"A" * 10000
+    assert vol.pread(0, CHUNK) == bytes(CHUNK)
+    assert snap.labels == {"run": "42"}
+
+
+def test_owned_chunk_is_written_in_place_and_shared_chunk_is_copied(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    vol.pwrite(0, b"x" * CHUNK)
+    slot = vol.entry(0)
+    vol.pwrite(100, b"y")
+    assert vol.entry(0) == slot                 # in place
+    pool.create_snapshot("data@s")
+    vol.pwrite(200, b"z")
+    copied = vol.entry(0)
+    assert copied != slot                       # copy-on-write
+    assert vol.pread(0, 300) == b"x" * 100 + b"y" + b"x" * 99 + b"z" + b"x" * 99
+    pool.flush()
+    vol.pwrite(300, b"w")
+    assert vol.entry(0) == copied               # ours now: in place again
+
+
+def test_snapshot_of_huge_volume_costs_one_reference(pool):
+    vol = pool.create_volume("huge", 1 << 40)
+    vol.pwrite((1 << 40) - CHUNK, b"end")
+    nodes_before = len(pool.nodes.rc)
+    pool.create_snapshot("huge@s")
+    assert len(pool.nodes.rc) == nodes_before
+    assert pool.nodes.rc[vol.root] == 2
+
+
+def test_clone_from_snapshot_and_from_volume(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    vol.pwrite(0, b"original")
+    pool.create_snapshot("data@s")
+    vol.pwrite(0, b"changed!")
+    from_snap = pool.clone("data@s", "c1")
+    from_vol = pool.clone("data", "c2")
+    from_snap.pwrite(0, b"clone-1!")
+    assert vol.pread(0, 8) == b"changed!"
+    assert from_vol.pread(0, 8) == b"changed!"
+    assert from_snap.pread(0, 8) == b"clone-1!"
+    assert pool.snapshot("data@s").pread(0, 8) == b"original"
+    assert from_snap.origin == "data@s"
+
+
+def test_extents_report_data_and_holes(pool):
+    vol = pool.create_volume("data", 8 * CHUNK)
+    vol.pwrite(2 * CHUNK, b"x" * (2 * CHUNK))
+    assert vol.extents(0, 8 * CHUNK) == [(0, 2 * CHUNK, 3), (2 * CHUNK, 2 * CHUNK, 0),
+                                         (4 * CHUNK, 4 * CHUNK, 3)]
+    vol.trim(2 * CHUNK, CHUNK)
+    assert vol.extents(2 * CHUNK, 2 * CHUNK) == [(2 * CHUNK, CHUNK, 3), (3 * CHUNK, CHUNK, 0)]
+
+
+def test_status_counts_exclusive_and_shared(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    vol.pwrite(0, b"x" * 4 * CHUNK)
+    pool.create_snapshot("data@s")
+    vol.pwrite(0, b"y" * CHUNK)
+    usage = vol.usage()
+    assert usage["allocated"] == 4 * CHUNK
+    assert usage["exclusive"] == CHUNK and usage["shared"] == 3 * CHUNK
+    assert pool.snapshot("data@s").usage()["exclusive"] == CHUNK
+
+
+def test_rename_keeps_snapshots(pool):
+    pool.create_volume("a", 1 << 20).pwrite(0, b"hi")
+    pool.create_snapshot("a@s")
+    pool.rename_volume("a", "b")
+    assert pool.snapshot("b@s").pread(0, 2) == b"hi"
+    with pytest.raises(errors.NotFound):
+        pool.volume("a")
+
+
+def test_reopen_keeps_everything(pool_dir):
+    with Pool.create(pool_dir, chunk_size=CHUNK) as pool:
+        pool.create_volume("data", 1 << 20).pwrite(77, b"persist")
+        pool.create_snapshot("data@s", {"k": "v"})
+    with Pool.open(pool_dir) as pool:
+        assert pool.volume("data").pread(77, 7) == b"persist"
+        assert pool.snapshot("data@s").labels == {"k": "v"}
+        assert fsck(pool)["clean"]
+
+
+# -- bad input ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["", "Data", "-x", ".x", "a" * 64, "a/b", "a@b", "a b",
+                                  "é", None, 7])
+def test_invalid_volume_names_refused(pool, name):
+    with pytest.raises(errors.InvalidArgument) as exc:
+        pool.create_volume(name, 1 << 20)
+    assert exc.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("name", ["data", "data@", "data@@x", "data@X", "@x", "data@a/b"])
+def test_invalid_snapshot_names_refused(pool, name):
+    pool.create_volume("data", 1 << 20) if "data" not in [v.name for v in pool.list_volumes()] \
+        else None
+    with pytest.raises(errors.InvalidArgument):
+        pool.create_snapshot(name)
+
+
+def test_bad_labels_refused(pool):
+    pool.create_volume("data", 1 << 20)
+    with pytest.raises(errors.InvalidArgument):
+        pool.create_snapshot("data@s", {"bad key": "v"})
+    with pytest.raises(errors.InvalidArgument):
+        pool.create_snapshot("data@s", {"k": "x" * 1000})
+
+
+def test_duplicates_and_missing_names(pool):
+    pool.create_volume("data", 1 << 20)
+    with pytest.raises(errors.AlreadyExists):
+        pool.create_volume("data", 1 << 20)
+    pool.create_snapshot("data@s")
+    with pytest.raises(errors.AlreadyExists):
+        pool.create_snapshot("data@s")
+    with pytest.raises(errors.NotFound):
+        pool.volume("nope")
+    with pytest.raises(errors.NotFound):
+        pool.snapshot("data@nope")
+    with pytest.raises(errors.NotFound):
+        pool.clone("nope@s", "c")
+
+
+@pytest.mark.parametrize("offset,length", [(-1, 1), (1 << 20, 1), ((1 << 20) - 1, 2),
+                                           (0, (1 << 20) + 1), (1 << 62, 1)])
+def test_out_of_range_io_refused(pool, offset, length):
+    vol = pool.create_volume("data", 1 << 20)
+    for call in (lambda: vol.pread(offset, length), lambda: vol.pwrite(offset, b"x" * length),
+                 lambda: vol.trim(offset, length), lambda: vol.extents(offset, length)):
+        with pytest.raises(errors.OutOfRange) as exc:
+            call()
+        assert exc.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("size", [1, 511, 1000, -512, 1.5, "1G", 1 << 62])
+def test_unaligned_or_impossible_sizes_refused(pool, size):
+    with pytest.raises(errors.InvalidArgument):
+        pool.create_volume("data", size)
+
+
+def test_bad_chunk_size_refused(tmp_path):
+    for size in (1000, 2048, 3 * 4096, 1 << 30):
+        with pytest.raises(errors.InvalidArgument):
+            Pool.create(str(tmp_path / f"p{size}"), chunk_size=size)
+
+
+def test_shrink_below_data_refused_unless_forced(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    vol.pwrite(600 * 1024, b"keep me")
+    with pytest.raises(errors.InvalidArgument, match="trim it first or force"):
+        pool.resize_volume("data", 512 * 1024)
+    vol.pwrite(512 * 1024 + 10, b"x")
+    with pytest.raises(errors.InvalidArgument):
+        pool.resize_volume("data", 512 * 1024 + 512)     # tail of a partial chunk
+    assert vol.size == 1 << 20 and vol.pread(600 * 1024, 7) == b"keep me"
+    pool.resize_volume("data", 512 * 1024, force=True)
+    pool.resize_volume("data", 1 << 20)
+    assert vol.pread(512 * 1024, 512 * 1024) == bytes(512 * 1024)
+
+
+def test_shrink_over_trimmed_tail_allowed(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    vol.pwrite(600 * 1024, b"gone")
+    vol.trim(512 * 1024, 512 * 1024)
+    pool.resize_volume("data", 512 * 1024)
+    assert vol.size == 512 * 1024
+
+
+def test_delete_volume_with_snapshots_or_open_refused(pool):
+    vol = pool.create_volume("data", 1 << 20)
+    pool.create_snapshot("data@s")
+    with pytest.raises(errors.NotEmpty):
+        pool.delete_volume("data")
+    pool.delete_snapshot("data@s")
+    vol.open_count += 1
+    with pytest.raises(errors.Busy):
+        pool.delete_volume("data")
+    vol.open_count -= 1
+    pool.delete_volume("data")
+
+
+def test_pool_opened_twice_is_refused(pool_dir):
+    with Pool.create(pool_dir, chunk_size=CHUNK):
+        with pytest.raises(errors.Busy, match=f"already open by pid {os.getpid()}"):
+            Pool.open(pool_dir)
+        code = ("import sys; from rokfs.pool import Pool\n"
+                "try: Pool.open(sys.argv[1])\n"
+                "except Exception as e: print(type(e).__name__, e); sys.exit(3)")
+        other = subprocess.run([sys.executable, "-c", code, pool_dir],
+                               capture_output=True, text=True)
+        assert other.returncode == 3 and "Busy" in other.stdout
+    Pool.open(pool_dir).close()   # released on close
+
+
+def test_open_missing_pool_and_create_twice(tmp_path):
+    with pytest.raises(errors.NotFound, match="rokfs init"):
+        Pool.open(str(tmp_path / "none"))
+    Pool.create(str(tmp_path / "p")).close()
+    with pytest.raises(errors.AlreadyExists):
+        Pool.create(str(tmp_path / "p"))
+
+
+def test_deleting_everything_returns_disk_space(pool_dir):
+    with Pool.create(pool_dir, chunk_size=CHUNK) as pool:
+        empty = pool.slots.disk_bytes()
+        vol = pool.create_volume("data", 64 << 20)
+        for i in range(0, 16 << 20, 1 << 20):
+            vol.pwrite(i, os.urandom(1 << 20))
+        pool.create_snapshot("data@s")
+        vol.pwrite(0, os.urandom(4 << 20))
+        pool.clone("data@s", "copy").pwrite(8 << 20, os.urandom(1 << 20))
+        assert pool.slots.disk_bytes() >= 21 << 20
+        pool.delete_volume("copy")
+        pool.delete_volume("data", recursive=True)
+        assert pool.slots.disk_bytes() <= empty
+        assert pool.slots.used_slots() == 0
+        # freed slots are reused, from the lowest
+        vol = pool.create_volume("again", 1 << 20)
+        vol.pwrite(0, b"x")
+        assert vol.entry(0) - 2 == 0
+
+
+def test_fsck_finds_and_repairs_leaks(pool):
+    pool.create_volume("data", 1 << 20).pwrite(0, b"x" * 3 * CHUNK)
+    pool.slots.rc[1] += 1
+    pool.slots.dirty_blocks.add(0)
+    report = fsck(pool)
+    assert not report["clean"] and report["leaks"] == 1
+    assert fsck(pool, repair=True)["repaired"]
+    assert fsck(pool)["clean"]
+
+
+def test_fsck_reports_undercounted_slot_as_error(pool):
+    pool.create_volume("data", 1 << 20).pwrite(0, b"x" * CHUNK)
+    pool.create_snapshot("data@s")
+    pool.slots.rc[0] = 0
+    assert fsck(pool)["errors"] == 1
+
+
+def test_fsck_cli_exit_codes(pool_dir):
+    with Pool.create(pool_dir, chunk_size=CHUNK) as pool:
+        pool.create_volume("data", 1 << 20).pwrite(0, b"x")
+    rokfs = [sys.executable, "-m", "rokfs.cli"]
+    ok = subprocess.run([*rokfs, "fsck", pool_dir], capture_output=True, text=True)
+    assert ok.returncode == 0 and "clean" in ok.stdout
+    with Pool.open(pool_dir) as pool:
+        pool.slots.rc[0] += 1
+        pool.slots.dirty_blocks.add(0)
+    bad = subprocess.run([*rokfs, "fsck", pool_dir], capture_output=True, text=True)
+    assert bad.returncode == 1 and "leak: slot 0" in bad.stdout
+    fixed = subprocess.run([*rokfs, "fsck", "--repair", pool_dir], capture_output=True, text=True)
+    assert fixed.returncode == 0
+    assert subprocess.run([*rokfs, "fsck", pool_dir]).returncode == 0
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_surfaces_enospc_and_keeps_metadata(tiny_fs):
+    pool_dir = os.path.join(tiny_fs, "pool")
+    with Pool.create(pool_dir, chunk_size=CHUNK) as pool:
+        vol = pool.create_volume("data", 64 << 20)
+        vol.pwrite(0, b"before" * 100)
+        pool.flush()
+        with pytest.raises(errors.NoSpace) as exc:
+            for i in range(0, 64 << 20, 1 << 20):
+                vol.pwrite(i + (1 << 20), b"z" * (1 << 20))
+        assert exc.value.errno == errno.ENOSPC
+        assert vol.pread(0, 600) == b"before" * 100
+        pool.delete_volume("data")     # frees space, the pool keeps working
+        pool.create_volume("next", 1 << 20).pwrite(0, b"after")
+    with Pool.open(pool_dir) as pool:
+        assert fsck(pool)["clean"]
+        assert pool.volume("next").pread(0, 5) == b"after"
