@@ -19,6 +19,11 @@ Invariants
 - POSIX errno values become NBD error codes in one place, `nbd_error()`.
 - Output keeps the order of the calls that produced it; read payloads are
   queued as given, never copied.
+- Input lands in one buffer that is never resized in place (it is replaced
+  when it must grow), filled either by `receive_data()` or, without a copy,
+  by reading into `get_buffer()` and calling `buffer_updated()`. A WRITE's
+  `Request.data` is a view of that buffer: valid until the next
+  `get_buffer()`/`receive_data()`, so copy it to keep it longer.
 """
 
 import enum
@@ -123,6 +128,9 @@ MAX_OPTION_DATA = 64 * 1024           # larger options are drained, not parsed
 MAX_PAYLOAD = 32 * 1024 * 1024        # 2**25: advertised maximum payload
 MAX_DRAIN = 2 * MAX_PAYLOAD           # a bigger rejected WRITE ends the session
 MAX_EXTENTS = 1 << 20                 # descriptors per block status chunk
+MIN_BUFFER = 256 * 1024               # initial input buffer
+BUFFER_SLACK = 8                      # grow to this many times what one message needs
+MAX_BUFFER = 8 * MAX_PAYLOAD
 PREFERRED_BLOCK = 4096
 
 _GREETING = struct.Struct(">QQH")
@@ -201,7 +209,8 @@ class Closed(Event):
 
 @dataclass(slots=True)
 class Request(Event):
-    """A validated transmission request; `data` is the WRITE payload."""
+    """A validated transmission request; `data` is the WRITE payload (a view
+    into the input buffer, valid until more input is added)."""
 
     cmd: int
     flags: int
@@ -464,8 +473,10 @@ class ServerConnection:
         self._meta = None             # export name base:allocation was set for
         self._error = None
         self._pending = None          # the ExportQuery awaiting an answer
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf = bytearray(MIN_BUFFER)
+        self._pos = 0                 # first byte not consumed
+        self._end = 0                 # first byte not filled
+        self._want = 1                # bytes missing from the message being parsed
         self._skip = 0
         self._eof = False
         self._out = []
@@ -477,16 +488,44 @@ class ServerConnection:
     def receive_data(self, data):
         """Feed bytes read from the peer; b"" means end of file."""
         if not data:
+            return self.buffer_updated(0)
+        with self.get_buffer(len(data)) as view:
+            view[:len(data)] = data
+        self.buffer_updated(len(data))
+
+    def get_buffer(self, sizehint=0):
+        """A writable view of free input space, at least `sizehint` bytes and
+        enough for the message being parsed; release it before calling on."""
+        if self._pos == self._end:
+            self._pos = self._end = 0
+        need = max(sizehint, self._want, 1)
+        if len(self._buf) - self._end < need:
+            self._make_room(need)
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, nbytes):
+        """`nbytes` were written at the start of the last get_buffer() view;
+        0 means end of file."""
+        if nbytes == 0:
             self._eof = True
             return
-        if self._skip:
-            n = min(self._skip, len(data))
-            self._skip -= n
-            data = memoryview(data)[n:]
-        if self._pos:
-            del self._buf[:self._pos]
-            self._pos = 0
-        self._buf += data
+        if self._skip:                # then everything before was consumed
+            take = min(self._skip, nbytes)
+            self._skip -= take
+            self._pos += take
+        self._end += nbytes
+
+    def _make_room(self, need):
+        live = self._end - self._pos
+        if live + need <= len(self._buf):
+            with memoryview(self._buf) as view:
+                view[:live] = view[self._pos:self._end]
+        else:
+            size = max(live + need, min(MAX_BUFFER, BUFFER_SLACK * (live + need)))
+            new = bytearray(size)
+            new[:live] = memoryview(self._buf)[self._pos:self._end]
+            self._buf = new
+        self._pos, self._end = 0, live
 
     def next_event(self):
         """The next event, NEED_DATA, or PAUSED; raises RemoteProtocolError."""
@@ -504,7 +543,7 @@ class ServerConnection:
     @property
     def buffered(self):
         """Bytes received but not yet consumed."""
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     # ---- output ----
 
@@ -535,11 +574,13 @@ class ServerConnection:
         self._to("violation")
         raise RemoteProtocolError(why)
 
-    def _need(self, n, where):
-        """NEED_DATA, or the EOF event/violation if no more bytes will come."""
+    def _need(self, have, total, where):
+        """NEED_DATA (`total` bytes make the message, `have` are here), or the
+        EOF event/violation if no more bytes will come."""
         if not self._eof:
+            self._want = total - have
             return NEED_DATA
-        if n == 0:
+        if have == 0:
             self._to("eof")
             return Closed("eof")
         self._violation(f"end of file in the middle of {where}")
@@ -559,7 +600,7 @@ class ServerConnection:
 
     def _read_client_flags(self):
         if self.buffered < 4:
-            return self._need(self.buffered, "the client flags")
+            return self._need(self.buffered, 4, "the client flags")
         flags = _U32.unpack(self._consume(4))[0]
         if flags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES):
             self._violation(f"unknown client flags {flags:#x}")
@@ -570,7 +611,7 @@ class ServerConnection:
     def _next_option(self):
         while self.state is State.OPTIONS:
             if self._skip:
-                return self._need(1, "oversized option data")
+                return self._need(1, 2, "oversized option data")
             event = self._read_option()
             if event is not None:
                 return event
@@ -580,14 +621,14 @@ class ServerConnection:
         """Parse one option; returns an event, NEED_DATA, or None if answered."""
         have = self.buffered
         if have < 16:
-            return self._need(have, "an option header")
+            return self._need(have, 16, "an option header")
         magic, opt, length = _OPT_HEADER.unpack_from(self._buf, self._pos)
         if magic != IHAVEOPT:
             self._violation(f"bad option magic {magic:#x}")
         if length > MAX_OPTION_DATA:
             return self._oversized_option(opt, length)
         if have < 16 + length:
-            return self._need(have, "option data")
+            return self._need(have, 16 + length, "option data")
         self._pos += 16
         data = self._consume(length)
         return self._dispatch_option(opt, data)
@@ -745,10 +786,10 @@ class ServerConnection:
     def _next_request(self):
         while True:
             if self._skip:
-                return self._need(1, "a rejected write payload")
+                return self._need(1, 2, "a rejected write payload")
             have = self.buffered
             if have < 28:
-                return self._need(have, "a request header")
+                return self._need(have, 28, "a request header")
             magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(self._buf, self._pos)
             if magic != REQUEST_MAGIC:
                 self._violation(f"bad request magic {magic:#x}")
@@ -764,9 +805,11 @@ class ServerConnection:
                 self._pos += 28
                 return Request(cmd, flags, cookie, offset, length)
             if have < 28 + length:
-                return self._need(have, "a write payload")
-            self._pos += 28
-            return Request(cmd, flags, cookie, offset, length, self._consume(length))
+                return self._need(have, 28 + length, "a write payload")
+            start = self._pos + 28
+            self._pos = start + length
+            return Request(cmd, flags, cookie, offset, length,
+                           memoryview(self._buf)[start:self._pos])
 
     def _reject(self, cmd, flags, cookie, offset, length, err):
         self._pos += 28

@@ -140,6 +140,8 @@ def drive(conn, data, catalog=None, bytewise=False):
             ev = conn.next_event()
             if ev is P.NEED_DATA or ev is P.PAUSED:
                 break
+            if isinstance(ev, P.Request) and ev.data is not None:
+                ev.data = bytes(ev.data)   # a view is only valid until more input
             events.append(ev)
             if catalog is not None:
                 catalog.answer(conn, ev)
