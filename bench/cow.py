@@ -1,0 +1,103 @@
+"""Copy-on-write cost and raw engine throughput.
+
+1. 4 KiB random writes on a fully written 1 GiB volume, before and right
+   after a snapshot (the same number of writes, N = 16384, so that most land
+   in chunks still shared with the snapshot): ratio after/before, target >= 0.5.
+2. Sequential 1 MiB writes and reads through the engine vs plain
+   os.pwrite/os.pread on a file of the same size on the same disk: ratio.
+
+`--chunk-sizes 16K,64K,256K,1M` repeats (1) for several chunk sizes: the
+figures behind the default chunk size (see README).
+"""
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median, print_table  # noqa: E402
+
+from rokfs.pool import DEFAULT_CHUNK_SIZE, Pool  # noqa: E402
+from rokfs.units import format_size, parse_size  # noqa: E402
+
+SIZE = 1 << 30
+BLOCK = 4096
+MIB = 1 << 20
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def random_writes(vol, count, seed):
+    rng = random.Random(seed)
+    data = os.urandom(BLOCK)
+    offsets = [rng.randrange(SIZE // BLOCK) * BLOCK for _ in range(count)]
+    return count / timed(lambda: [vol.pwrite(o, data) for o in offsets])
+
+
+def cow_ratio(tmp, chunk_size, count, rep):
+    with Pool.create(os.path.join(tmp, f"cow-{chunk_size}-{rep}"), chunk_size) as pool:
+        vol = pool.create_volume("v", SIZE)
+        block = os.urandom(MIB)
+        for offset in range(0, SIZE, MIB):
+            vol.pwrite(offset, block)
+        pool.flush()
+        before = random_writes(vol, count, seed=rep)
+        pool.flush()
+        pool.create_snapshot("v@s")
+        after = random_writes(vol, count, seed=rep + 1000)
+        pool.flush()
+    return before, after
+
+
+def sequential(tmp, rep):
+    block = os.urandom(MIB)
+    path = os.path.join(tmp, f"plain-{rep}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, SIZE)
+    plain_w = SIZE / timed(lambda: [os.pwrite(fd, block, o) for o in range(0, SIZE, MIB)])
+    os.fdatasync(fd)
+    plain_r = SIZE / timed(lambda: [os.pread(fd, MIB, o) for o in range(0, SIZE, MIB)])
+    os.close(fd)
+    os.unlink(path)
+    with Pool.create(os.path.join(tmp, f"seq-{rep}")) as pool:
+        vol = pool.create_volume("v", SIZE)
+        eng_w = SIZE / timed(lambda: [vol.pwrite(o, block) for o in range(0, SIZE, MIB)])
+        pool.flush()
+        eng_r = SIZE / timed(lambda: [vol.pread(o, MIB) for o in range(0, SIZE, MIB)])
+    return plain_w, eng_w, plain_r, eng_r
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunk-sizes", default=format_size(DEFAULT_CHUNK_SIZE))
+    parser.add_argument("--writes", type=int, default=16384)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--dir", default=None, help="where to put the pools (a real disk)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for chunk_size in [parse_size(c) for c in args.chunk_sizes.split(",")]:
+            runs = [cow_ratio(tmp, chunk_size, args.writes, rep) for rep in range(args.reps)]
+            before = median([b for b, _ in runs])
+            after = median([a for _, a in runs])
+            rows.append((format_size(chunk_size), f"{before:.0f}", f"{after:.0f}",
+                         f"{after / before:.2f}", f"{SIZE // chunk_size}"))
+        print_table(f"4 KiB random writes, {args.writes} before / right after a snapshot "
+                    "(ops/s, median)", ("chunk", "before", "after", "ratio", "S3 objs/GiB"), rows)
+        seq = [sequential(tmp, rep) for rep in range(args.reps)]
+    pw, ew, pr, er = (median([s[i] for s in seq]) for i in range(4))
+    print_table("sequential 1 MiB I/O, 1 GiB (MiB/s, median)",
+                ("op", "plain file", "rokfs engine", "ratio"),
+                [("write", f"{pw / MIB:.0f}", f"{ew / MIB:.0f}", f"{ew / pw:.2f}"),
+                 ("read", f"{pr / MIB:.0f}", f"{er / MIB:.0f}", f"{er / pr:.2f}")])
+
+
+if __name__ == "__main__":
+    main()
