@@ -16,7 +16,7 @@ from .errors import RokfsError
 from .pool import DEFAULT_CHUNK_SIZE, Pool
 from .units import format_size, parse_size
 
-FRONT_ENDS = ("nbd_server.cli", "rokfs.fusefs")
+FRONT_ENDS = ("rokfs.daemon", "nbd_server.cli", "rokfs.fusefs")
 
 
 def default_pool_path():
