@@ -356,6 +356,29 @@ def block_status_descriptors(req, extents):
     return out[:1] if req.flags & CMD_FLAG_REQ_ONE else out[:MAX_EXTENTS]
 
 
+def zero_runs(data, offset, granule):
+    """Split read data at absolute `offset` into pieces: a memoryview for
+    data, an int (its length) for each run of all-zero `granule`-aligned
+    blocks. Data blocks cost one failed memcmp."""
+    view, zero = memoryview(data), bytes(granule)
+    pieces, start, pos, end = [], 0, 0, len(data)
+    first = min(end, -offset % granule)
+    while pos < end:
+        step = first if pos == 0 and first else min(granule, end - pos)
+        if step == granule and data.startswith(zero, pos, pos + step):
+            if start < pos:
+                pieces.append(view[start:pos])
+            if pieces and isinstance(pieces[-1], int):
+                pieces[-1] += step
+            else:
+                pieces.append(step)
+            start = pos + step
+        pos += step
+    if start < end:
+        pieces.append(view[start:end])
+    return pieces
+
+
 def _string(data):
     """Decode a protocol string, or None if it is not one."""
     if len(data) > MAX_STRING or b"\0" in data:

@@ -43,7 +43,7 @@ MAX_SPAWNED = 64
 MAX_IOV = 512
 HANDSHAKE_TIMEOUT = 60
 STATUS_CAP = 1 << 30          # bytes described per BLOCK_STATUS reply at most
-SPARSE_MIN = 256 * 1024       # reads this large look for holes to skip
+HOLE_GRANULE = 64 * 1024     # zero blocks this large go out as holes
 DEFAULT_PORT = 10809
 
 
@@ -180,6 +180,7 @@ class _Connection:
     # -- transmission ------------------------------------------------------------
 
     async def _transmission(self):
+        self._sparse_reads = self.proto.session.structured
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             try:
@@ -195,7 +196,8 @@ class _Connection:
             while True:
                 ev = proto.next_event()
                 if ev is P.NEED_DATA:
-                    self._kick.poke()
+                    if proto.pending_output:
+                        self._kick.poke()
                     while proto.pending_output > HIGH_WATER:
                         await self._drained.wait()
                     await self._receive()
@@ -242,17 +244,12 @@ class _Connection:
     # -- request handlers --------------------------------------------------------
 
     async def _read(self, req):
-        dev = self.device
-        if req.length >= SPARSE_MIN and self.proto.session.structured:
-            extents = await dev.extents(req.offset, req.length)
-            if len(extents) > 1 or extents[0][2]:
-                return self.proto.send_read_sparse(req, await self._pieces(extents))
-        self.proto.send_read(req, await dev.pread(req.offset, req.length))
-
-    async def _pieces(self, extents):
-        dev = self.device
-        return [length if flags & P.STATE_ZERO else await dev.pread(off, length)
-                for off, length, flags in extents]
+        data = await self.device.pread(req.offset, req.length)
+        if req.length >= HOLE_GRANULE and self._sparse_reads:
+            pieces = P.zero_runs(data, req.offset, HOLE_GRANULE)
+            if len(pieces) > 1 or isinstance(pieces[0], int):
+                return self.proto.send_read_sparse(req, pieces)
+        self.proto.send_read(req, data)
 
     async def _write(self, req):
         await self.device.pwrite(req.offset, req.data, fua=req.fua)

@@ -179,7 +179,7 @@ def pool_with_volumes(path, volumes=(("data", 64 << 20),), snapshots=(), chunk_s
 
 
 class ServerProcess:
-    """`python -m nbd_server.cli` serving a pool on a unix socket."""
+    """`rokfs nbd` (python -m rokfs.cli nbd) serving a pool on a unix socket."""
 
     def __init__(self, pool, sock, extra=()):
         self.pool, self.sock, self.extra = Path(pool), Path(sock), list(extra)
@@ -188,7 +188,7 @@ class ServerProcess:
     def start(self, timeout=20):
         with contextlib.suppress(FileNotFoundError):
             self.sock.unlink()
-        cmd = [sys.executable, "-m", "nbd_server.cli", "--pool", str(self.pool),
+        cmd = [sys.executable, "-m", "rokfs.cli", "nbd", "--pool", str(self.pool),
                "--socket", str(self.sock), *self.extra]
         self.log = open(self.sock.with_suffix(".log"), "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
@@ -219,6 +219,7 @@ class ServerProcess:
         self.proc.wait(10)
 
     def stop(self):
+        """SIGTERM (a clean shutdown commits the pool), SIGKILL if stuck."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -227,6 +228,16 @@ class ServerProcess:
                 self.kill9()
         if getattr(self, "log", None):
             self.log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def restart(self):
+        self.stop()
+        return self.start()
 
     def uri(self, export, tls_dir=None):
         scheme = "nbds+unix" if tls_dir else "nbd+unix"
@@ -248,9 +259,15 @@ def run(cmd, check=True, timeout=60, **kw):
     return res
 
 
+# nbdsh runs `python3 -m nbd`; the libnbd bindings are built for the system
+# python, which a virtualenv or pyenv earlier on PATH would hide.
+NBDSH_ENV = {**os.environ, "PATH": "/usr/bin:" + os.environ.get("PATH", "")}
+
+
 def nbdsh(uri, script, check=True, timeout=60):
-    """Run a python snippet in nbdsh connected to `uri` (handle is `h`)."""
-    return run(["nbdsh", "-u", uri, "-c", script], check=check, timeout=timeout)
+    """Run a python snippet in nbdsh (handle `h`), connected to `uri` if given."""
+    connect = ["-u", uri] if uri else []
+    return run(["nbdsh", *connect, "-c", script], check=check, timeout=timeout, env=NBDSH_ENV)
 
 
 def nbdinfo_json(*args):

@@ -511,3 +511,15 @@ def test_many_requests_in_one_buffer():
     events, _ = drive(conn, wire)
     assert [e.cookie for e in events] == list(range(1000))
     assert conn.buffered == 0
+
+
+@pytest.mark.parametrize("offset,blocks,expected", [
+    (0, [b"a" * 4, bytes(4), bytes(4), b"b" * 4], [b"a" * 4, 8, b"b" * 4]),
+    (0, [bytes(4)], [4]),
+    (0, [b"x" * 4], [b"x" * 4]),
+    (2, [bytes(2), bytes(4), b"abcd", bytes(3)], [bytes(2), 4, b"abcd" + bytes(3)]),
+    (0, [bytes(4), b"\0\0\0\1", bytes(4)], [4, b"\0\0\0\1", 4]),
+])
+def test_zero_runs(offset, blocks, expected):
+    pieces = P.zero_runs(bytearray(b"".join(blocks)), offset, 4)
+    assert [p if isinstance(p, int) else bytes(p) for p in pieces] == expected
