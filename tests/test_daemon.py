@@ -27,9 +27,10 @@ def start_daemon(pool_dir, sock, *extra):
 
 
 def nbdsh(sock, export, script):
+    from nbd_helpers import NBDSH_ENV
     uri = f"nbd+unix:///{export}?socket={sock}"
     return subprocess.run(["nbdsh", "-u", uri, "-c", script], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=NBDSH_ENV)
 
 
 def test_serve_nbd_then_sigterm_keeps_flushed_data(tmp_path):
