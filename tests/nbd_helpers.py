@@ -232,8 +232,15 @@ class ServerProcess:
     def __enter__(self):
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self.stop()
+        if exc_type is None:
+            self.assert_clean_log()
+
+    def assert_clean_log(self):
+        """No traceback: every failure the server saw was one it expected."""
+        log = self.read_log()
+        assert "Traceback" not in log and "connection failed" not in log, log
 
     def restart(self):
         self.stop()
