@@ -84,15 +84,7 @@ class MapNodes:
             self.rc[node_id] = count
             self.dirty_rc.add(node_id)
             return
-        node = self.get(node_id)
-        if level == LEAF:
-            for entry in node:
-                if entry >= SLOT_BASE:
-                    self.slots.decref(entry - SLOT_BASE)
-        else:
-            for child in node:
-                if child:
-                    self.decref(child, level + 1)
+        self._release_children(self.get(node_id), level)
         del self.rc[node_id]
         self.data.pop(node_id, None)
         self.dirty.discard(node_id)
@@ -107,16 +99,27 @@ class MapNodes:
         if self.rc[node_id] == 1:
             return node_id
         node = array("q", self.get(node_id))
-        if level == LEAF:
-            for entry in node:
-                if entry >= SLOT_BASE:
-                    self.slots.incref(entry - SLOT_BASE)
-        else:
-            for child in node:
-                if child:
-                    self.incref(child)
+        self._share_children(node, level)
         self.decref(node_id, level)
         return self.new(node)
+
+    def _share_children(self, node, level):
+        """A copy of `node` now also points at each of its children."""
+        if level == LEAF:
+            for slot in [e - SLOT_BASE for e in node if e >= SLOT_BASE]:
+                self.slots.incref(slot)
+        else:
+            for child in [c for c in node if c]:
+                self.incref(child)
+
+    def _release_children(self, node, level):
+        """`node` is gone: drop the reference it held on each child."""
+        if level == LEAF:
+            for slot in [e - SLOT_BASE for e in node if e >= SLOT_BASE]:
+                self.slots.decref(slot)
+        else:
+            for child in [c for c in node if c]:
+                self.decref(child, level + 1)
 
     def changed(self, node_id):
         self.dirty.add(node_id)
