@@ -13,6 +13,7 @@ figures behind the default chunk size (see README).
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -42,7 +43,15 @@ def random_writes(vol, count, seed):
 
 
 def cow_ratio(tmp, chunk_size, count, rep):
-    with Pool.create(os.path.join(tmp, f"cow-{chunk_size}-{rep}"), chunk_size) as pool:
+    path = os.path.join(tmp, f"cow-{chunk_size}-{rep}")
+    try:
+        return _cow_ratio(path, chunk_size, count, rep)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _cow_ratio(path, chunk_size, count, rep):
+    with Pool.create(path, chunk_size) as pool:
         vol = pool.create_volume("v", SIZE)
         block = os.urandom(MIB)
         for offset in range(0, SIZE, MIB):
@@ -71,6 +80,7 @@ def sequential(tmp, rep):
         eng_w = SIZE / timed(lambda: [vol.pwrite(o, block) for o in range(0, SIZE, MIB)])
         pool.flush()
         eng_r = SIZE / timed(lambda: [vol.pread(o, MIB) for o in range(0, SIZE, MIB)])
+    shutil.rmtree(os.path.join(tmp, f"seq-{rep}"))
     return plain_w, eng_w, plain_r, eng_r
 
 

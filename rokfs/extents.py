@@ -27,7 +27,8 @@ from .errors import Corrupt, NoSpace, from_os_error
 RC_BLOCK = 4096
 METADATA_RESERVE_MIN = 2 << 20     # disk space data allocations leave for metadata
 METADATA_RESERVE_MAX = 64 << 20
-BUDGET_RECHECK = 16 << 20          # statvfs again after this much allocation  # slot refcounts are persisted in blocks of this many slots
+BUDGET_RECHECK = 16 << 20          # statvfs again after this much allocation
+PREALLOC_SLOTS = 16                # fresh slots backed with disk per fallocate  # slot refcounts are persisted in blocks of this many slots
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -75,6 +76,7 @@ class ExtentStore:
         self.pinned_inflight = set()
         self.freed = []
         self._budget = 0
+        self.preallocated = self.high_water
         os.makedirs(directory, exist_ok=True)
         self._trim_files_beyond_high_water()
 
@@ -167,9 +169,8 @@ class ExtentStore:
         """A free slot with disk space reserved and a count of one."""
         self._reserve_space()
         slot = heapq.heappop(self.free) if self.free else self.high_water
-        fd, offset = self.locate(slot)
         try:
-            os.posix_fallocate(fd, offset, self.chunk_size)
+            fd = self._back_with_disk(slot)
         except OSError as exc:
             if slot < self.high_water:
                 heapq.heappush(self.free, slot)
@@ -181,6 +182,18 @@ class ExtentStore:
         self.dirty_blocks.add(slot // RC_BLOCK)
         self.dirty_fds.add(fd)
         return slot
+
+    def _back_with_disk(self, slot):
+        """fallocate the slot; fresh slots past the high-water mark are backed
+        PREALLOC_SLOTS at a time (what a crash leaves unused is punched at open)."""
+        fd, offset = self.locate(slot)
+        if slot < self.high_water:
+            os.posix_fallocate(fd, offset, self.chunk_size)
+        elif slot >= self.preallocated:
+            count = min(PREALLOC_SLOTS, self.slots_per_file - slot % self.slots_per_file)
+            os.posix_fallocate(fd, offset, count * self.chunk_size)
+            self.preallocated = slot + count
+        return fd
 
     # -- data -----------------------------------------------------------------
     def read_into(self, slot, offset, view):
