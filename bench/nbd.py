@@ -137,11 +137,15 @@ def main():
     parser.add_argument("--reps", type=int, default=3, help="repetitions per workload")
     parser.add_argument("--dir", help="work directory (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument("--only", help="comma-separated words selecting workloads, e.g. seq,4K")
     args = parser.parse_args()
     for tool in ("fio", "nbdkit", "nbdcopy"):
         if not shutil.which(tool):
             sys.exit(f"bench/nbd.py needs {tool}")
     size = parse_size(args.size)
+    if args.only:
+        words = [w.strip().lower() for w in args.only.split(",")]
+        WORKLOADS[:] = [w for w in WORKLOADS if any(x in w[0].lower() for x in words)]
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="nbd-bench-") as tmp:
         tmp = Path(tmp)
         seed = tmp / "seed.img"

@@ -41,6 +41,8 @@ SOCKET_BUFFER = 4 << 20       # asked for; the kernel caps it (net.core.wmem_max
 HIGH_WATER = 64 << 20
 MAX_SPAWNED = 64
 MAX_IOV = 512
+EAGER_BYTES = 64 * 1024      # queued reply bytes that are sent without waiting for the batch
+FAIR_STREAK = 8               # reads in a row without yielding to other tasks
 HANDSHAKE_TIMEOUT = 60
 STATUS_CAP = 1 << 30          # bytes described per BLOCK_STATUS reply at most
 HOLE_GRANULE = 64 * 1024     # zero blocks this large go out as holes
@@ -111,7 +113,10 @@ class _Connection:
         self._kick = _Wakeup()
         self._drained = _Wakeup()
         self._limit = trio.Semaphore(MAX_SPAWNED)
-        _tune_socket(stream)
+        self._fd = _tune_socket(stream)
+        self._streak = 0
+        self._sending = False
+        self._rest = []
 
     async def run(self):
         with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -173,6 +178,7 @@ class _Connection:
 
     async def _start_tls(self):
         await self._send(self.proto.data_to_send())
+        self._fd = None
         self.stream = trio.SSLStream(self.stream, self.server.tls.context, server_side=True)
         await self.stream.do_handshake()
         self.proto.tls_started()
@@ -196,8 +202,7 @@ class _Connection:
             while True:
                 ev = proto.next_event()
                 if ev is P.NEED_DATA:
-                    if proto.pending_output:
-                        self._kick.poke()
+                    self._push()
                     while proto.pending_output > HIGH_WATER:
                         await self._drained.wait()
                     await self._receive()
@@ -210,6 +215,8 @@ class _Connection:
                     handlers.start_soon(self._spawned, ev)
                 else:
                     await self._handle(ev)
+                    if proto.pending_output >= EAGER_BYTES:
+                        self._push()
         except P.RemoteProtocolError as exc:
             log.info("closing connection to %s: %s", self.device.name, exc)
 
@@ -218,7 +225,7 @@ class _Connection:
             await self._handle(req)
         finally:
             self._limit.release()
-            self._kick.poke()
+            self._push()
 
     async def _handle(self, req):
         try:
@@ -229,12 +236,27 @@ class _Connection:
             log.exception("request %d on %s failed", req.cmd, self.device.name)
             self.proto.send_error(req, errno.EIO, "internal server error")
 
+    def _push(self):
+        """Send what is queued right away if the socket takes it (no task
+        switch); the writer task sends any rest, in order."""
+        if self._fd is None or self._sending or self._rest:
+            return self._kick.poke()
+        bufs = self.proto.data_to_send()
+        if bufs:
+            self._rest = _writev_now(self._fd, bufs)
+            if self._rest:
+                self._kick.poke()
+
     async def _writer(self):
         proto = self.proto
         while True:
-            bufs = proto.data_to_send()
+            bufs, self._rest = self._rest + proto.data_to_send(), []
             if bufs:
-                await self._send(bufs)
+                self._sending = True
+                try:
+                    await self._send(bufs)
+                finally:
+                    self._sending = False
                 self._drained.poke()
             elif self._closing:
                 return
@@ -280,20 +302,34 @@ class _Connection:
 
     async def _receive(self):
         """Read what is available straight into the protocol's buffer."""
-        stream, proto = self.stream, self.proto
-        if not isinstance(stream, trio.SocketStream):
-            return proto.receive_data(await stream.receive_some(RECV_SIZE))
-        with proto.get_buffer(RECV_SIZE) as view:
-            n = await stream.socket.recv_into(view)
-        proto.buffer_updated(n)
+        proto = self.proto
+        if self._fd is None:
+            return proto.receive_data(await self.stream.receive_some(RECV_SIZE))
+        while True:
+            with proto.get_buffer(RECV_SIZE) as view:
+                try:
+                    n = os.readv(self._fd, [view])
+                except BlockingIOError:
+                    n = None
+            if n is not None:
+                proto.buffer_updated(n)
+                return await self._fair_share()
+            self._streak = 0
+            await trio.lowlevel.wait_readable(self._fd)
+
+    async def _fair_share(self):
+        """Yield now and then when data keeps coming, so others get a turn."""
+        self._streak += 1
+        if self._streak >= FAIR_STREAK:
+            self._streak = 0
+            await trio.lowlevel.checkpoint()
 
     async def _send(self, bufs):
         if not bufs:
             return
-        if isinstance(self.stream, trio.SocketStream):
-            await _sendmsg_all(self.stream.socket, bufs)
-        else:
-            await self.stream.send_all(b"".join(bufs))
+        if self._fd is None:
+            return await self.stream.send_all(b"".join(bufs))
+        await _writev_all(self._fd, bufs)
 
 
 _SPAWNED = frozenset((P.CMD_FLUSH, P.CMD_CACHE))
@@ -308,12 +344,15 @@ _HANDLERS = {
 }
 
 
-async def _sendmsg_all(sock, bufs):
-    """Send every buffer, in order, with gathered writes (sendmsg)."""
+def _writev_now(fd, bufs):
+    """Write what a non-blocking fd takes now, in order; returns the rest."""
     bufs = [b for b in bufs if len(b)]
     i = 0
     while i < len(bufs):
-        sent = await sock.sendmsg(bufs[i:i + MAX_IOV])
+        try:
+            sent = os.writev(fd, bufs[i:i + MAX_IOV])
+        except BlockingIOError:
+            break
         while sent:
             n = len(bufs[i])
             if sent >= n:
@@ -322,16 +361,29 @@ async def _sendmsg_all(sock, bufs):
             else:
                 bufs[i] = memoryview(bufs[i])[sent:]
                 sent = 0
+    return bufs[i:]
+
+
+async def _writev_all(fd, bufs):
+    """Write every buffer, in order, waiting for the fd when it is full."""
+    while True:
+        bufs = _writev_now(fd, bufs)
+        if not bufs:
+            return await trio.lowlevel.checkpoint_if_cancelled()
+        await trio.lowlevel.wait_writable(fd)
 
 
 def _tune_socket(stream):
-    """Large socket buffers: a 1 MiB reply goes out in one send."""
-    if isinstance(stream, trio.SocketStream):
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                stream.socket.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-            except OSError:
-                pass
+    """Large socket buffers (a 1 MiB reply goes out in one write); returns
+    the fd for direct non-blocking I/O, or None for other streams."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            stream.socket.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
+    return stream.socket.fileno()
 
 
 def tune_allocator():
