@@ -139,6 +139,7 @@ _OPT_REPLY = struct.Struct(">QIII")
 _REQUEST = struct.Struct(">IHHQQI")
 _SIMPLE = struct.Struct(">IIQ")
 _STRUCTURED = struct.Struct(">IHHQI")
+_DATA_CHUNK = struct.Struct(">IHHQIQ")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -240,7 +241,8 @@ class ExportInfo:
 
 @dataclass(slots=True)
 class _Session:
-    """The negotiated transmission parameters that validation depends on."""
+    """The negotiated transmission parameters that validation depends on;
+    `refused` and `allowed` are `command_table()` of the flags."""
 
     size: int
     flags: int
@@ -248,6 +250,11 @@ class _Session:
     block_status: bool
     min_block: int
     max_payload: int
+    refused: dict = None
+    allowed: dict = None
+
+    def __post_init__(self):
+        self.refused, self.allowed = command_table(self.flags, self.block_status)
 
 
 # -- pure helpers ------------------------------------------------------------
@@ -287,21 +294,32 @@ def allowed_flags(cmd, tflags):
     return allowed
 
 
-def validate_request(cmd, flags, offset, length, session):
-    """The errno a request must fail with, or 0 if it may run. Pure."""
+def command_error(cmd, tflags, block_status):
+    """The errno every use of `cmd` fails with under these flags, or 0."""
     if cmd not in _CMD_NEEDS:
         return E.EINVAL
-    tflags = session.flags
     if cmd in _WRITE_CMDS and tflags & TF_READ_ONLY:
         return E.EPERM
-    if _CMD_NEEDS[cmd] & ~tflags:
+    if _CMD_NEEDS[cmd] & ~tflags or (cmd == CMD_BLOCK_STATUS and not block_status):
         return E.EINVAL
-    if flags & ~allowed_flags(cmd, tflags):
+    return 0
+
+
+def command_table(tflags, block_status):
+    """({cmd: command_error}, {cmd: allowed_flags}) for a session."""
+    refused = {cmd: command_error(cmd, tflags, block_status) for cmd in _CMD_NEEDS}
+    return refused, {cmd: allowed_flags(cmd, tflags) for cmd in _CMD_NEEDS}
+
+
+def validate_request(cmd, flags, offset, length, session):
+    """The errno a request must fail with, or 0 if it may run. Pure."""
+    refused = session.refused.get(cmd, E.EINVAL)
+    if refused:
+        return refused
+    if flags & ~session.allowed[cmd]:
         return E.EINVAL
     if cmd in _NO_RANGE:
         return E.EINVAL if offset or length else 0
-    if cmd == CMD_BLOCK_STATUS and not session.block_status:
-        return E.EINVAL
     return _validate_range(cmd, flags, offset, length, session)
 
 
@@ -810,7 +828,7 @@ class ServerConnection:
         while True:
             if self._skip:
                 return self._need(1, 2, "a rejected write payload")
-            have = self.buffered
+            have = self._end - self._pos
             if have < 28:
                 return self._need(have, 28, "a request header")
             magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(self._buf, self._pos)
@@ -846,18 +864,20 @@ class ServerConnection:
 
     def send_ok(self, req):
         """Success without payload (anything but READ and BLOCK_STATUS)."""
-        self._queue(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, req.cookie))
+        self._out.append(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, req.cookie))
+        self._out_bytes += 16
 
     def send_read(self, req, data):
         """The whole read as one buffer of exactly req.length bytes."""
         if len(data) != req.length:
             raise LocalProtocolError(f"read returned {len(data)} of {req.length} bytes")
         if self.session.structured:
-            self._queue(_STRUCTURED.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
-                                         REPLY_TYPE_OFFSET_DATA, req.cookie,
-                                         8 + len(data)) + _U64.pack(req.offset), data)
+            header = _DATA_CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
+                                      REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + len(data), req.offset)
         else:
-            self._queue(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, req.cookie), data)
+            header = _SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, req.cookie)
+        self._out += (header, data)
+        self._out_bytes += len(header) + len(data)
 
     def send_read_sparse(self, req, pieces):
         """The read as consecutive pieces: bytes for data, an int for a hole."""

@@ -1,16 +1,19 @@
 """The NBD server: a thin trio layer over nbd_server.protocol and the control API.
 
 Invariants
-- Per connection, one reader task feeds the sans-I/O protocol and one writer
-  task sends what it queued; nothing else touches the stream.
-- The reader parses every complete request in what one recv() returned and
+- Per connection, one reader task feeds the sans-I/O protocol. Replies are
+  only queued on the protocol object and leave through one path, in order:
+  `_push()` writes them at once when no send is in flight and the socket
+  takes them (no task switch), the writer task sends whatever is left.
+- The reader parses every complete request in what one read returned and
   runs reads, writes, trims, zeroes and block status inline: engine calls are
   synchronous pread/pwrite on the page cache and never suspend. Requests
   that may block (FLUSH, FUA, CACHE) run as concurrent handler tasks, at most
   MAX_SPAWNED per connection.
-- Replies are only queued on the protocol object; the writer sends all that
-  is queued in one gathered send, so replies to one recv() coalesce. The
-  reader stops reading while more than HIGH_WATER bytes wait to be sent.
+- On plain sockets reads land straight in the protocol's buffer (readv on the
+  non-blocking fd) and replies go out with writev, read data uncopied; TLS
+  goes through trio's SSLStream. The reader stops taking requests while more
+  than HIGH_WATER reply bytes wait to be sent.
 - An engine error becomes an NBD error through its errno (mapped once, in
   the protocol); an unexpected exception fails that request with EIO. A
   broken, hostile or vanished peer ends its own connection only.
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 256 * 1024
 SOCKET_BUFFER = 4 << 20       # asked for; the kernel caps it (net.core.wmem_max)
-HIGH_WATER = 64 << 20
+HIGH_WATER = 32 << 20        # queued reply bytes that stop the reader
 MAX_SPAWNED = 64
 MAX_IOV = 512
 EAGER_BYTES = 64 * 1024      # queued reply bytes that are sent without waiting for the batch
@@ -217,6 +220,8 @@ class _Connection:
                     await self._handle(ev)
                     if proto.pending_output >= EAGER_BYTES:
                         self._push()
+                        while proto.pending_output > HIGH_WATER:
+                            await self._drained.wait()
         except P.RemoteProtocolError as exc:
             log.info("closing connection to %s: %s", self.device.name, exc)
 

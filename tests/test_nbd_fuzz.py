@@ -296,6 +296,9 @@ def test_client_that_never_reads_replies(server):
     reading the connection (backpressure) and drops it when the peer goes;
     everyone else is served meanwhile."""
     sock, _, _ = raw_handshake(server.sock, "fz")
+    sock.sendall(request(P.CMD_WRITE, 0, 65536, cookie=1, data=os.urandom(65536)))
+    assert struct.unpack(">IIQ", recv_exact(sock, 16)) == (P.SIMPLE_REPLY_MAGIC, 0, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)   # one big batch
     sock.setblocking(False)
     sent = 0
     try:
@@ -310,9 +313,19 @@ def test_client_that_never_reads_replies(server):
     time.sleep(1)
     good.stop.set()
     good.join(30)
+    peak = peak_memory(server.proc.pid)
     sock.close()
     assert good.error is None and good.rounds > 10, good.error
     assert "export-size" in run(["nbdinfo", server.uri("fz")]).stdout
+    assert peak < 128 << 20, f"{sent} unread 64 KiB replies grew the server to {peak >> 20} MiB"
+
+
+def peak_memory(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
 
 
 def test_client_vanishing_mid_write(server):

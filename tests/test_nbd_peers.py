@@ -4,7 +4,6 @@ One server (`rokfs nbd` in a subprocess) serves a pool for the module; each
 test uses its own volume so the tests do not depend on each other.
 """
 
-import json
 import os
 import socket
 import subprocess
