@@ -48,6 +48,7 @@ EAGER_BYTES = 64 * 1024      # queued reply bytes that are sent without waiting 
 FAIR_STREAK = 8               # reads in a row without yielding to other tasks
 HANDSHAKE_TIMEOUT = 60
 STATUS_CAP = 1 << 30          # bytes described per BLOCK_STATUS reply at most
+BIG_OP = 256 << 20            # trims and zeroes run in pieces this large, letting others in
 HOLE_GRANULE = 64 * 1024     # zero blocks this large go out as holes
 DEFAULT_PORT = 10809
 
@@ -287,12 +288,16 @@ class _Connection:
         self.proto.send_ok(req)
 
     async def _trim(self, req):
-        await self.device.trim(req.offset, req.length, fua=req.fua)
+        for offset, length, last in _pieces(req.offset, req.length, BIG_OP):
+            await self.device.trim(offset, length, fua=req.fua and last)
+            await trio.lowlevel.checkpoint()
         self.proto.send_ok(req)
 
     async def _write_zeroes(self, req):
-        await self.device.write_zeroes(req.offset, req.length, fua=req.fua,
-                                       no_hole=bool(req.flags & P.CMD_FLAG_NO_HOLE))
+        no_hole = bool(req.flags & P.CMD_FLAG_NO_HOLE)
+        for offset, length, last in _pieces(req.offset, req.length, BIG_OP):
+            await self.device.write_zeroes(offset, length, fua=req.fua and last, no_hole=no_hole)
+            await trio.lowlevel.checkpoint()
         self.proto.send_ok(req)
 
     async def _cache(self, req):
@@ -335,6 +340,15 @@ class _Connection:
         if self._fd is None:
             return await self.stream.send_all(b"".join(bufs))
         await _writev_all(self._fd, bufs)
+
+
+def _pieces(offset, length, most):
+    """(offset, length, is_last) pieces of at most `most` bytes."""
+    end = offset + length
+    while offset < end:
+        n = min(most, end - offset)
+        yield offset, n, offset + n == end
+        offset += n
 
 
 _SPAWNED = frozenset((P.CMD_FLUSH, P.CMD_CACHE))

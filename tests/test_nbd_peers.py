@@ -16,7 +16,8 @@ from nbd_helpers import ServerProcess, nbdinfo_json, nbdsh, pool_with_volumes, r
 
 MiB = 1 << 20
 VOLUMES = [("img", 32 * MiB), ("io", 16 * MiB), ("map", 16 * MiB), ("copy", 24 * MiB),
-           ("cmds", 8 * MiB), ("base", 8 * MiB), ("multi", 32 * MiB), ("odd", 3 * 512)]
+           ("cmds", 8 * MiB), ("base", 8 * MiB), ("multi", 32 * MiB), ("odd", 3 * 512),
+           ("big", 1 << 30)]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,20 @@ def test_nbdsh_flush_fua_and_cache(server):
         assert all(h.aio_command_completed(c) for c in cookies)
         assert h.pread(4096, 4 << 20) == b"F" * 4096
         assert h.pread(4096, 5 << 20) == b"G" * 4096
+    """))
+
+
+def test_zeroing_a_whole_large_export_in_one_request(server):
+    """qemu-img convert style: fast-zero everything, then write the data."""
+    nbdsh(server.uri("big"), textwrap.dedent("""
+        h.pwrite(b"B" * 65536, 600 << 20)
+        h.pwrite(b"C" * 100, (1 << 30) - 100)
+        h.zero(1 << 30, 0, nbd.CMD_FLAG_FAST_ZERO)
+        assert h.pread(65536, 600 << 20) == bytes(65536)
+        assert h.pread(100, (1 << 30) - 100) == bytes(100)
+        h.pwrite(b"D" * 4096, 700 << 20)
+        h.trim((1 << 30) - 4096, 4096, nbd.CMD_FLAG_FUA)
+        assert h.pread(4096, 700 << 20) == bytes(4096)
     """))
 
 
