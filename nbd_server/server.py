@@ -121,6 +121,7 @@ class _Connection:
         self._streak = 0
         self._sending = False
         self._rest = []
+        self._sparse_reads = False    # holes as OFFSET_HOLE chunks: structured replies only
 
     async def run(self):
         with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -151,6 +152,7 @@ class _Connection:
                 await self._answer(ev)
             if proto.state is P.State.TRANSMISSION:
                 await self._send(proto.data_to_send())
+                self._enter_transmission()
                 return True
             if proto.state is P.State.CLOSED:
                 return False
@@ -180,6 +182,9 @@ class _Connection:
         else:
             device.close()
 
+    def _enter_transmission(self):
+        self._sparse_reads = self.proto.session.structured
+
     async def _start_tls(self):
         await self._send(self.proto.data_to_send())
         self._fd = None
@@ -190,7 +195,6 @@ class _Connection:
     # -- transmission ------------------------------------------------------------
 
     async def _transmission(self):
-        self._sparse_reads = self.proto.session.structured
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             try:
@@ -273,7 +277,7 @@ class _Connection:
 
     async def _read(self, req):
         data = await self.device.pread(req.offset, req.length)
-        if req.length >= HOLE_GRANULE and self._sparse_reads:
+        if req.length >= HOLE_GRANULE and self._sparse_reads and not req.flags & P.CMD_FLAG_DF:
             pieces = P.zero_runs(data, req.offset, HOLE_GRANULE)
             if len(pieces) > 1 or isinstance(pieces[0], int):
                 return self.proto.send_read_sparse(req, pieces)
