@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from nbd_helpers import ServerProcess, nbdinfo_json, nbdsh, pool_with_volumes, run
+from nbd_helpers import REPO, ServerProcess, nbdinfo_json, nbdsh, pool_with_volumes, run
 
 MiB = 1 << 20
 VOLUMES = [("img", 32 * MiB), ("io", 16 * MiB), ("map", 16 * MiB), ("copy", 24 * MiB),
@@ -274,3 +274,9 @@ def test_snapshot_export_keeps_old_content(tmp_path):
         nbdsh(srv.uri("vol"), "h.pwrite(b'new!' * 1024, 0)\nh.flush()\n")
         nbdsh(srv.uri("vol@s1"), "assert h.pread(4096, 0) == b'old!' * 1024\n")
         nbdsh(srv.uri("vol"), "assert h.pread(4096, 0) == b'new!' * 1024\n")
+
+
+def test_missing_pool_is_a_clear_error(tmp_path):
+    res = run([sys.executable, "-m", "rokfs.cli", "nbd", "--pool", str(tmp_path / "nope"),
+               "--socket", str(tmp_path / "s.sock")], check=False, cwd=REPO)
+    assert res.returncode == 1 and "no rokfs pool at" in res.stderr

@@ -2,15 +2,17 @@
 (nbdinfo, nbdsh), FORCEDTLS (`--tls=require`) refusing plaintext, and
 optional client-certificate verification (`--tls-ca`)."""
 
+import os
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
+import sys
 
 import pytest
 
-from nbd_helpers import (GREETING, ServerProcess, client_flags, info_data, nbdsh, opt,
+from nbd_helpers import (GREETING, REPO, ServerProcess, client_flags, info_data, nbdsh, opt,
                          pool_with_volumes, recv_exact, run)
 from nbd_server import protocol as P
 
@@ -95,6 +97,16 @@ def test_require_refuses_plaintext_at_the_byte_level(tmp_path, certs):
         assert s.recv(100) == b""          # EXPORT_NAME cannot be refused: hard disconnect
 
 
+def test_bulk_copy_over_tls(tmp_path, certs):
+    src = tmp_path / "src.raw"
+    src.write_bytes(os.urandom(3 << 20) + bytes(1 << 20))
+    with tls_server(tmp_path, certs, "require") as srv:
+        uri = srv.uri("sec", certs / "anonymous")
+        run(["nbdcopy", "--flush", str(src), uri])
+        run(["nbdcopy", uri, str(tmp_path / "back.raw")])
+    assert (tmp_path / "back.raw").read_bytes() == src.read_bytes()
+
+
 def test_tls_on_lets_the_client_choose(tmp_path, certs):
     with tls_server(tmp_path, certs, "on") as srv:
         assert "with TLS" in run(["nbdinfo", srv.uri("sec", certs / "anonymous")]).stdout
@@ -126,3 +138,15 @@ def test_python_ssl_client_after_starttls(tmp_path, certs):
             option, kind, data = read_option_reply(s)
             assert (option, kind) == (P.OPT_GO, P.REP_INFO)
             assert struct.unpack_from(">HQ", data) == (P.INFO_EXPORT, 4 << 20)
+
+
+def test_tls_options_are_checked_before_serving(tmp_path):
+    pool_with_volumes(str(tmp_path / "pool"), [("sec", 1 << 20)])
+    base = [sys.executable, "-m", "rokfs.cli", "nbd", "--pool", str(tmp_path / "pool"),
+            "--socket", str(tmp_path / "x.sock")]
+    res = run(base + ["--tls", "require"], check=False, cwd=REPO)
+    assert res.returncode == 2 and "needs --tls-cert and --tls-key" in res.stderr
+    res = run(base + ["--tls", "on", "--tls-cert", str(tmp_path / "none.pem"),
+                      "--tls-key", str(tmp_path / "none.pem")], check=False, cwd=REPO)
+    assert res.returncode == 2 and "No such file" in res.stderr
+    assert not (tmp_path / "x.sock").exists()
