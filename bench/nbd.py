@@ -10,6 +10,10 @@ servers for --reps repetitions; the medians and their ratio are printed.
 
 Targets (issue 3): seq read/write 1M QD8 >= 1.2x nbdkit, rand read 4K
 QD16 >= 0.5x nbdkit.
+
+Prefill is flushed and synced before the runs: writeback of the prefill
+would otherwise compete for the CPUs and swing the figures by 2x. On a
+shared 2-CPU machine expect +-15% between runs; the ratio is the figure.
 """
 
 import argparse
