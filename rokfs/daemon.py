@@ -6,6 +6,7 @@ starts each front end with nursery.start() so that it reports its address.
 """
 
 import functools
+import importlib.util
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import tempfile
 import trio
 
 from .control import Control
+from .errors import Unsupported
 from .pool import Pool
 
 log = logging.getLogger("rokfs.daemon")
@@ -37,6 +39,8 @@ def add_parser(sub):
 
 
 def run_cli(args):
+    if args.mount and importlib.util.find_spec("rokfs.fusefs") is None:
+        raise Unsupported("this rokfs has no FUSE view yet: serve without --mount")
     pool = Pool.open_or_create(args.pool)
     try:
         trio.run(serve, Control(pool), args)

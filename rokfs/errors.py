@@ -57,6 +57,10 @@ class NotEmpty(RokfsError):
     errno = _errno.ENOTEMPTY
 
 
+class Unsupported(RokfsError):
+    errno = _errno.ENOTSUP
+
+
 class Corrupt(RokfsError):
     """Stored data or metadata failed a consistency or hash check."""
 
