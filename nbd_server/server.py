@@ -45,7 +45,7 @@ HIGH_WATER = 32 << 20        # queued reply bytes that stop the reader
 MAX_SPAWNED = 64
 MAX_IOV = 512
 EAGER_BYTES = 64 * 1024      # queued reply bytes that are sent without waiting for the batch
-FAIR_STREAK = 8               # reads in a row without yielding to other tasks
+FAIR_STREAK = 128             # inline requests (a read counts 16) between yields to others
 HANDSHAKE_TIMEOUT = 60
 STATUS_CAP = 1 << 30          # bytes described per BLOCK_STATUS reply at most
 BIG_OP = 256 << 20            # trims and zeroes run in pieces this large, letting others in
@@ -223,6 +223,7 @@ class _Connection:
                     handlers.start_soon(self._spawned, ev)
                 else:
                     await self._handle(ev)
+                    await self._fair_share(1)
                     if proto.pending_output >= EAGER_BYTES:
                         self._push()
                         while proto.pending_output > HIGH_WATER:
@@ -327,13 +328,14 @@ class _Connection:
                     n = None
             if n is not None:
                 proto.buffer_updated(n)
-                return await self._fair_share()
+                return await self._fair_share(FAIR_STREAK // 8)
             self._streak = 0
             await trio.lowlevel.wait_readable(self._fd)
 
-    async def _fair_share(self):
-        """Yield now and then when data keeps coming, so others get a turn."""
-        self._streak += 1
+    async def _fair_share(self, cost):
+        """Yield now and then while work keeps coming without waiting (reads
+        that found data, requests run inline), so other connections get a turn."""
+        self._streak += cost
         if self._streak >= FAIR_STREAK:
             self._streak = 0
             await trio.lowlevel.checkpoint()
