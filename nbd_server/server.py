@@ -48,6 +48,7 @@ EAGER_BYTES = 64 * 1024      # queued reply bytes that are sent without waiting 
 FAIR_STREAK = 128             # inline requests (a read counts 16) between yields to others
 HANDSHAKE_TIMEOUT = 60
 STATUS_CAP = 1 << 30          # bytes described per BLOCK_STATUS reply at most
+STATUS_WINDOW = 1 << 20       # first look for a REQ_ONE block status, growing 8x
 BIG_OP = 256 << 20            # trims and zeroes run in pieces this large, letting others in
 HOLE_GRANULE = 64 * 1024     # zero blocks this large go out as holes
 DEFAULT_PORT = 10809
@@ -295,14 +296,16 @@ class _Connection:
     async def _trim(self, req):
         for offset, length, last in _pieces(req.offset, req.length, BIG_OP):
             await self.device.trim(offset, length, fua=req.fua and last)
-            await trio.lowlevel.checkpoint()
+            if not last:
+                await trio.lowlevel.checkpoint()
         self.proto.send_ok(req)
 
     async def _write_zeroes(self, req):
         no_hole = bool(req.flags & P.CMD_FLAG_NO_HOLE)
         for offset, length, last in _pieces(req.offset, req.length, BIG_OP):
             await self.device.write_zeroes(offset, length, fua=req.fua and last, no_hole=no_hole)
-            await trio.lowlevel.checkpoint()
+            if not last:
+                await trio.lowlevel.checkpoint()
         self.proto.send_ok(req)
 
     async def _cache(self, req):
@@ -310,8 +313,15 @@ class _Connection:
         self.proto.send_ok(req)
 
     async def _block_status(self, req):
-        length = min(req.length, STATUS_CAP)
-        self.proto.send_block_status(req, await self.device.extents(req.offset, length))
+        if not req.flags & P.CMD_FLAG_REQ_ONE:
+            extents = await self.device.extents(req.offset, min(req.length, STATUS_CAP))
+            return self.proto.send_block_status(req, extents)
+        window = min(req.length, STATUS_WINDOW)
+        while True:                   # one extent wanted: look only as far as it goes
+            extents = await self.device.extents(req.offset, window)
+            if len(extents) > 1 or window >= min(req.length, STATUS_CAP):
+                return self.proto.send_block_status(req, extents[:1])
+            window = min(window * 8, req.length, STATUS_CAP)
 
     # -- I/O ---------------------------------------------------------------------
 
@@ -483,11 +493,11 @@ async def serve(pool, *, socket_path=None, listen=None, tls=None,
     server = NbdServer(control, tls)
     tune_allocator()
     listeners = []
-    if socket_path is not None:
-        listeners.append(await open_unix_listener(socket_path))
     if listen is not None or socket_path is None:
         host, port = parse_listen(listen if listen is not None else str(DEFAULT_PORT))
         listeners += await trio.open_tcp_listeners(port, host=host)
+    if socket_path is not None:       # last: once it accepts, everything does
+        listeners.append(await open_unix_listener(socket_path))
     addresses = [lst.socket.getsockname() for lst in listeners]
     log.info("serving NBD on %s (TLS %s)", ", ".join(map(str, addresses)), server.tls_mode)
     try:

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from nbd_helpers import REPO, ServerProcess, nbdinfo_json, nbdsh, pool_with_volumes, run
+from nbd_server.server import parse_listen
 
 MiB = 1 << 20
 VOLUMES = [("img", 32 * MiB), ("io", 16 * MiB), ("map", 16 * MiB), ("copy", 24 * MiB),
@@ -199,6 +200,23 @@ def test_zeroing_a_whole_large_export_in_one_request(server):
     """))
 
 
+def test_block_status_req_one_on_a_large_export(server):
+    uri = server.uri("big")
+    nbdsh(None, f"h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)\nh.connect_uri({uri!r})\n"
+          + textwrap.dedent("""
+        h.pwrite(b"R" * 4096, 900 << 20)
+        def one(length, offset):
+            seen = []
+            h.block_status(length, offset, lambda c, o, e, err: seen.extend(e),
+                           nbd.CMD_FLAG_REQ_ONE)
+            return seen
+        assert one((1 << 30) - 4096, 0) == [(900 << 20) & ~0xffff, 3], one((1 << 30) - 4096, 0)
+        assert one(4096, 900 << 20) == [4096, 0]
+        assert one(1 << 20, (900 << 20) + 4096) == [65536 - 4096, 0]
+        assert one(8192, (1 << 30) - 8192) == [8192, 3]
+    """))
+
+
 def test_write_to_snapshot_is_eperm(server):
     uri = server.uri("base@empty")
     script = strict_off(uri) + "assert h.is_read_only()\n"
@@ -280,3 +298,16 @@ def test_missing_pool_is_a_clear_error(tmp_path):
     res = run([sys.executable, "-m", "rokfs.cli", "nbd", "--pool", str(tmp_path / "nope"),
                "--socket", str(tmp_path / "s.sock")], check=False, cwd=REPO)
     assert res.returncode == 1 and "no rokfs pool at" in res.stderr
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("10.1.2.3:10809", ("10.1.2.3", 10809)), (":7000", ("127.0.0.1", 7000)),
+    ("7001", ("127.0.0.1", 7001)), ("[::1]:7002", ("::1", 7002)), ("0.0.0.0:0", ("0.0.0.0", 0))])
+def test_parse_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host:port", "1.2.3.4:70000", "1.2.3.4:-1", ""])
+def test_parse_listen_refuses_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_listen(text)
