@@ -407,6 +407,11 @@ def _string(data):
         return None
 
 
+def _message(text):
+    """A human-readable message within the string limit, still valid UTF-8."""
+    return text[:MAX_STRING // 4].encode()
+
+
 class _OptionInvalid(Exception):
     """Raised while parsing option data: reply NBD_REP_ERR_INVALID."""
 
@@ -797,7 +802,7 @@ class ServerConnection:
             raise LocalProtocolError("reject_export needs an error reply type")
         if query.option == OPT_EXPORT_NAME:
             return self._to("refused")
-        self._opt_reply(query.option, reply, message.encode()[:MAX_STRING])
+        self._opt_reply(query.option, reply, _message(message))
         self._to("answered")
 
     def _send_infos(self, query, info, flags):
@@ -914,7 +919,7 @@ class ServerConnection:
         code = nbd_error(posix_errno)
         if not self.session.structured:
             return self._queue(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, code, req.cookie))
-        text = (message or os.strerror(posix_errno)).encode()[:MAX_STRING]
+        text = _message(message or os.strerror(posix_errno))
         self._queue(_STRUCTURED.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_ERROR,
                                      req.cookie, 6 + len(text))
                     + struct.pack(">IH", code, len(text)) + text)
