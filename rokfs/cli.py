@@ -14,6 +14,7 @@ import sys
 
 from .errors import RokfsError
 from .pool import DEFAULT_CHUNK_SIZE, Pool
+from .names import parse_labels
 from .units import format_size, parse_size
 
 FRONT_ENDS = ("rokfs.daemon", "nbd_server.cli", "rokfs.fusefs")
@@ -56,6 +57,20 @@ def cmd_status(args):
     return 0
 
 
+def cmd_create(args):
+    with Pool.open_or_create(args.pool) as pool:
+        vol = pool.create_volume(args.name, parse_size(args.size))
+    print(f"created volume {vol.name} ({format_size(vol.size)})")
+    return 0
+
+
+def cmd_snapshot(args):
+    with Pool.open(args.pool) as pool:
+        snap = pool.create_snapshot(args.name, parse_labels(args.label))
+    print(f"created snapshot {snap.full_name}")
+    return 0
+
+
 def cmd_fsck(args):
     from .fsck import fsck
     with Pool.open(args.pool_dir) as pool:
@@ -84,6 +99,18 @@ def build_parser():
     add_pool_argument(p)
     p.add_argument("-o", "--output", choices=("human", "json"), default="human")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("create", help="create a volume in a pool no daemon holds")
+    add_pool_argument(p)
+    p.add_argument("name")
+    p.add_argument("--size", required=True, help="e.g. 20G")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("snapshot", help="snapshot VOLUME@SNAP in a pool no daemon holds")
+    add_pool_argument(p)
+    p.add_argument("name", metavar="VOLUME@SNAP")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("fsck", help="check a pool's metadata and reference counts")
     p.add_argument("pool_dir", metavar="POOL")

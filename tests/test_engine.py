@@ -312,3 +312,26 @@ def test_full_disk_surfaces_enospc_and_keeps_metadata(tiny_fs):
     with Pool.open(pool_dir) as pool:
         assert fsck(pool)["clean"]
         assert pool.volume("next").pread(0, 5) == b"after"
+
+
+def test_cli_create_snapshot_status(tmp_path):
+    pool_dir = str(tmp_path / "pool")
+    rokfs = [sys.executable, "-m", "rokfs.cli"]
+    out = subprocess.run([*rokfs, "create", "--pool", pool_dir, "data", "--size", "1G"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "created volume data (1G)" in out.stdout
+    out = subprocess.run([*rokfs, "snapshot", "--pool", pool_dir, "data@s", "--label", "run=42"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    bad = subprocess.run([*rokfs, "create", "--pool", pool_dir, "Bad!", "--size", "1G"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "invalid volume name" in bad.stderr
+    bad = subprocess.run([*rokfs, "create", "--pool", pool_dir, "x", "--size", "12Q"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "invalid size" in bad.stderr
+    status = subprocess.run([*rokfs, "status", "--pool", pool_dir, "-o", "json"],
+                            capture_output=True, text=True, check=True)
+    import json
+    report = json.loads(status.stdout)
+    assert [v["name"] for v in report["volumes"]] == ["data"]
+    assert report["snapshots"][0]["labels"] == {"run": "42"}
