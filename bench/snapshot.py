@@ -31,16 +31,14 @@ def map_metadata_only(pool, vol, nchunks):
     """Point nchunks consecutive chunks at fresh slots without writing data."""
     slots = pool.slots
     first = slots.high_water
-    slots._grow_rc(first + nchunks)
     for leaf_no in range(nchunks // FANOUT):
         leaf_id, leaf = vol._own_leaf(leaf_no)
         for i in range(FANOUT):
             slot = first + leaf_no * FANOUT + i
             leaf[i] = slot + SLOT_BASE
-            slots.rc[slot] = 1
+            slots.set_count(slot, 1)
         pool.nodes.changed(leaf_id)
     slots.high_water = first + nchunks
-    slots.dirty_blocks.update(range(first // 4096, (first + nchunks) // 4096 + 1))
 
 
 def snapshot_latencies(pool, name, count, round_no):

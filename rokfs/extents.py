@@ -132,6 +132,12 @@ class ExtentStore:
                 return s
         return -1
 
+    def set_count(self, slot, count):
+        """Set a slot's count outright (fsck repair, metadata-only bench maps)."""
+        self._grow_rc(slot + 1)
+        self.rc[slot] = count
+        self.dirty_blocks.add(slot // RC_BLOCK)
+
     def incref(self, slot):
         self.rc[slot] += 1
         self.dirty_blocks.add(slot // RC_BLOCK)

@@ -14,7 +14,6 @@ from collections import Counter
 
 from .errors import RokfsError
 from .extentmap import LEAF, SLOT_BASE
-from .extents import RC_BLOCK
 
 
 def _expected_counts(pool, problems):
@@ -102,8 +101,7 @@ def _repair(pool, node_refs, slot_refs):
     for slot in range(slots.high_water):
         want = slot_refs.get(slot, 0)
         if slots.rc[slot] != want:
-            slots.rc[slot] = want
-            slots.dirty_blocks.add(slot // RC_BLOCK)
+            slots.set_count(slot, want)
         if want == 0:
             free.append(slot)
     pool.commit()
