@@ -72,8 +72,19 @@ class MapNodes:
 
     def incref(self, node_id):
         if node_id:
-            self.rc[node_id] += 1
-            self.dirty_rc.add(node_id)
+            self.set_count(node_id, self.rc[node_id] + 1)
+
+    def set_count(self, node_id, count):
+        self.rc[node_id] = count
+        self.dirty_rc.add(node_id)
+
+    def forget(self, node_id):
+        """Drop a node (its children untouched); the next commit deletes its row."""
+        del self.rc[node_id]
+        self.data.pop(node_id, None)
+        self.dirty.discard(node_id)
+        self.dirty_rc.discard(node_id)
+        self.deleted.add(node_id)
 
     def decref(self, node_id, level):
         """Drop one reference; free the node and its subtree at zero."""
@@ -81,15 +92,10 @@ class MapNodes:
             return
         count = self.rc[node_id] - 1
         if count > 0:
-            self.rc[node_id] = count
-            self.dirty_rc.add(node_id)
+            self.set_count(node_id, count)
             return
         self._release_children(self.get(node_id), level)
-        del self.rc[node_id]
-        self.data.pop(node_id, None)
-        self.dirty.discard(node_id)
-        self.dirty_rc.discard(node_id)
-        self.deleted.add(node_id)
+        self.forget(node_id)
 
     def owned(self, node_id, level):
         """Return a node id the caller may modify: `node_id` itself if not

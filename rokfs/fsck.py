@@ -89,14 +89,10 @@ def _repair(pool, node_refs, slot_refs):
     nodes, slots = pool.nodes, pool.slots
     for node_id in list(nodes.rc):
         if node_id not in node_refs:
-            del nodes.rc[node_id]
-            nodes.data.pop(node_id, None)
-            nodes.dirty.discard(node_id)
-            nodes.deleted.add(node_id)
+            nodes.forget(node_id)
     for node_id, count in node_refs.items():
         if nodes.rc.get(node_id) != count:
-            nodes.rc[node_id] = count
-            nodes.dirty_rc.add(node_id)
+            nodes.set_count(node_id, count)
     free = []
     for slot in range(slots.high_water):
         want = slot_refs.get(slot, 0)
