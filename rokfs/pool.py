@@ -19,6 +19,7 @@ Invariants:
   `write_commit(batch)` may run on a worker thread, one at a time.
 """
 
+import dataclasses
 import fcntl
 import os
 import time
@@ -377,8 +378,25 @@ def _read_run(view, run):
     pread_full(fd, view[pos:pos + n], offset)
 
 
+@dataclasses.dataclass
 class CommitBatch:
-    """Everything one commit writes, copied out of the in-memory state."""
+    """Everything one commit writes, copied out of the in-memory state, and
+    what `abort_commit` needs to mark it dirty again."""
+
+    volumes: list            # volume rows to upsert
+    snapshots: list          # snapshot rows to upsert
+    deleted_volumes: list
+    deleted_snapshots: list
+    image_state: tuple       # the four dirty/deleted id sets taken from the pool
+    nodes: list              # map node rows (id, rc, data) to write whole
+    node_rcs: list           # (rc, id) of nodes whose count alone changed
+    deleted_nodes: list
+    node_state: tuple        # MapNodes' dirty sets, for abort
+    slot_state: object       # ExtentStore's commit state (dirty blocks, freed slots)
+
+    @property
+    def slot_blocks(self):
+        return self.slot_state.blocks
 
 
 class Pool:
@@ -460,23 +478,22 @@ class Pool:
 
     # -- commit (= FLUSH) ----------------------------------------------------------
     def begin_commit(self):
-        batch = CommitBatch()
-        batch.volumes = [self._volumes_by_id[i].row() for i in sorted(self._dirty_volumes)
-                         if i in self._volumes_by_id]
         live_snaps = {s.id: s for s in self._snapshots.values()}
-        batch.snapshots = [live_snaps[i].row() for i in sorted(self._dirty_snapshots)
-                           if i in live_snaps]
-        batch.deleted_volumes = sorted(self._deleted_volumes)
-        batch.deleted_snapshots = sorted(self._deleted_snapshots)
-        batch.image_state = (self._dirty_volumes, self._dirty_snapshots,
-                             self._deleted_volumes, self._deleted_snapshots)
+        image_state = (self._dirty_volumes, self._dirty_snapshots,
+                       self._deleted_volumes, self._deleted_snapshots)
         self._dirty_volumes, self._dirty_snapshots = set(), set()
         self._deleted_volumes, self._deleted_snapshots = set(), set()
-        batch.nodes, batch.node_rcs, batch.deleted_nodes, batch.node_state = \
-            self.nodes.begin_commit()
-        batch.slot_state = self.slots.begin_commit()
-        batch.slot_blocks = batch.slot_state.blocks
-        return batch
+        dirty_volumes, dirty_snapshots, deleted_volumes, deleted_snapshots = image_state
+        nodes, node_rcs, deleted_nodes, node_state = self.nodes.begin_commit()
+        return CommitBatch(
+            volumes=[self._volumes_by_id[i].row() for i in sorted(dirty_volumes)
+                     if i in self._volumes_by_id],
+            snapshots=[live_snaps[i].row() for i in sorted(dirty_snapshots) if i in live_snaps],
+            deleted_volumes=sorted(deleted_volumes),
+            deleted_snapshots=sorted(deleted_snapshots),
+            image_state=image_state,
+            nodes=nodes, node_rcs=node_rcs, deleted_nodes=deleted_nodes, node_state=node_state,
+            slot_state=self.slots.begin_commit())
 
     def write_commit(self, batch):
         """Blocking; may run in a worker thread."""
