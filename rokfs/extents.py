@@ -31,6 +31,7 @@ BUDGET_RECHECK = 16 << 20          # statvfs again after this much allocation
 PREALLOC_SLOTS = 16                # fresh slots backed with disk per fallocate  # slot refcounts are persisted in blocks of this many slots
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
@@ -205,6 +206,27 @@ class ExtentStore:
     def read_into(self, slot, offset, view):
         fd, base = self.locate(slot)
         pread_full(fd, view, base + offset)
+
+    def copy(self, src, dst):
+        """Copy slot `src` into slot `dst` in the kernel (copy_file_range):
+        no round trip of the chunk through user space."""
+        sfd, soff = self.locate(src)
+        dfd, doff = self.locate(dst)
+        done = 0
+        try:
+            while done < self.chunk_size:
+                n = os.copy_file_range(sfd, dfd, self.chunk_size - done, soff + done, doff + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise from_os_error(exc, "copying chunk data") from exc
+        if done < self.chunk_size:
+            rest = memoryview(bytearray(self.chunk_size - done))
+            pread_full(sfd, rest, soff + done)
+            pwrite_full(dfd, rest, doff + done)
+        self.dirty_fds.add(dfd)
 
     def write(self, slot, offset, data):
         fd, base = self.locate(slot)

@@ -240,29 +240,42 @@ class Volume(Image):
         self._refuse_cold_partials(offset, len(view))
         cs = self.pool.chunk_size
         slots = self.pool.slots
-        run, pos = None, 0
+        run = [None]  # contiguous slot range (in place, or fresh for whole chunks) to write
+        try:
+            self._write_chunks(offset, view, cs, slots, run)
+        finally:
+            self._write_run(run, view)  # slots mapped so far get their data, even on error
+
+    def _write_chunks(self, offset, view, cs, slots, run):
+        pos = 0
         for chunk, within, n in self.spans(offset, len(view)):
             leaf_id, leaf = self._own_leaf(chunk // FANOUT)
             entry = leaf[chunk % FANOUT]
             if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
-                fd, base = slots.locate(entry - SLOT_BASE)
-                if _extends(run, fd, base + within, pos):
-                    run[3] += n
-                else:
-                    run = self._write_run(run, view)
-                    run = [fd, base + within, pos, n]
+                slot = entry - SLOT_BASE
+            elif n == cs:
+                slot = slots.allocate()
+                self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
             else:
-                run = self._write_run(run, view)
-                piece = view[pos:pos + n]
-                self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+                self._write_run(run, view)
+                self._write_partial_new_slot(leaf_id, leaf, chunk, entry, within,
+                                             view[pos:pos + n], cs)
+                pos += n
+                continue
+            fd, base = slots.locate(slot)
+            if _extends(run[0], fd, base + within, pos):
+                run[0][3] += n
+            else:
+                self._write_run(run, view)
+                run[0] = [fd, base + within, pos, n]
             pos += n
-        self._write_run(run, view)
 
     def _write_run(self, run, view):
-        if run:
-            fd, offset, pos, n = run
+        """Write the pending run held in the one-element list `run`, if any."""
+        pending, run[0] = run[0], None
+        if pending:
+            fd, offset, pos, n = pending
             self.pool.slots.write_at(fd, view[pos:pos + n], offset)
-        return None
 
     def _refuse_cold_partials(self, offset, length):
         cold = [c for c, within, n in self.spans(offset, length)
@@ -270,15 +283,16 @@ class Volume(Image):
         if cold:
             raise NeedsChunks(self, cold)
 
-    def _write_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs):
+    def _write_partial_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs):
+        """Copy-on-write of part of a chunk: the rest comes from the old slot
+        (copied in the kernel) or is zero."""
         slots = self.pool.slots
         slot = slots.allocate()
-        if len(piece) == cs:
-            slots.write(slot, 0, piece)
+        if entry >= SLOT_BASE:
+            slots.copy(entry - SLOT_BASE, slot)
+            slots.write(slot, within, piece)
         else:
             buf = bytearray(cs)
-            if entry >= SLOT_BASE:
-                slots.read_into(entry - SLOT_BASE, 0, memoryview(buf))
             buf[within:within + len(piece)] = piece
             slots.write(slot, 0, buf)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
