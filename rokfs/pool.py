@@ -31,7 +31,7 @@ from .extentmap import FANOUT, INHERIT, LEAF, MAX_CHUNKS, SLOT_BASE, ZERO, MapNo
 from .extents import ExtentStore, pread_full
 from .store import FORMAT_VERSION, MetaStore
 
-DEFAULT_CHUNK_SIZE = 64 * 1024
+DEFAULT_CHUNK_SIZE = 32 * 1024
 EXTENT_FILE_BYTES = 1 << 30
 SECTOR = 512
 HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
