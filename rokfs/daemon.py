@@ -11,13 +11,14 @@ pool gets a last commit and is closed.
 
 import functools
 import logging
+import os
 import signal
 
 import trio
 
 from . import config as configuration, logs
 from .control import Control
-from .errors import Busy, InvalidArgument, RokfsError, Unsupported
+from .errors import Busy, InvalidArgument, RokfsError, Unsupported, from_os_error
 from .pool import Pool
 from .units import parse_size
 
@@ -49,6 +50,8 @@ def run_cli(args):
         trio.run(serve, control, cfg)
     except BaseExceptionGroup as group:     # a service failed to start: say why, plainly
         first = _first_leaf(group)
+        if isinstance(first, OSError):
+            raise from_os_error(first, "cannot start") from None
         raise first if isinstance(first, RokfsError) else group
     finally:
         pool.close()
@@ -107,6 +110,8 @@ async def _serve_nbd(control, nbd, *, task_status=trio.TASK_STATUS_IGNORED):
                          nbd["tls_ca"] or None)
     except (ValueError, OSError) as exc:
         raise InvalidArgument(f"NBD TLS: {exc}") from None
+    if nbd["socket"]:
+        os.makedirs(os.path.dirname(os.path.abspath(nbd["socket"])), mode=0o755, exist_ok=True)
     await serve_nbd(control, socket_path=nbd["socket"] or None,
                     listen=nbd["listen"] or None, tls=tls, task_status=task_status)
 
