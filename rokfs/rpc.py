@@ -143,11 +143,10 @@ class ControlService:
         if progress is not None:
             args = {**args, "progress": progress}
         try:
-            result = func(**args)
+            inspect.signature(func).bind(**args)
         except TypeError as exc:
-            if not args or "argument" not in str(exc):
-                raise
             raise errors.InvalidArgument(f"{verb}: {exc}") from None
+        result = func(**args)
         if inspect.isawaitable(result):
             result = await result
         return result
