@@ -103,3 +103,20 @@ async def test_streaming_errors_and_bad_arguments(pool, tmp_path):
             client.gc_remote()
 
     await with_service(pool, tmp_path, body)
+
+
+async def test_control_socket_mode_and_group(pool, tmp_path):
+    import grp
+    import os
+    sock = str(tmp_path / "g.sock")
+    group = grp.getgrgid(os.getgid()).gr_name
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(rpc.serve_control, Control(pool), sock,
+                                              mode=0o660, group=group))
+        st = os.stat(sock)
+        assert st.st_mode & 0o777 == 0o660 and st.st_gid == os.getgid()
+        nursery.cancel_scope.cancel()
+    assert not os.path.exists(sock)
+    with pytest.raises(errors.InvalidArgument, match="no group named"):
+        await rpc.serve_control(Control(pool), sock, group="no-such-group-xyz")
+    assert not os.path.exists(sock)
