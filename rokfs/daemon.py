@@ -126,12 +126,16 @@ def _print_welcome(control, cfg, bound):
     rokctl = "rokctl" if ctl == configuration.defaults()["control"]["socket"] \
         else f"rokctl --socket {ctl}"
     lines = [f"rokfs: serving pool {control.pool.path}",
-             f"  control  {ctl}   first steps:  {rokctl} volume create data --size 10G",
-             f"                               {rokctl} snapshot create data@before",
-             f"                               {rokctl} status"]
+             f"  control  {ctl}",
+             f"           try:  {rokctl} volume create data --size 10G",
+             f"                 {rokctl} snapshot create data@before --label run=1",
+             f"                 {rokctl} status"]
     if sock:
+        uri = f"nbd+unix:///data?socket={sock}"
         lines += [f"  NBD      nbd+unix:///VOLUME?socket={sock}",
-                  f"           list exports:  nbdinfo --list 'nbd+unix:///?socket={sock}'"]
+                  f"           list:  nbdinfo --list 'nbd+unix:///?socket={sock}'",
+                  f"           mount: mkdir -p /tmp/data && nbdfuse /tmp/data '{uri}' &",
+                  "                  mkfs.ext4 /tmp/data/nbd && mount -o loop /tmp/data/nbd /mnt"]
     for addr in (a for a in bound.get("nbd", ()) if isinstance(a, tuple)):
         lines.append(f"  NBD      nbd://{addr[0]}:{addr[1]}/VOLUME")
     if mnt:
