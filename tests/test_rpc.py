@@ -120,3 +120,23 @@ async def test_control_socket_mode_and_group(pool, tmp_path):
     with pytest.raises(errors.InvalidArgument, match="no group named"):
         await rpc.serve_control(Control(pool), sock, group="no-such-group-xyz")
     assert not os.path.exists(sock)
+
+
+async def test_rokctl_push_shows_a_progress_bar(pool, tmp_path):
+    import contextlib
+    import io
+    import json
+    from rokfs import rokctl
+    pool.create_volume("data", 1 << 20)
+    pool.create_snapshot("data@a")
+
+    def body(client):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = rokctl.main(["--socket", client.address, "push", "data@a", "--progress",
+                              "-o", "json"])
+        return rc, out.getvalue(), err.getvalue()
+
+    rc, out, err = await with_service(pool, tmp_path, body)
+    assert rc == 0 and json.loads(out)["snapshot"] == "data@a"
+    assert "push data@a [" in err and "100.0%" in err and "1M/1M" in err and "ETA" in err
