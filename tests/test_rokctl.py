@@ -176,6 +176,8 @@ def test_metrics_count_nbd_io(daemon):
     assert 'rokfs_io_ops_total{image="m",op="flush"} 1.0' in text
     assert 'rokfs_request_seconds_count{front="nbd",op="write"}' in text
     assert "rokfs_pool_capacity_bytes" in text and "rokfs_snapshot_seconds_bucket" in text
+    daemon.ok("volume", "rm", "m")
+    assert 'image="m"' not in scrape()                  # deleted images leave the scrape
 
 
 @needs_fuse
