@@ -110,12 +110,20 @@ def test_second_serve_on_the_same_pool_is_refused(tmp_path):
         assert daemon.ok("status")                 # the first one is unharmed
 
 
-def test_bad_config_is_refused_clearly(tmp_path):
+@pytest.mark.parametrize("extra, flags, message", [
+    ("sokcet = '/x'\n", [], "unknown key 'sokcet' in [nbd]"),
+    ("", ["--nbd-tls", "require"], "NBD TLS: --tls=require needs --tls-cert"),
+    ("", ["--metrics-listen", "nowhere"], "invalid metrics address 'nowhere'"),
+    ("", ["--chunk-size", "3K"], "chunk"),
+])
+def test_bad_settings_are_refused_clearly(tmp_path, extra, flags, message):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[nbd]\nsokcet = '/x'\n")
-    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config", str(bad)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "unknown key 'sokcet' in [nbd]" in proc.stderr
+    bad.write_text(write_config(tmp_path).read_text().replace("[nbd]\n", "[nbd]\n" + extra))
+    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config", str(bad),
+                           *flags], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "run" / "control.sock")
 
 
 def test_config_precedence_flag_env_file_default(tmp_path):
