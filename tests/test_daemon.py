@@ -66,6 +66,7 @@ def test_sigterm_during_heavy_writes_keeps_flushed_data(tmp_path):
         rest = writer.stdout.read().split()
         writer.wait(timeout=30)
     assert rc == 0, log
+    assert writer.returncode != 0                  # it was still writing when the daemon stopped
     last_flushed = int((lines + rest)[-1])
     assert '"event": "shutdown"' in log
     with Pool.open(str(tmp_path / "pool")) as pool:

@@ -37,6 +37,7 @@ def test_counters_move_during_fio(tmp_path):
         out, err = fio.communicate(timeout=30)
         assert fio.returncode == 0, err
         final = curl(daemon.metrics_url)
+    print("write ops seen by successive scrapes:", seen)
     moving = [b for a, b in zip(seen, seen[1:]) if b > a]
     assert len(moving) >= 2, seen                     # it rose while fio ran
     written = counter(final, "rokfs_io_bytes_total", image="bench", op="write")
