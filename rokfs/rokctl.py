@@ -12,7 +12,6 @@ are listed in EXIT_CODES (and docs/daemon.md).
 
 import argparse
 import json
-import os
 import sys
 import time
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from daemon_helpers import Daemon, running, write_config
+from daemon_helpers import running, write_config
 from nbd_helpers import NBDSH_ENV
 from rokfs import config
 from rokfs.errors import InvalidArgument
