@@ -163,11 +163,11 @@ class ControlService:
         try:
             args = _decode_args(verb, request)
             result = trio.from_thread.run(self._call, verb, args, trio_token=self.token)
+            return pb.Result(json=json.dumps(result))
         except trio.RunFinishedError:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
         except Exception as exc:
             self._fail(context, verb, exc)
-        return pb.Result(json=json.dumps(result))
 
     def streaming(self, verb, request, context):
         try:
