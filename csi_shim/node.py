@@ -74,6 +74,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
             run(f"mkfs.{wanted}", *(["-q"] if wanted.startswith("ext") else []), device,
                 timeout=600)
             found = wanted
+        elif not capability.is_read_only(cap):
+            _grow_unmounted_filesystem(device, found)
         os.makedirs(staging, exist_ok=True)
         options = list(cap.mount.mount_flags) + (["ro"] if capability.is_read_only(cap) else [])
         run("mount", "-t", found, *(["-o", ",".join(options)] if options else []),
@@ -230,8 +232,23 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         return self.client.volume_info(volume)
 
 
+def _ext_filesystem_bytes(device):
+    fields = dict(line.split(":", 1) for line in
+                  run("dumpe2fs", "-h", device).splitlines() if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def _grow_unmounted_filesystem(device, fstype):
+    """Offline expansion: a volume grown while unstaged gets its filesystem
+    grown before it is mounted again (no online-resize privilege needed)."""
+    if fstype.startswith("ext") and _ext_filesystem_bytes(device) < device_size(device):
+        run("e2fsck", "-f", "-p", device, ok_codes=(0, 1), timeout=600)
+        run("resize2fs", device, timeout=600)
+
+
 def _grow_filesystem(device, mount):
     if mount.fstype.startswith("ext"):
-        run("resize2fs", device, timeout=600)
+        if _ext_filesystem_bytes(device) < device_size(device):
+            run("resize2fs", device, timeout=600)
     elif mount.fstype == "xfs":
         run("xfs_growfs", mount.target, timeout=600)
