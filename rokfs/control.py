@@ -14,17 +14,22 @@ Invariants:
   pread / pwrite / trim / write_zeroes / flush / cache / extents.
 """
 
+import time
+
 import trio
 
 from . import names
 from .errors import NotFound, ReadOnly, RemoteError
 from .pool import NeedsChunks, Volume
+from .stats import Counters
 
 
 class Control:
-    def __init__(self, pool, remote=None):
+    def __init__(self, pool, remote=None, remotes=None):
         self.pool = pool
-        self.remote = remote
+        self.remotes = dict(remotes or {})
+        self.remote = remote if remote is not None else self.remotes.get("default")
+        self.counters = Counters()
         pool.autocommit = False
         self._commit_lock = trio.Lock()
         self._commits_started = 0
@@ -79,8 +84,11 @@ class Control:
 
     # -- snapshots -----------------------------------------------------------------
     async def snapshot(self, full_name, labels=None):
+        start = time.perf_counter()
         snap = self.pool.create_snapshot(full_name, labels)
         await self.flush()
+        self.counters.snapshots_created += 1
+        self.counters.snapshot_latency.observe(time.perf_counter() - start)
         return snap.info()
 
     async def delete_snapshot(self, full_name):
@@ -112,8 +120,9 @@ class Control:
                 for s in self.pool.list_snapshots()]
         return out
 
-    def open_device(self, name):
-        return Device(self, self.pool.image(name))
+    def open_device(self, name, front="nbd"):
+        """A Device for volume or snapshot `name`; `front` labels its metrics."""
+        return Device(self, self.pool.image(name), front)
 
     # -- hydration (the remote store plugs in here) ---------------------------------
     async def fetch_chunks(self, image, chunks):
@@ -126,8 +135,10 @@ class Control:
 class Device:
     """An open volume or snapshot: the callback table protocol adapters use."""
 
-    def __init__(self, control, image):
+    def __init__(self, control, image, front="nbd"):
         self.control = control
+        self.io = control.counters.image_io(image.full_name)
+        self.latency = control.counters.front_latency(front)
         self.image = image
         self.name = image.full_name
         self.read_only = image.read_only
@@ -163,29 +174,48 @@ class Device:
             except NeedsChunks as need:
                 await self.control.fetch_chunks(need.image, need.chunks)
 
+    def _count(self, op, nbytes, start):
+        """Plain integer bumps: no lock, no prometheus call on the I/O path."""
+        counts = self.io[op]
+        counts[0] += 1
+        counts[1] += nbytes
+        self.latency[op].observe(time.perf_counter() - start)
+
     async def pread(self, offset, length):
-        return await self._with_hydration(self._live().pread, offset, length)
+        start = time.perf_counter()
+        data = await self._with_hydration(self._live().pread, offset, length)
+        self._count("read", length, start)
+        return data
 
     async def pwrite(self, offset, data, fua=False):
+        start = time.perf_counter()
         await self._with_hydration(self._writable().pwrite, offset, data)
         if fua:
             await self.control.flush()
+        self._count("write", len(data), start)
 
     async def trim(self, offset, length, fua=False):
+        start = time.perf_counter()
         await self._with_hydration(self._writable().trim, offset, length)
         if fua:
             await self.control.flush()
+        self._count("trim", length, start)
 
     async def write_zeroes(self, offset, length, fua=False, no_hole=False):
+        start = time.perf_counter()
         await self._with_hydration(self._writable().write_zeroes, offset, length, no_hole)
         if fua:
             await self.control.flush()
+        self._count("zero", length, start)
 
     async def flush(self):
+        start = time.perf_counter()
         self._live()
         await self.control.flush()
+        self._count("flush", 0, start)
 
     async def cache(self, offset, length):
+        self._count("cache", length, time.perf_counter())
         image = self._live()
         image._check_range(offset, length)
         cold = [c for c, _, _ in image.spans(offset, length)

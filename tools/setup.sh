@@ -30,7 +30,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     .venv/bin/pip install -q -e '.[dev]'
     echo "$want" > "$stamp"
 fi
-for cmd in rokfs; do
+for cmd in rokfs rokctl; do
     ln -sf "$PWD/.venv/bin/$cmd" /usr/local/bin/$cmd
 done
 echo "setup: done"

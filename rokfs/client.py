@@ -1,0 +1,139 @@
+"""A Python client of the rokfs daemon, for notebooks and pipelines.
+
+    from rokfs.client import Client
+    rok = Client()                       # ROKFS_CONTROL or the default socket
+    rok.create_volume("data", 20 << 30)
+    with rok.step_snapshots(["data", "models"], run="42", step="train"):
+        train()
+
+Methods have the names and arguments of the rokfs.control.Control verbs and
+return plain JSON values (dicts, lists); a failed call raises the same
+rokfs.errors class the daemon raised (rokfs.rpc.error_from, the one place).
+"""
+
+import contextlib
+import json
+import os
+import re
+import time
+
+import grpc
+
+from . import rpc
+from .proto import control_pb2 as pb
+
+
+def default_address():
+    from .daemon import default_runtime_dir
+    return os.environ.get("ROKFS_CONTROL") or os.path.join(default_runtime_dir(),
+                                                           "control.sock")
+
+
+class Client:
+    def __init__(self, address=None, *, timeout=None):
+        self.address = address or default_address()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(rpc.channel_target(self.address))
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def call(self, verb, **kwargs):
+        """Run one verb by name; returns its JSON result."""
+        if verb not in rpc.VERBS:
+            raise rpc.errors.InvalidArgument(f"unknown verb {verb!r}")
+        if verb in rpc.STREAMING:
+            return self.call_streaming(verb, **kwargs)
+        stub = self._channel.unary_unary(rpc.method_path(verb),
+                                         request_serializer=pb.Call.SerializeToString,
+                                         response_deserializer=pb.Result.FromString)
+        try:
+            reply = stub(_request(kwargs), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise rpc.error_from(exc) from None
+        return json.loads(reply.json)
+
+    def call_streaming(self, verb, progress=None, **kwargs):
+        """Run a streaming verb; `progress(done, total)` sees each update."""
+        stub = self._channel.unary_stream(rpc.method_path(verb),
+                                          request_serializer=pb.Call.SerializeToString,
+                                          response_deserializer=pb.Progress.FromString)
+        try:
+            for msg in stub(_request(kwargs), timeout=self.timeout):
+                if msg.done:
+                    return json.loads(msg.result_json)
+                if progress is not None:
+                    progress(msg.done_bytes, msg.total_bytes)
+        except grpc.RpcError as exc:
+            raise rpc.error_from(exc) from None
+        raise rpc.errors.RokfsError(f"{verb}: the daemon ended the call without a result")
+
+    def wait_hydrated(self, volume, progress=None, poll=0.5):
+        """Block until `volume` is hydrated; `progress(done, total)` on each poll."""
+        while True:
+            st = self.hydration_status(volume)
+            if progress is not None:
+                progress(st.get("bytes_done", 0), st.get("bytes_total", 0))
+            if st["state"] == "hydrated":
+                return st
+            if st["state"] == "failed":
+                raise rpc.errors.RemoteError(f"hydration of {volume} failed: {st.get('error')}")
+            time.sleep(poll)
+
+    @contextlib.contextmanager
+    def step_snapshots(self, volumes, *, run, step, labels=None):
+        """Snapshot `volumes` before (phase=pre) and after (phase=post) the block.
+
+        Snapshots are named STEP-RUN-pre / STEP-RUN-post (made name-safe,
+        with a numeric suffix when taken) and labelled run, step and phase
+        plus `labels`. The post snapshots are taken even if the block
+        raises (labelled outcome=failed), so a failed step can be inspected.
+        """
+        base = {**(labels or {}), "run": str(run), "step": str(step)}
+        self._step_snapshot(volumes, base, "pre")
+        try:
+            yield
+        except BaseException:
+            self._step_snapshot(volumes, {**base, "outcome": "failed"}, "post")
+            raise
+        self._step_snapshot(volumes, {**base, "outcome": "succeeded"}, "post")
+
+    def _step_snapshot(self, volumes, labels, phase):
+        stem = _safe_name(f"{labels['step']}-{labels['run']}-{phase}")
+        for volume in volumes:
+            taken = set(self.volume_info(volume)["snapshots"])
+            name, n = stem, 1
+            while name in taken:
+                n += 1
+                name = f"{stem[:58]}-{n}"
+            self.snapshot(f"{volume}@{name}", {**labels, "phase": phase})
+
+
+def _safe_name(text):
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "step"
+    return name[:63]
+
+
+def _request(kwargs):
+    return pb.Call(args_json=json.dumps({k: v for k, v in kwargs.items() if v is not None}))
+
+
+def _verb_method(verb, params):
+    def method(self, *args, **kwargs):
+        if len(args) > len(params):
+            raise TypeError(f"{verb}() takes at most {len(params)} positional arguments")
+        kwargs.update(zip(params, args))
+        return self.call(verb, **kwargs)
+    method.__name__ = verb
+    method.__doc__ = f"Control.{verb}({', '.join(params)}) over the control API."
+    return method
+
+
+for _verb, _params in rpc.VERBS.items():
+    setattr(Client, _verb, _verb_method(_verb, _params))

@@ -1,0 +1,116 @@
+"""The daemon's configuration: embedded defaults < TOML file < ROKFS_* env < flags.
+
+Invariants:
+- SETTINGS is the one table of scalar settings: (section, key, env var,
+  flag). A setting is looked up in that order of precedence: the flag if
+  given, else the environment variable, else the file, else the default.
+- `[remotes.NAME]` tables pass through unchanged to rokfs.remote.open_remote;
+  without any, remote "default" is a local directory next to the default pool.
+- Unknown sections or keys in the file are refused (a typo is not ignored).
+"""
+
+import copy
+import os
+import tomllib
+
+from .errors import InvalidArgument
+
+
+def data_dir():
+    return os.path.join(os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"),
+                        "rokfs")
+
+
+def runtime_dir():
+    import tempfile
+    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0
+                                                 else tempfile.gettempdir())
+    return os.path.join(base, "rokfs")
+
+
+def defaults():
+    run = runtime_dir()
+    return {
+        "pool": {"path": os.path.join(data_dir(), "pool"), "chunk_size": "64K"},
+        "nbd": {"socket": os.path.join(run, "nbd.sock"), "listen": "", "tls": "off",
+                "tls_cert": "", "tls_key": "", "tls_ca": ""},
+        "fuse": {"mountpoint": ""},
+        "control": {"socket": os.path.join(run, "control.sock"), "mode": "0600", "group": ""},
+        "metrics": {"listen": "127.0.0.1:9436"},
+        "log": {"level": "info", "format": "kv"},
+        "remotes": {},
+    }
+
+
+SETTINGS = [   # section, key, environment variable, argparse dest
+    ("pool", "path", "ROKFS_POOL", "pool"),
+    ("pool", "chunk_size", "ROKFS_CHUNK_SIZE", "chunk_size"),
+    ("nbd", "socket", "ROKFS_NBD_SOCKET", "nbd_socket"),
+    ("nbd", "listen", "ROKFS_NBD_LISTEN", "nbd_listen"),
+    ("nbd", "tls", "ROKFS_NBD_TLS", "nbd_tls"),
+    ("nbd", "tls_cert", "ROKFS_NBD_TLS_CERT", "nbd_tls_cert"),
+    ("nbd", "tls_key", "ROKFS_NBD_TLS_KEY", "nbd_tls_key"),
+    ("nbd", "tls_ca", "ROKFS_NBD_TLS_CA", "nbd_tls_ca"),
+    ("fuse", "mountpoint", "ROKFS_MOUNT", "mount"),
+    ("control", "socket", "ROKFS_CONTROL", "control_socket"),
+    ("control", "mode", "ROKFS_CONTROL_MODE", "control_mode"),
+    ("control", "group", "ROKFS_CONTROL_GROUP", "control_group"),
+    ("metrics", "listen", "ROKFS_METRICS_LISTEN", "metrics_listen"),
+    ("log", "level", "ROKFS_LOG_LEVEL", "log_level"),
+    ("log", "format", "ROKFS_LOG_FORMAT", "log_format"),
+]
+
+
+def load(path=None, env=None, flags=None):
+    """The effective configuration as a dict of sections."""
+    env = os.environ if env is None else env
+    config = defaults()
+    if path:
+        _merge_file(config, path)
+    for section, key, var, dest in SETTINGS:
+        value = getattr(flags, dest, None) if flags is not None else None
+        if value is None:
+            value = env.get(var)
+        if value is not None:
+            config[section][key] = value
+    if not config["remotes"]:
+        config["remotes"] = {"default": {"type": "dir",
+                                         "path": os.path.join(data_dir(), "remote")}}
+    _check(config)
+    return config
+
+
+def _merge_file(config, path):
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"config {path} is not valid TOML: {exc}") from None
+    for section, table in data.items():
+        if section not in config or not isinstance(table, dict):
+            raise InvalidArgument(f"config {path}: unknown section [{section}]")
+        if section == "remotes":
+            config["remotes"] = copy.deepcopy(table)
+            continue
+        for key, value in table.items():
+            if key not in config[section]:
+                raise InvalidArgument(f"config {path}: unknown key {key!r} in [{section}]")
+            config[section][key] = value
+
+
+def _check(config):
+    if config["nbd"]["tls"] not in ("off", "on", "require"):
+        raise InvalidArgument("nbd.tls must be off, on or require")
+    if config["log"]["format"] not in ("kv", "json"):
+        raise InvalidArgument("log.format must be kv or json")
+    if str(config["log"]["level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise InvalidArgument("log.level must be debug, info, warning or error")
+    try:
+        config["control"]["mode"] = int(str(config["control"]["mode"]), 8)
+    except ValueError:
+        raise InvalidArgument("control.mode must be an octal file mode such as 0660") from None
+    for name, spec in config["remotes"].items():
+        if not isinstance(spec, (dict, str)):
+            raise InvalidArgument(f"remote {name!r} must be a table or a URL")

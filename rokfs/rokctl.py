@@ -1,0 +1,315 @@
+"""`rokctl`: the command-line client of a running rokfs daemon.
+
+    rokctl volume create data --size 20G
+    rokctl snapshot create data@before --label run=42
+    rokctl snapshot ls --label run=42
+    rokctl push data@before
+
+Human tables by default, `-o json` for scripts. The daemon is found with
+--socket, else ROKFS_CONTROL, else the default control socket. Exit codes
+are listed in EXIT_CODES (and docs/daemon.md).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import errors
+from .client import Client, default_address
+from .names import parse_labels
+from .rpc import DaemonUnreachable
+from .units import format_size, parse_size
+
+EXIT_CODES = [   # (error class, code); first match wins; 0 = ok, 2 = usage
+    (DaemonUnreachable, 4),
+    (errors.InvalidArgument, 2),
+    (errors.NotFound, 3),
+    (errors.AlreadyExists, 5),
+    (errors.Busy, 6), (errors.NotEmpty, 6), (errors.ReadOnly, 6),
+    (errors.NoSpace, 7),
+    (errors.RemoteError, 8),
+    (errors.Unsupported, 9),
+]
+
+
+def exit_code(exc):
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), 1)
+
+
+# -- output ------------------------------------------------------------------------------
+
+def table(rows, columns):
+    """Print rows (dicts) as aligned columns: [(header, key or function)]."""
+    cells = [[h.upper() for h, _ in columns]]
+    for row in rows:
+        cells.append([str(f(row) if callable(f) else row.get(f, "")) for _, f in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _labels(row):
+    return ",".join(f"{k}={v}" for k, v in sorted(row.get("labels", {}).items()))
+
+
+def _when(row):
+    created = row.get("created")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if created else ""
+
+
+VOLUME_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"])),
+                  ("allocated", lambda r: format_size(r.get("allocated", 0))),
+                  ("snapshots", lambda r: len(r.get("snapshots", []))),
+                  ("origin", lambda r: r.get("origin") or ""), ("created", _when)]
+SNAPSHOT_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"])),
+                    ("exclusive", lambda r: format_size(r.get("exclusive", 0))),
+                    ("created", _when), ("labels", _labels)]
+REMOTE_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r.get("size", 0))),
+                  ("parent", lambda r: r.get("parent") or ""), ("created", _when),
+                  ("labels", _labels)]
+
+
+class Progress:
+    """A one-line progress bar with rate and ETA on stderr."""
+
+    def __init__(self, label, enabled):
+        self.label, self.enabled = label, enabled
+        self.start, self.last = time.monotonic(), 0.0
+
+    def __call__(self, done, total):
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6)
+        frac = done / total if total else 1.0
+        eta = (total - done) / rate if rate > 0 and total else 0
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {format_size(done)}/"
+                         f"{format_size(total)} {format_size(rate)}/s ETA {eta:4.0f}s")
+        sys.stderr.flush()
+
+    def finish(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def _show(args, result, human):
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    elif human is not None:
+        human(result)
+
+
+def _one(columns):
+    return lambda row: table([row], columns)
+
+
+def volume_create(c, a):
+    _show(a, c.create_volume(a.name, parse_size(a.size)), _one(VOLUME_COLUMNS))
+
+
+def volume_ls(c, a):
+    _show(a, c.list_volumes(), lambda rows: table(rows, VOLUME_COLUMNS))
+
+
+def volume_rm(c, a):
+    c.delete_volume(a.name, recursive=a.recursive or None, force=a.force or None)
+    _show(a, {"deleted": a.name}, lambda r: print(f"deleted volume {a.name}"))
+
+
+def volume_resize(c, a):
+    _show(a, c.resize_volume(a.name, parse_size(a.size), force=a.force or None),
+          _one(VOLUME_COLUMNS))
+
+
+def volume_rename(c, a):
+    _show(a, c.rename_volume(a.old, a.new), _one(VOLUME_COLUMNS))
+
+
+def volume_info(c, a):
+    _show(a, c.volume_info(a.name), lambda r: print(json.dumps(r, indent=2)))
+
+
+def snapshot_create(c, a):
+    _show(a, c.snapshot(a.name, parse_labels(a.label)), _one(SNAPSHOT_COLUMNS))
+
+
+def snapshot_ls(c, a):
+    _show(a, c.list_snapshots(a.volume, parse_labels(a.label) or None),
+          lambda rows: table(rows, SNAPSHOT_COLUMNS))
+
+
+def snapshot_rm(c, a):
+    c.delete_snapshot(a.name)
+    _show(a, {"deleted": a.name}, lambda r: print(f"deleted snapshot {a.name}"))
+
+
+def snapshot_label(c, a):
+    _show(a, c.set_labels(a.name, parse_labels(a.labels), replace=a.replace or None),
+          _one(SNAPSHOT_COLUMNS))
+
+
+def snapshot_info(c, a):
+    _show(a, c.snapshot_info(a.name), lambda r: print(json.dumps(r, indent=2)))
+
+
+def clone(c, a):
+    _show(a, c.clone(a.source, a.new_name), _one(VOLUME_COLUMNS))
+
+
+def push(c, a):
+    bar = Progress(f"push {a.name}", a.progress)
+    result = c.push(a.name, remote=a.remote, progress=bar)
+    bar.finish()
+    _show(a, result, lambda r: print(
+        f"pushed {r['snapshot']} to {r['remote']}: {r['uploaded_chunks']} of {r['chunks']} "
+        f"chunks uploaded ({format_size(r['uploaded_bytes'])}), "
+        f"{r['skipped_chunks']} already there, {r['seconds']:.1f}s"))
+
+
+def pull(c, a):
+    result = c.pull(a.remote_snapshot, a.new_volume, remote=a.remote)
+    if a.wait:
+        bar = Progress(f"hydrate {a.new_volume}", a.progress)
+        c.wait_hydrated(a.new_volume, progress=bar)
+        bar.finish()
+        result = c.volume_info(a.new_volume)
+    _show(a, result, _one(VOLUME_COLUMNS))
+
+
+def remote_ls(c, a):
+    _show(a, c.list_remote(remote=a.remote), lambda rows: table(rows, REMOTE_COLUMNS))
+
+
+def remote_rm(c, a):
+    c.delete_remote(a.name, remote=a.remote)
+    _show(a, {"deleted": a.name}, lambda r: print(f"deleted {a.name} from remote {a.remote}"))
+
+
+def remote_gc(c, a):
+    _show(a, c.gc_remote(remote=a.remote, grace_seconds=a.grace), lambda r: print(
+        f"deleted {r['deleted_objects']} objects ({format_size(r['deleted_bytes'])}), "
+        f"kept {r['kept_objects']}"))
+
+
+def hydration(c, a):
+    if a.wait:
+        bar = Progress(f"hydrate {a.volume}", a.progress)
+        result = c.wait_hydrated(a.volume, progress=bar)
+        bar.finish()
+    else:
+        result = c.hydration_status(a.volume)
+    _show(a, result, lambda r: print(
+        f"{r['volume']}: {r['state']} {format_size(r['bytes_done'])}/"
+        f"{format_size(r['bytes_total'])} ({r['chunks_done']}/{r['chunks_total']} chunks)"
+        + (f" error: {r['error']}" if r.get("error") else "")))
+
+
+def status(c, a):
+    result = {**c.status(), "volumes_list": c.list_volumes()}
+    _show(a, result, lambda r: (
+        print(f"pool {r['path']}: chunk size {format_size(r['chunk_size'])}, "
+              f"{r['volumes']} volumes, {r['snapshots']} snapshots, "
+              f"{format_size(r['used_bytes'])} used, {format_size(r['free_bytes'])} free of "
+              f"{format_size(r['capacity_bytes'])}"),
+        r["volumes_list"] and table(r["volumes_list"], VOLUME_COLUMNS)))
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="daemon control socket (env ROKFS_CONTROL; default "
+                             f"{default_address()})")
+    common.add_argument("-o", "--output", choices=("human", "json"), default=argparse.SUPPRESS)
+    common.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
+                        help="progress bars even when stdout is not a terminal")
+    parser = argparse.ArgumentParser(prog="rokctl", parents=[common],
+                                     description=__doc__.splitlines()[0],
+                                     epilog="exit codes: 0 ok, 1 error, 2 usage or invalid "
+                                     "argument, 3 not found, 4 daemon unreachable, 5 already "
+                                     "exists, 6 busy/not empty/read-only, 7 no space, "
+                                     "8 remote error, 9 unsupported")
+    sub = parser.add_subparsers(dest="noun", required=True)
+
+    def cmd(parent, name, func, help_text, *arguments):
+        p = parent.add_parser(name, parents=[common], help=help_text)
+        for flags, kw in arguments:
+            p.add_argument(*flags, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    def group(name, help_text):
+        return sub.add_parser(name, help=help_text).add_subparsers(dest="verb", required=True)
+
+    A = lambda *flags, **kw: (flags, kw)      # noqa: E731
+    remote = A("--remote", default="default", help="remote name (default: %(default)s)")
+    labels = A("--label", action="append", default=[], metavar="KEY=VALUE")
+
+    v = group("volume", "create, list, remove, resize, rename volumes")
+    cmd(v, "create", volume_create, "create a volume", A("name"), A("--size", required=True))
+    cmd(v, "ls", volume_ls, "list volumes")
+    cmd(v, "rm", volume_rm, "delete a volume", A("name"),
+        A("-r", "--recursive", action="store_true", help="and its snapshots"),
+        A("--force", action="store_true", help="even while open"))
+    cmd(v, "resize", volume_resize, "grow (or --force shrink) a volume", A("name"), A("size"),
+        A("--force", action="store_true"))
+    cmd(v, "rename", volume_rename, "rename a volume", A("old"), A("new"))
+    cmd(v, "info", volume_info, "one volume's details", A("name"))
+
+    s = group("snapshot", "create, list, remove, label snapshots")
+    cmd(s, "create", snapshot_create, "snapshot VOLUME@SNAP", A("name", metavar="VOLUME@SNAP"),
+        labels)
+    cmd(s, "ls", snapshot_ls, "list snapshots", A("volume", nargs="?"), labels)
+    cmd(s, "rm", snapshot_rm, "delete a snapshot", A("name", metavar="VOLUME@SNAP"))
+    cmd(s, "label", snapshot_label, "set labels", A("name", metavar="VOLUME@SNAP"),
+        A("labels", nargs="+", metavar="KEY=VALUE"),
+        A("--replace", action="store_true", help="drop labels not given"))
+    cmd(s, "info", snapshot_info, "one snapshot's details", A("name", metavar="VOLUME@SNAP"))
+
+    cmd(sub, "clone", clone, "clone VOLUME@SNAP into a new volume",
+        A("source", metavar="VOLUME@SNAP"), A("new_name", metavar="NEW_VOLUME"))
+    cmd(sub, "push", push, "push a snapshot to a remote", A("name", metavar="VOLUME@SNAP"),
+        remote)
+    cmd(sub, "pull", pull, "restore a remote snapshot as a new volume (lazily)",
+        A("remote_snapshot", metavar="REMOTE_SNAP"),
+        A("--as", dest="new_volume", required=True, metavar="VOLUME"), remote,
+        A("--wait", action="store_true", help="wait until fully hydrated"))
+    r = group("remote", "snapshots on a remote")
+    cmd(r, "ls", remote_ls, "list a remote's snapshots", remote)
+    cmd(r, "rm", remote_rm, "delete a remote snapshot", A("name", metavar="VOLUME@SNAP"), remote)
+    cmd(r, "gc", remote_gc, "delete chunks no manifest names", remote,
+        A("--grace", type=float, default=3600, metavar="SECONDS",
+          help="keep objects younger than this (default: %(default)s)"))
+    cmd(sub, "hydration", hydration, "a restored volume's hydration", A("volume"),
+        A("--wait", action="store_true"))
+    cmd(sub, "status", status, "the pool's state")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)     # common options may come before or after the verb
+    args.socket = getattr(args, "socket", None)
+    args.output = getattr(args, "output", "human")
+    if not hasattr(args, "progress"):
+        args.progress = sys.stdout.isatty() and args.output == "human"
+    try:
+        with Client(args.socket) as client:
+            args.func(client, args)
+    except errors.RokfsError as exc:
+        print(f"rokctl: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
