@@ -51,6 +51,7 @@ class Driver:
         self.nbd = os.path.join(root, "run", "nbd.sock")
         self.endpoint = os.path.join(root, "csi", "csi.sock")
         self.state = os.path.join(root, "state")
+        os.makedirs(os.path.dirname(self.nbd), exist_ok=True)
         self.daemon = subprocess.Popen(
             [sys.executable, "-m", "rokfs.cli", "serve", "--pool", os.path.join(root, "pool"),
              "--nbd-socket", self.nbd, "--control-socket", self.control],
@@ -69,6 +70,7 @@ class Driver:
 
     def close(self):
         self.channel.close()
+        _force_cleanup(self.root)          # only does something if a test failed midway
         csi_err = _stop(self.csi)
         daemon_err = _stop(self.daemon)
         assert "Traceback" not in csi_err, csi_err
@@ -122,6 +124,19 @@ class Driver:
         return left
 
 
+def _force_cleanup(root):
+    """Unmount and detach whatever a failed test left under `root`."""
+    with open("/proc/self/mountinfo") as f:
+        targets = [line.split()[4] for line in f if line.split()[4].startswith(root)]
+    for target in reversed(targets):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+    loops = subprocess.run(["losetup", "--noheadings", "-O", "NAME,BACK-FILE", "--list"],
+                           capture_output=True, text=True).stdout
+    for line in loops.splitlines():
+        if root in line:
+            subprocess.run(["losetup", "-d", line.split()[0]], capture_output=True)
+
+
 def mount_cap(mode=Mode.SINGLE_NODE_WRITER, fs_type=""):
     return csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(fs_type=fs_type),
                                 access_mode=csi.VolumeCapability.AccessMode(mode=mode))
@@ -156,7 +171,8 @@ def driver(tmp_path_factory):
 
 @pytest.fixture
 def paths(tmp_path):
-    return {name: str(tmp_path / name) for name in ("staging", "staging2", "target", "target2")}
+    yield {name: str(tmp_path / name) for name in ("staging", "staging2", "target", "target2")}
+    _force_cleanup(str(tmp_path))
 
 
 # -- identity ---------------------------------------------------------------------------
