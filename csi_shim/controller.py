@@ -32,8 +32,13 @@ INT64_MAX = (1 << 63) - 1
 
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, client, node_id, topology_key):
+    def __init__(self, client, node_id, topology_key, expand_on_node=False):
         self.client = client
+        # Without EXPAND_VOLUME, external-resizer marks PVs resized without
+        # calling us and kubelet's NodeExpandVolume grows the volume on its
+        # node: the way to expand node-local volumes with one resizer.
+        self.capabilities = [c for c in CAPABILITIES
+                             if not (expand_on_node and c == RPC.EXPAND_VOLUME)]
         self.node_id = node_id
         self.topology_key = topology_key
         self.locks = KeyLocks()
@@ -151,7 +156,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
 
     @rpc
     def ControllerGetCapabilities(self, request):
-        caps = [csi.ControllerServiceCapability(rpc=RPC(type=t)) for t in CAPABILITIES]
+        caps = [csi.ControllerServiceCapability(rpc=RPC(type=t)) for t in self.capabilities]
         return csi.ControllerGetCapabilitiesResponse(capabilities=caps)
 
     @rpc

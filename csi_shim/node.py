@@ -186,25 +186,60 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
 
     @rpc
     def NodeExpandVolume(self, request):
+        """Grow the volume (if the CO asks for more than it has), then the
+        attached device and its filesystem. An export's size is fixed while
+        attached, so a bigger volume is re-attached: possible while it is only
+        staged (where kubelet expands offline), refused while published."""
         volume = require(request.volume_id, "volume_id")
         path = require(request.volume_path, "volume_path")
         info = self._check_volume(volume)
         if request.HasField("volume_capability"):
             capability.check([request.volume_capability], "volume_capability")
         with self.locks.hold(volume):
-            device = self.attacher.refresh(volume)
+            device = self.attacher.device(volume)
             if device is None or not os.path.exists(path):
                 raise not_found(f"volume {volume} is not staged or published at {path}")
-            size = device_size(device)
-            if size < min(info["size"], request.capacity_range.required_bytes or info["size"]):
-                raise CsiError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"volume {volume} grew to {info['size']} bytes while attached "
-                               f"({size} bytes visible); rokfs expands offline: unstage and "
-                               "stage it again")
+            wanted = request.capacity_range.required_bytes
+            if wanted > info["size"]:
+                info = self.client.resize_volume(volume, capability.size_for(
+                    request.capacity_range, minimum=info["size"], maximum=1 << 62))
+            if device_size(device) < info["size"]:
+                device = self._reattach(volume, device, request)
             current = mount_at(path)
             if current is not None and current.fstype != "devtmpfs":
                 _grow_filesystem(device, current)
+            size = device_size(device)
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)
+
+    def _reattach(self, volume, device, request):
+        """Detach and attach again (picking up the new size) a volume that is
+        staged but not published; the staging mount comes back grown."""
+        staging = request.staging_target_path
+        published = self._published_targets(device, exclude=staging or "/nonexistent")
+        if published:
+            raise CsiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"volume {volume} is published at {', '.join(published)}; rokfs "
+                           "expands offline: expand it while no pod uses it")
+        staged = mount_at(staging) if staging else None
+        mounted = staged is not None and is_mount_of_device(staged, device)
+        if mounted:
+            options, fstype = staged.options, staged.fstype
+            unmount_all(staging)
+        read_only = self._attached_read_only(device)
+        self.attacher.detach(volume)
+        device = self.attacher.attach(volume, read_only=read_only)
+        if mounted:
+            _grow_unmounted_filesystem(device, fstype)
+            run("mount", "-t", fstype, "-o", options, device, staging)
+        return device
+
+    @staticmethod
+    def _attached_read_only(device):
+        try:
+            with open(f"/sys/block/{os.path.basename(device)}/ro") as f:
+                return f.read().strip() == "1"
+        except OSError:
+            return False
 
     # -- info ------------------------------------------------------------------------------
     @rpc

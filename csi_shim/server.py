@@ -59,6 +59,9 @@ def build_parser():
                    help="topology segment naming this node (default: %(default)s)")
     p.add_argument("--max-volumes", type=int, default=0,
                    help="volumes this node may attach (0: no limit)")
+    p.add_argument("--expand-on-node", action="store_true",
+                   help="leave EXPAND_VOLUME out of the controller capabilities: volumes "
+                        "grow in NodeExpandVolume on their node (see docs/csi.md)")
     p.add_argument("--workers", type=int, default=8, help="concurrent CSI calls")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -70,7 +73,8 @@ def make_server(client, args):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(client), server)
     csi_pb2_grpc.add_ControllerServicer_to_server(
-        ControllerServicer(client, args.node_id, args.topology_key), server)
+        ControllerServicer(client, args.node_id, args.topology_key, args.expand_on_node),
+        server)
     csi_pb2_grpc.add_NodeServicer_to_server(
         NodeServicer(client, attacher, args.node_id, args.topology_key, args.max_volumes),
         server)

@@ -491,6 +491,33 @@ def test_expand_offline_then_grow_the_filesystem(driver, paths):
     driver.delete(vol)
 
 
+def test_node_expand_grows_a_staged_volume(driver, paths):
+    """The expand-on-node path: kubelet's NodeExpandVolume after NodeStage
+    grows the rokfs volume, re-attaches it and grows the filesystem."""
+    vol = driver.create("pvc-node-grow", 32 * MiB).volume_id
+    driver.stage(vol, paths["staging"])
+    with open(os.path.join(paths["staging"], "keep.txt"), "w") as f:
+        f.write("kept across a node expansion")
+    small = os.statvfs(paths["staging"])
+    grown = driver.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(
+        volume_id=vol, volume_path=paths["staging"], staging_target_path=paths["staging"],
+        capacity_range=csi.CapacityRange(required_bytes=80 * MiB), volume_capability=mount_cap()))
+    assert grown.capacity_bytes == 80 * MiB
+    big = os.statvfs(paths["staging"])
+    assert big.f_blocks * big.f_frsize > small.f_blocks * small.f_frsize + 40 * MiB
+    with open(os.path.join(paths["staging"], "keep.txt")) as f:
+        assert f.read() == "kept across a node expansion"
+    driver.publish(vol, paths["staging"], paths["target"])
+    assert code_of(driver.node.NodeExpandVolume, csi.NodeExpandVolumeRequest(
+        volume_id=vol, volume_path=paths["target"], staging_target_path=paths["staging"],
+        capacity_range=csi.CapacityRange(required_bytes=128 * MiB))) == \
+        grpc.StatusCode.FAILED_PRECONDITION                      # published: offline only
+    driver.unpublish(vol, paths["target"])
+    driver.unstage(vol, paths["staging"])
+    assert driver.leftovers(vol) == []
+    driver.delete(vol)
+
+
 def test_node_info_and_capabilities(driver):
     info = driver.node.NodeGetInfo(csi.NodeGetInfoRequest())
     assert info.node_id == NODE
