@@ -113,6 +113,8 @@ class NbdFuse:
     # -- detach ----------------------------------------------------------------
     def detach(self, volume):
         """Detach `volume`; nothing of it stays on the node (idempotent)."""
+        if not os.path.exists(self._dir(volume)):
+            return
         while (device := self.device(volume)) is not None:
             run("losetup", "-d", device)
             wait_for(lambda: self.device(volume) != device, f"{device} to detach")

@@ -78,8 +78,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         """CreateVolume of an existing name: fine if the request matches it."""
         source = request.volume_content_source
         if source.WhichOneof("type") is not None:
-            _, origin = self._source(source)
-            if info.get("origin") not in (None, origin):
+            remote, origin = self._source(source)
+            if remote is None and info.get("origin") not in (None, origin):
                 raise CsiError(grpc.StatusCode.ALREADY_EXISTS,
                                f"volume {request.name!r} exists with content from "
                                f"{info.get('origin')!r}, not {origin!r}")

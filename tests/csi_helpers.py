@@ -18,7 +18,7 @@ NODE = "test-node"
 
 
 # -- processes -------------------------------------------------------------------------
-def _wait_for_socket(proc, path, what):
+def wait_for_socket(proc, path, what):
     deadline = time.monotonic() + 30
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -27,7 +27,7 @@ def _wait_for_socket(proc, path, what):
         time.sleep(0.05)
 
 
-def _stop(proc):
+def stop(proc):
     proc.send_signal(signal.SIGTERM)
     try:
         out, err = proc.communicate(timeout=30)
@@ -51,13 +51,13 @@ class Driver:
             [sys.executable, "-m", "rokfs.cli", "serve", "--pool", os.path.join(root, "pool"),
              "--nbd-socket", self.nbd, "--control-socket", self.control],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for_socket(self.daemon, self.control, "rokfs serve")
+        wait_for_socket(self.daemon, self.control, "rokfs serve")
         self.csi = subprocess.Popen(
             [sys.executable, "-m", "csi_shim", "--endpoint", f"unix://{self.endpoint}",
              "--rokfs", f"unix://{self.control}", "--nbd", f"unix://{self.nbd}",
              "--node-id", NODE, "--state-dir", self.state],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for_socket(self.csi, self.endpoint, "rokfs-csi")
+        wait_for_socket(self.csi, self.endpoint, "rokfs-csi")
         self.channel = grpc.insecure_channel(f"unix://{self.endpoint}")
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)
@@ -66,8 +66,8 @@ class Driver:
     def close(self):
         self.channel.close()
         force_cleanup(self.root)          # only does something if a test failed midway
-        csi_err = _stop(self.csi)
-        daemon_err = _stop(self.daemon)
+        csi_err = stop(self.csi)
+        daemon_err = stop(self.daemon)
         assert "Traceback" not in csi_err, csi_err
         assert "Traceback" not in daemon_err, daemon_err
 

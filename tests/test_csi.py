@@ -5,13 +5,15 @@ mkfs.ext4 and real mounts; every unstage is checked to leave nothing behind."""
 
 import os
 import subprocess
+import sys
 
 import grpc
 import pytest
 
-from csi_helpers import (MiB, NODE, Driver, Mode, force_cleanup, block_cap, code_of,
-                         from_snapshot, from_volume, mount_cap)
+from csi_helpers import (MiB, NODE, Driver, Mode, block_cap, code_of, force_cleanup,
+                         from_snapshot, from_volume, mount_cap, stop, wait_for_socket)
 from csi_shim import csi_pb2 as csi
+from csi_shim import csi_pb2_grpc
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and loop devices need root")
 
@@ -380,3 +382,22 @@ def test_node_info_and_capabilities(driver):
         csi.NodeGetCapabilitiesRequest()).capabilities}
     R = csi.NodeServiceCapability.RPC
     assert {R.STAGE_UNSTAGE_VOLUME, R.EXPAND_VOLUME, R.GET_VOLUME_STATS} <= caps
+
+
+def test_expand_on_node_leaves_controller_expansion_out(driver, tmp_path):
+    endpoint = str(tmp_path / "csi2.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "csi_shim", "--endpoint", f"unix://{endpoint}",
+         "--rokfs", f"unix://{driver.control}", "--nbd", f"unix://{driver.nbd}",
+         "--node-id", NODE, "--state-dir", driver.state, "--expand-on-node"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_socket(proc, endpoint, "rokfs-csi --expand-on-node")
+        with grpc.insecure_channel(f"unix://{endpoint}") as channel:
+            caps = csi_pb2_grpc.ControllerStub(channel).ControllerGetCapabilities(
+                csi.ControllerGetCapabilitiesRequest()).capabilities
+    finally:
+        stop(proc)
+    R = csi.ControllerServiceCapability.RPC
+    types = {c.rpc.type for c in caps}
+    assert R.EXPAND_VOLUME not in types and R.CREATE_DELETE_SNAPSHOT in types
