@@ -49,7 +49,8 @@ class Driver:
         os.makedirs(os.path.dirname(self.nbd), exist_ok=True)
         self.daemon = subprocess.Popen(
             [sys.executable, "-m", "rokfs.cli", "serve", "--pool", os.path.join(root, "pool"),
-             "--nbd-socket", self.nbd, "--control-socket", self.control],
+             "--nbd-socket", self.nbd, "--control-socket", self.control,
+             "--metrics-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_socket(self.daemon, self.control, "rokfs serve")
         self.csi = subprocess.Popen(
