@@ -11,13 +11,14 @@ pool gets a last commit and is closed.
 
 import functools
 import logging
+import os
 import signal
 
 import trio
 
 from . import config as configuration, logs
 from .control import Control
-from .errors import Busy, InvalidArgument, RokfsError, Unsupported
+from .errors import Busy, InvalidArgument, RokfsError, Unsupported, from_os_error
 from .pool import Pool
 from .units import parse_size
 
@@ -49,6 +50,8 @@ def run_cli(args):
         trio.run(serve, control, cfg)
     except BaseExceptionGroup as group:     # a service failed to start: say why, plainly
         first = _first_leaf(group)
+        if isinstance(first, OSError):
+            raise from_os_error(first, "cannot start") from None
         raise first if isinstance(first, RokfsError) else group
     finally:
         pool.close()
@@ -89,7 +92,7 @@ async def serve(control, cfg, *, task_status=trio.TASK_STATUS_IGNORED):
             if cfg["metrics"]["listen"]:
                 bound["metrics"] = await nursery.start(serve_metrics, control,
                                                        cfg["metrics"]["listen"])
-            # HYDRATORS: await nursery.start(control.run_background)
+            # LEAD: hydrators start here -> await nursery.start(control.run_background)
             _print_welcome(control, cfg, bound)
             task_status.started(bound)
             async for signum in signals:
@@ -107,6 +110,8 @@ async def _serve_nbd(control, nbd, *, task_status=trio.TASK_STATUS_IGNORED):
                          nbd["tls_ca"] or None)
     except (ValueError, OSError) as exc:
         raise InvalidArgument(f"NBD TLS: {exc}") from None
+    if nbd["socket"]:
+        os.makedirs(os.path.dirname(os.path.abspath(nbd["socket"])), mode=0o755, exist_ok=True)
     await serve_nbd(control, socket_path=nbd["socket"] or None,
                     listen=nbd["listen"] or None, tls=tls, task_status=task_status)
 
@@ -121,12 +126,16 @@ def _print_welcome(control, cfg, bound):
     rokctl = "rokctl" if ctl == configuration.defaults()["control"]["socket"] \
         else f"rokctl --socket {ctl}"
     lines = [f"rokfs: serving pool {control.pool.path}",
-             f"  control  {ctl}   first steps:  {rokctl} volume create data --size 10G",
-             f"                               {rokctl} snapshot create data@before",
-             f"                               {rokctl} status"]
+             f"  control  {ctl}",
+             f"           try:  {rokctl} volume create data --size 10G",
+             f"                 {rokctl} snapshot create data@before --label run=1",
+             f"                 {rokctl} status"]
     if sock:
+        uri = f"nbd+unix:///data?socket={sock}"
         lines += [f"  NBD      nbd+unix:///VOLUME?socket={sock}",
-                  f"           list exports:  nbdinfo --list 'nbd+unix:///?socket={sock}'"]
+                  f"           list:  nbdinfo --list 'nbd+unix:///?socket={sock}'",
+                  f"           mount: mkdir -p /tmp/data && nbdfuse /tmp/data '{uri}' &",
+                  "                  mkfs.ext4 /tmp/data/nbd && mount -o loop /tmp/data/nbd /mnt"]
     for addr in (a for a in bound.get("nbd", ()) if isinstance(a, tuple)):
         lines.append(f"  NBD      nbd://{addr[0]}:{addr[1]}/VOLUME")
     if mnt:

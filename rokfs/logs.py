@@ -17,7 +17,8 @@ def _fields(message):
     pairs = _PAIR.findall(message)
     if not pairs or not message.startswith(pairs[0][0] + "="):
         return {"msg": message}
-    return {k: v.strip("\"'") for k, v in pairs}
+    return {k: v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "\"'" else v
+            for k, v in pairs}
 
 
 def _timestamp(record):

@@ -28,8 +28,11 @@ def _snapshot(control):
                 hydration.append(control.hydration_status(vol.name))
             except Exception:        # a volume without a base, or a verb mid-change
                 continue
-    return {"counters": control.counters.copy(), "pool": control.status(),
-            "hydration": hydration}
+    live = {v.name for v in control.pool.list_volumes()}
+    live |= {s.full_name for s in control.pool.list_snapshots()}
+    counters = control.counters.copy()
+    counters.io = {name: io for name, io in counters.io.items() if name in live}
+    return {"counters": counters, "pool": control.status(), "hydration": hydration}
 
 
 def _histogram(family, labels, hist):

@@ -12,7 +12,6 @@ are listed in EXIT_CODES (and docs/daemon.md).
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -172,8 +171,18 @@ def push(c, a):
         f"{r['skipped_chunks']} already there, {r['seconds']:.1f}s"))
 
 
+def _remote_and_snapshot(a):
+    """'archive/data@v1' names remote 'archive'; URLs go to the daemon as they are."""
+    name = a.remote_snapshot
+    if "/" in name and "://" not in name:
+        remote, name = name.split("/", 1)
+        return remote, name
+    return a.remote, name
+
+
 def pull(c, a):
-    result = c.pull(a.remote_snapshot, a.new_volume, remote=a.remote)
+    remote, name = _remote_and_snapshot(a)
+    result = c.pull(name, a.new_volume, remote=remote)
     if a.wait:
         bar = Progress(f"hydrate {a.new_volume}", a.progress)
         c.wait_hydrated(a.new_volume, progress=bar)
@@ -278,7 +287,7 @@ def build_parser():
     cmd(sub, "push", push, "push a snapshot to a remote", A("name", metavar="VOLUME@SNAP"),
         remote)
     cmd(sub, "pull", pull, "restore a remote snapshot as a new volume (lazily)",
-        A("remote_snapshot", metavar="REMOTE_SNAP"),
+        A("remote_snapshot", metavar="[REMOTE/]VOLUME@SNAP"),
         A("--as", dest="new_volume", required=True, metavar="VOLUME"), remote,
         A("--wait", action="store_true", help="wait until fully hydrated"))
     r = group("remote", "snapshots on a remote")

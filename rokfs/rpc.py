@@ -143,11 +143,10 @@ class ControlService:
         if progress is not None:
             args = {**args, "progress": progress}
         try:
-            result = func(**args)
+            inspect.signature(func).bind(**args)
         except TypeError as exc:
-            if not args or "argument" not in str(exc):
-                raise
             raise errors.InvalidArgument(f"{verb}: {exc}") from None
+        result = func(**args)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -164,11 +163,11 @@ class ControlService:
         try:
             args = _decode_args(verb, request)
             result = trio.from_thread.run(self._call, verb, args, trio_token=self.token)
+            return pb.Result(json=json.dumps(result))
         except trio.RunFinishedError:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
         except Exception as exc:
             self._fail(context, verb, exc)
-        return pb.Result(json=json.dumps(result))
 
     def streaming(self, verb, request, context):
         try:
@@ -246,7 +245,11 @@ def _secure_socket(path, mode, group):
     os.chmod(path, mode)
     if group:
         import grp
-        os.chown(path, -1, grp.getgrnam(group).gr_gid if isinstance(group, str) else group)
+        try:
+            gid = grp.getgrnam(group).gr_gid if isinstance(group, str) else int(group)
+        except KeyError:
+            raise errors.InvalidArgument(f"control.group: no group named {group!r}") from None
+        os.chown(path, -1, gid)
 
 
 async def serve_control(control, socket_path, *, mode=0o600, group=None, workers=8,
@@ -260,8 +263,8 @@ async def serve_control(control, socket_path, *, mode=0o600, group=None, workers
     server.add_generic_rpc_handlers((service.handlers(),))
     if not server.add_insecure_port(f"unix:{socket_path}"):
         raise errors.RokfsError(f"cannot listen on control socket {socket_path}")
-    _secure_socket(socket_path, mode, group)
     try:
+        _secure_socket(socket_path, mode, group)
         async with trio.open_nursery() as nursery:
             service.nursery = nursery
             server.start()

@@ -1,7 +1,8 @@
-"""`rokfs serve`: starts on a pool, serves NBD, shuts down cleanly on
-SIGTERM keeping flushed data, and refuses a pool another process holds."""
+"""`rokfs serve`: embedded defaults, restart safety (SIGTERM under load keeps
+what was flushed, SIGKILL then restart serves the same data), refusal of a
+second daemon on the same pool, and the config precedence."""
 
-import json
+import importlib.util
 import os
 import signal
 import subprocess
@@ -10,57 +11,157 @@ import time
 
 import pytest
 
+from daemon_helpers import running, write_config
+from nbd_helpers import NBDSH_ENV
+from rokfs import config
+from rokfs.errors import InvalidArgument
 from rokfs.pool import Pool
 
+WRITER = """
+import sys
+n = 0
+while True:
+    for i in range(16):
+        block = n * 16 + i
+        h.pwrite(block.to_bytes(8, 'little') * 512, (block % 4096) * 4096)
+    h.flush()
+    print(n, flush=True)
+    n += 1
+"""
 
-def start_daemon(pool_dir, sock, *extra):
-    proc = subprocess.Popen([sys.executable, "-m", "rokfs.cli", "serve", "--pool", pool_dir,
-                             "--nbd-socket", sock, *extra],
+
+def test_embedded_default_prints_how_to_use_it(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "XDG_RUNTIME_DIR": str(tmp_path / "run"), "ROKFS_METRICS_LISTEN": "127.0.0.1:0"}
+    env.pop("ROKFS_CONTROL", None)
+    env.pop("ROKFS_POOL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "rokfs.cli", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"daemon did not start: {proc.communicate()}")
+    sock = tmp_path / "run" / "rokfs" / "control.sock"
+    deadline = time.monotonic() + 30
+    while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    return proc
-
-
-def nbdsh(sock, export, script):
-    from nbd_helpers import NBDSH_ENV
-    uri = f"nbd+unix:///{export}?socket={sock}"
-    return subprocess.run(["nbdsh", "-u", uri, "-c", script], capture_output=True,
-                          text=True, timeout=60, env=NBDSH_ENV)
-
-
-def test_serve_nbd_then_sigterm_keeps_flushed_data(tmp_path):
-    pool_dir, sock = str(tmp_path / "pool"), str(tmp_path / "run" / "nbd.sock")
-    with Pool.create(pool_dir) as pool:
-        pool.create_volume("data", 16 << 20)
-    proc = start_daemon(pool_dir, sock)
-    try:
-        listing = subprocess.run(["nbdinfo", "--list", "--json", f"nbd+unix:///?socket={sock}"],
-                                 capture_output=True, text=True, check=True, timeout=30)
-        assert [e["export-name"] for e in json.loads(listing.stdout)["exports"]] == ["data"]
-        result = nbdsh(sock, "data", "h.pwrite(b'durable!' * 512, 8192); h.flush()")
-        assert result.returncode == 0, result.stderr
-        second = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--pool", pool_dir,
-                                 "--nbd-socket", str(tmp_path / "other.sock")],
-                                capture_output=True, text=True, timeout=30)
-        assert second.returncode == 1 and "already open by pid" in second.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "serving pool" in out
-    with Pool.open(pool_dir) as pool:
-        assert pool.volume("data").pread(8192, 4096) == b"durable!" * 512
-
-
-def test_serve_creates_the_default_pool(tmp_path):
-    pool_dir, sock = str(tmp_path / "fresh"), str(tmp_path / "nbd.sock")
-    proc = start_daemon(pool_dir, sock)
+    time.sleep(0.3)
+    status = subprocess.run([sys.executable, "-m", "rokfs.rokctl", "status"], env=env,
+                            capture_output=True, text=True, timeout=60)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    assert os.path.exists(os.path.join(pool_dir, "meta.db"))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert status.returncode == 0 and "chunk size 64K" in status.stdout, status.stderr
+    assert f"socket={tmp_path}/run/rokfs/nbd.sock" in out
+    assert "try:  rokctl volume create data --size 10G" in out
+    assert "nbdfuse" in out and "mount -o loop" in out
+    assert "rokfs serve --mount ~/rok" in out
+    assert os.path.exists(tmp_path / "data" / "rokfs" / "pool" / "meta.db")
+
+
+def test_sigterm_during_heavy_writes_keeps_flushed_data(tmp_path):
+    with running(write_config(tmp_path)) as daemon:
+        daemon.ok("volume", "create", "data", "--size", "16M")
+        uri = f"nbd+unix:///data?socket={daemon.nbd_socket}"
+        writer = subprocess.Popen(["nbdsh", "-u", uri, "-c", WRITER], env=NBDSH_ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        lines = [writer.stdout.readline() for _ in range(20)]
+        rc, out, log = daemon.stop(signal.SIGTERM)
+        rest = writer.stdout.read().split()
+        writer.wait(timeout=30)
+    assert rc == 0, log
+    assert writer.returncode != 0                  # it was still writing when the daemon stopped
+    last_flushed = int((lines + rest)[-1])
+    assert '"event": "shutdown"' in log
+    with Pool.open(str(tmp_path / "pool")) as pool:
+        vol = pool.volume("data")
+        for block in range(max(0, (last_flushed - 200) * 16), (last_flushed + 1) * 16):
+            got = int.from_bytes(vol.pread((block % 4096) * 4096, 8), "little")
+            assert got >= block, (block, got)     # flushed, or overwritten later
+
+
+def test_sigkill_then_restart_serves_the_same_data(tmp_path):
+    cfg = write_config(tmp_path)
+    with running(cfg) as daemon:
+        daemon.ok("volume", "create", "data", "--size", "8M")
+        daemon.nbdsh("data", "h.pwrite(b'survive!' * 8192, 65536); h.flush()")
+        daemon.ok("snapshot", "create", "data@s1", "--label", "run=1")
+        daemon.stop(signal.SIGKILL)
+    with running(cfg) as daemon:
+        assert "survive!" in daemon.nbdsh("data", "print(h.pread(8, 65536 + 8000))")
+        assert daemon.json("snapshot", "ls", "--label", "run=1")[0]["name"] == "data@s1"
+
+
+def test_second_serve_on_the_same_pool_is_refused(tmp_path):
+    cfg = write_config(tmp_path)
+    with running(cfg) as daemon:
+        second = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
+                                 str(cfg), "--control-socket", str(tmp_path / "c2.sock"),
+                                 "--nbd-socket", str(tmp_path / "n2.sock")],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "already open by pid" in second.stderr
+        assert "another rokfs daemon already serves this pool" in second.stderr
+        third = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
+                                str(cfg), "--pool", str(tmp_path / "pool2"),
+                                "--nbd-socket", str(tmp_path / "n3.sock")],
+                               capture_output=True, text=True, timeout=60)
+        assert third.returncode == 1 and "in use by another rokfs daemon" in third.stderr
+        fourth = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
+                                 str(cfg), "--pool", str(tmp_path / "pool3"),
+                                 "--control-socket", str(tmp_path / "c4.sock")],
+                                capture_output=True, text=True, timeout=60)
+        assert fourth.returncode == 1 and "another server is listening" in fourth.stderr
+        assert daemon.ok("status")                 # the first one is unharmed
+
+
+@pytest.mark.parametrize("extra, flags, message", [
+    ("sokcet = '/x'\n", [], "unknown key 'sokcet' in [nbd]"),
+    ("", ["--nbd-tls", "require"], "NBD TLS: --tls=require needs --tls-cert"),
+    ("", ["--metrics-listen", "nowhere"], "invalid metrics address 'nowhere'"),
+    ("", ["--chunk-size", "3K"], "chunk"),
+])
+def test_bad_settings_are_refused_clearly(tmp_path, extra, flags, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(write_config(tmp_path).read_text().replace("[nbd]\n", "[nbd]\n" + extra))
+    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config", str(bad),
+                           *flags], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "run" / "control.sock")
+
+
+def test_config_precedence_flag_env_file_default(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[nbd]\nsocket = "/file.sock"\nlisten = "127.0.0.1:1"\n'
+                    '[metrics]\nlisten = "127.0.0.1:2"\n'
+                    '[remotes.s3]\ntype = "s3"\nbucket = "b"\n')
+
+    class Flags:
+        nbd_socket = "/flag.sock"
+    env = {"ROKFS_NBD_SOCKET": "/env.sock", "ROKFS_NBD_LISTEN": "127.0.0.1:3"}
+    cfg = config.load(str(path), env=env, flags=Flags())
+    assert cfg["nbd"]["socket"] == "/flag.sock"
+    assert cfg["nbd"]["listen"] == "127.0.0.1:3"
+    assert cfg["metrics"]["listen"] == "127.0.0.1:2"
+    assert cfg["log"]["format"] == "kv"
+    assert cfg["remotes"] == {"s3": {"type": "s3", "bucket": "b"}}
+    assert config.load(None, env={})["remotes"]["default"]["type"] == "dir"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[nbd\n", "not valid TOML"),
+    ("[bogus]\nx = 1\n", "unknown section [bogus]"),
+    ("[log]\nformat = 'xml'\n", "log.format"),
+    ("[control]\nmode = 'rw'\n", "control.mode"),
+])
+def test_config_errors(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument, match=message.replace("[", r"\[")):
+        config.load(str(path), env={})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rokfs.fusefs") is not None,
+                    reason="the FUSE view is here")
+def test_mount_without_fuse_view_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
+                           str(write_config(tmp_path)), "--mount", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no FUSE view" in proc.stderr
