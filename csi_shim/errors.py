@@ -13,11 +13,13 @@ import logging
 import grpc
 
 from rokfs import errors as rokfs_errors
+from rokfs.rpc import DaemonUnreachable
 
 log = logging.getLogger("csi_shim")
 
 # The first matching class wins: subclasses before their bases.
 ROKFS_CODES = (
+    (DaemonUnreachable, grpc.StatusCode.UNAVAILABLE),
     (rokfs_errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (rokfs_errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (rokfs_errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),

@@ -401,3 +401,24 @@ def test_expand_on_node_leaves_controller_expansion_out(driver, tmp_path):
     R = csi.ControllerServiceCapability.RPC
     types = {c.rpc.type for c in caps}
     assert R.EXPAND_VOLUME not in types and R.CREATE_DELETE_SNAPSHOT in types
+
+
+def test_probe_without_a_daemon_is_unavailable(tmp_path):
+    endpoint = str(tmp_path / "csi.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "csi_shim", "--endpoint", f"unix://{endpoint}",
+         "--rokfs", f"unix://{tmp_path}/no-daemon.sock", "--nbd", f"unix://{tmp_path}/nbd.sock",
+         "--node-id", NODE, "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_socket(proc, endpoint, "rokfs-csi")
+        with grpc.insecure_channel(f"unix://{endpoint}") as channel:
+            identity = csi_pb2_grpc.IdentityStub(channel)
+            assert identity.GetPluginInfo(csi.GetPluginInfoRequest()).name == "rokfs.csi.dev"
+            assert code_of(identity.Probe, csi.ProbeRequest()) == grpc.StatusCode.UNAVAILABLE
+            controller = csi_pb2_grpc.ControllerStub(channel)
+            assert code_of(controller.ListVolumes, csi.ListVolumesRequest()) == \
+                grpc.StatusCode.UNAVAILABLE
+    finally:
+        err = stop(proc)
+    assert "Traceback" not in err, err
