@@ -117,7 +117,15 @@ class Driver:
         procs = subprocess.run(["pgrep", "-af", "nbdfuse"], capture_output=True, text=True).stdout
         left += [line for line in procs.splitlines() if f"/{vol_id}?" in line]
         left += [f"state dir {p}" for p in [os.path.join(self.state, vol_id)] if os.path.exists(p)]
-        return left
+        return left + self.nbd_connections()
+
+    def nbd_connections(self):
+        """Open client connections to the daemon's NBD socket (the tests
+        attach one volume at a time, so after an unstage there are none)."""
+        sockets = subprocess.run(["ss", "-x", "-a"], capture_output=True, text=True,
+                                 check=True).stdout
+        return [f"NBD connection {line.split()[4]}" for line in sockets.splitlines()
+                if self.nbd in line and " ESTAB " in f" {line} "]
 
 
 def force_cleanup(root):

@@ -197,6 +197,7 @@ def test_stage_publish_write_restage_elsewhere(driver, paths):
         os.fsync(f.fileno())
     with open(os.path.join(paths["target"], "dir", "blob"), "rb") as f:
         blob = f.read()
+    assert driver.nbd_connections()                  # the check below can see one
     stats = driver.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(
         volume_id=vol, volume_path=paths["target"]))
     by_unit = {u.unit: u for u in stats.usage}
