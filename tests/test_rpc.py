@@ -20,7 +20,15 @@ ALL_ERRORS = [errors.InvalidArgument, errors.OutOfRange, errors.NotFound,
 
 
 class StandIn(Control):
+    push_cancelled = False
+
     async def push(self, full_name, *, remote="default", progress=None):
+        if full_name == "data@slow":
+            try:
+                await trio.sleep(30)
+            except trio.Cancelled:
+                self.push_cancelled = True
+                raise
         snap = self.pool.snapshot(full_name)
         total = snap.size
         for done in range(0, total + 1, total // 4):
@@ -37,8 +45,8 @@ class StandIn(Control):
         return {"volume": volume, "state": "hydrated"}
 
 
-async def with_service(pool, tmp_path, body):
-    control = StandIn(pool)
+async def with_service(pool, tmp_path, body, control=None):
+    control = control or StandIn(pool)
     sock = str(tmp_path / "ctl.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(rpc.serve_control, control, sock))
@@ -140,3 +148,18 @@ async def test_rokctl_push_shows_a_progress_bar(pool, tmp_path):
     rc, out, err = await with_service(pool, tmp_path, body)
     assert rc == 0 and json.loads(out)["snapshot"] == "data@a"
     assert "push data@a [" in err and "100.0%" in err and "1M/1M" in err and "ETA" in err
+
+
+async def test_a_client_that_goes_away_cancels_its_push(pool, tmp_path):
+    import time
+    control = StandIn(pool)
+
+    def body(client):
+        with pytest.raises(errors.RokfsError):
+            Client(client.address, timeout=0.3).push("data@slow")
+        deadline = time.monotonic() + 5
+        while not control.push_cancelled and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    await with_service(pool, tmp_path, body, control)
+    assert control.push_cancelled
