@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config e2fsprogs attr qemu-utils nbdkit
-              libnbd-bin python3-libnbd fio curl python3-venv util-linux openssl)
+              libnbd-bin python3-libnbd fio curl python3-venv util-linux openssl
+              iproute2 procps)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
