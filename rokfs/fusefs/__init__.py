@@ -28,7 +28,7 @@ def is_mounted(mountpoint):
 def check_mountpoint(mountpoint):
     """Refuse a stale or busy mountpoint with a message saying how to fix it."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)       # never answered from the kernel's cache
     except FileNotFoundError:
         os.makedirs(mountpoint, exist_ok=True)
     except OSError as exc:

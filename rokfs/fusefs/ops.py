@@ -336,7 +336,17 @@ class RokfsOperations(pyfuse3.Operations):
             _fail(errno.EINVAL, "rename flags (exchange/noreplace) are not supported")
         if old.kind != X.VOLUMES or new.kind != X.VOLUMES:
             _fail(errno.EPERM, "only volumes/NAME can be renamed, within volumes/")
-        await self.control.rename_volume(os.fsdecode(name_old), os.fsdecode(name_new))
+        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        await self.control.rename_volume(old_name, new_name)
+        self._renamed(old_name, new_name)
+
+    def _renamed(self, old, new):
+        """The kernel keeps the inodes: follow the volume's new name."""
+        for node in self.nodes.values():
+            if node.name == old:
+                node.name = new
+            elif node.name.startswith(old + "@"):
+                node.name = new + node.name[len(old):]
 
     @_translated
     async def mkdir(self, parent_inode, name, mode, ctx):
