@@ -117,7 +117,7 @@ def test_refused_operations(mnt):
     fails(errno.ENOTDIR, os.listdir, vol)
     for mode in (["-p"], ["-z"], []):                # pyfuse3 has no fallocate
         res = run(["fallocate", *mode, "-o", "0", "-l", "4096", str(vol)], check=False)
-        assert res.returncode == 1 and "not supported" in res.stderr, res.stderr
+        assert res.returncode == 1 and "unsupported" in res.stderr.replace("not supported", "unsupported"), res.stderr
     os.utime(vol)                                    # touch on a volume works
     assert vol.read_bytes()[:1] == b"v"
 
