@@ -52,14 +52,15 @@ def mount_options(allow_other=False):
     return options
 
 
-async def mount(control, mountpoint, *, allow_other=False,
+async def mount(control, mountpoint, *, allow_other=False, page_cache=False,
                 task_status=trio.TASK_STATUS_IGNORED):
     """Serve the FUSE view of `control` at `mountpoint` until cancelled or
     unmounted from outside; reports the absolute mountpoint when ready."""
     import pyfuse3
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
-    pyfuse3.init(RokfsOperations(control), mountpoint, mount_options(allow_other))
+    ops = RokfsOperations(control, page_cache=page_cache)
+    pyfuse3.init(ops, mountpoint, mount_options(allow_other))
     log.info("event=fuse_mounted mountpoint=%s", mountpoint)
     try:
         task_status.started(mountpoint)
@@ -78,6 +79,9 @@ def add_parser(sub):
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users in (needs user_allow_other in /etc/fuse.conf)")
+    p.add_argument("--page-cache", action="store_true",
+                   help="let the kernel cache image data (faster re-reads; not coherent "
+                        "with NBD clients of the same volume)")
     p.set_defaults(func=run_cli)
 
 
@@ -104,7 +108,7 @@ async def _mount_until_signal(control, args):
 
             async def run_mount(task_status):
                 await mount(control, args.mountpoint, allow_other=args.allow_other,
-                            task_status=task_status)
+                            page_cache=args.page_cache, task_status=task_status)
                 nursery.cancel_scope.cancel()      # unmounted from outside
 
             nursery.start_soon(stop_on_signal)

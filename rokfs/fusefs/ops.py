@@ -16,6 +16,9 @@ Invariants:
 - Image files are opened with direct_io: every read and write reaches the
   engine, so FUSE and NBD (or any other front end in the same process) see
   the same bytes without cache invalidation. I/O runs on the trio loop.
+  (`page_cache=True`, `rokfs mount --page-cache`, lets the kernel cache
+  reads between opens' flushes instead: faster re-reads, but writes made
+  through NBD meanwhile are not seen; for a FUSE-only workstation.)
 - A write past the end of a volume is EFBIG (resize with truncate first);
   sizes are multiples of 512 bytes (EINVAL otherwise); shrinking over stored
   data is EINVAL (trim first); rm of an open or snapshotted volume is
@@ -86,9 +89,10 @@ def _translated(method):
 
 
 class RokfsOperations(pyfuse3.Operations):
-    def __init__(self, control):
+    def __init__(self, control, *, page_cache=False):
         super().__init__()
         self.control = control
+        self.page_cache = page_cache   # faster buffered reads, not coherent with NBD
         self.uid, self.gid = os.getuid(), os.getgid()
         self.nodes = {}          # ino -> Node, for images and snapshots/NAME dirs
         self.handles = {}        # fh -> Handle
@@ -221,7 +225,7 @@ class RokfsOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = Handle(device, ino)
-        info = pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        info = pyfuse3.FileInfo(fh=fh, direct_io=not self.page_cache, keep_cache=False)
         return info
 
     @_translated
