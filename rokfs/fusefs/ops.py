@@ -69,22 +69,26 @@ class Handle:
     dirty: bool = False
 
 
+def to_fuse_error(exc, what):
+    """The one error boundary: an exception -> FUSEError(errno), reason logged."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc
+    if isinstance(exc, RokfsError):
+        level = logging.DEBUG if exc.errno == errno.ENOENT else logging.INFO
+        log.log(level, "fuse: %s: %s (%s)", what, exc, errno.errorcode.get(exc.errno, exc.errno))
+        return pyfuse3.FUSEError(exc.errno)
+    log.error("fuse: %s failed unexpectedly", what, exc_info=exc)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
 def _translated(method):
-    """The one error boundary: RokfsError -> FUSEError(errno)."""
+    """Apply to_fuse_error to every exception leaving an operation."""
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
         try:
             return await method(self, *args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except RokfsError as exc:
-            level = logging.DEBUG if exc.errno == errno.ENOENT else logging.INFO
-            log.log(level, "fuse: %s: %s (%s)", method.__name__, exc,
-                     errno.errorcode.get(exc.errno, exc.errno))
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except Exception:
-            log.exception("fuse: %s failed unexpectedly", method.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            raise to_fuse_error(exc, method.__name__) from None
     return wrapper
 
 
@@ -265,24 +269,29 @@ class RokfsOperations(pyfuse3.Operations):
             _fail(errno.EBADF, f"no open file {fh}")
         return handle
 
-    @_translated
+    # read and write are the hot path: no wrapper coroutine, same boundary
     async def read(self, fh, off, size):
-        device = self._handle(fh).device
-        size = min(size, device.size - off)
-        if size <= 0:
-            return b""
-        return await device.pread(off, size)
+        try:
+            device = self.handles[fh].device
+            size = min(size, device.size - off)
+            if size <= 0:
+                return b""
+            return await device.pread(off, size)
+        except Exception as exc:
+            raise to_fuse_error(exc, "read") from None
 
-    @_translated
     async def write(self, fh, off, buf):
-        handle = self._handle(fh)
-        device = handle.device
-        if off + len(buf) > device.size:
-            _fail(errno.EFBIG, f"write past the end of {device.name} ({device.size} "
-                  "bytes): resize it first (truncate -s SIZE)")
-        await device.pwrite(off, buf)
-        handle.dirty = True
-        return len(buf)
+        try:
+            handle = self.handles[fh]
+            device = handle.device
+            if off + len(buf) > device.size:
+                _fail(errno.EFBIG, f"write past the end of {device.name} ({device.size} "
+                      "bytes): resize it first (truncate -s SIZE)")
+            await device.pwrite(off, buf)
+            handle.dirty = True
+            return len(buf)
+        except Exception as exc:
+            raise to_fuse_error(exc, "write") from None
 
     @_translated
     async def flush(self, fh):
