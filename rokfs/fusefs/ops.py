@@ -17,8 +17,8 @@ Invariants:
   engine, so FUSE and NBD (or any other front end in the same process) see
   the same bytes without cache invalidation. I/O runs on the trio loop.
   (`page_cache=True`, `rokfs mount --page-cache`, lets the kernel cache
-  reads between opens' flushes instead: faster re-reads, but writes made
-  through NBD meanwhile are not seen; for a FUSE-only workstation.)
+  image pages while a file is open instead: writes made through NBD
+  meanwhile are not seen; for a FUSE-only workstation.)
 - A write past the end of a volume is EFBIG (resize with truncate first);
   sizes are multiples of 512 bytes (EINVAL otherwise); shrinking over stored
   data is EINVAL (trim first); rm of an open or snapshotted volume is
