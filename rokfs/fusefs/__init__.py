@@ -18,6 +18,8 @@ from .ops import RokfsOperations
 
 log = logging.getLogger("rokfs.fuse")
 
+DEFAULT_WORKERS = 1
+
 
 def is_mounted(mountpoint):
     """Is `mountpoint` in this mount namespace's table (works for dead mounts too)?"""
@@ -53,9 +55,15 @@ def mount_options(allow_other=False):
 
 
 async def mount(control, mountpoint, *, allow_other=False, page_cache=False,
-                task_status=trio.TASK_STATUS_IGNORED):
+                workers=DEFAULT_WORKERS, task_status=trio.TASK_STATUS_IGNORED):
     """Serve the FUSE view of `control` at `mountpoint` until cancelled or
-    unmounted from outside; reports the absolute mountpoint when ready."""
+    unmounted from outside; reports the absolute mountpoint when ready.
+
+    `workers` bounds pyfuse3's request tasks. Reads and writes never
+    suspend, so one worker serves them fastest (no hand-off of the FUSE fd
+    between tasks: +20-90% 4K IOPS measured); but while a request awaits
+    (fsync's commit, a hydration fetch) the others wait. Raise it for
+    lazily restored volumes read by many processes at once."""
     import pyfuse3
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
@@ -64,7 +72,7 @@ async def mount(control, mountpoint, *, allow_other=False, page_cache=False,
     log.info("event=fuse_mounted mountpoint=%s", mountpoint)
     try:
         task_status.started(mountpoint)
-        await pyfuse3.main()     # returns when unmounted from outside
+        await pyfuse3.main(min_tasks=1, max_tasks=max(1, workers))  # ends on unmount
     finally:
         still_mounted = is_mounted(mountpoint)
         pyfuse3.close(unmount=still_mounted)
@@ -82,6 +90,9 @@ def add_parser(sub):
     p.add_argument("--page-cache", action="store_true",
                    help="let the kernel cache image data (faster re-reads; not coherent "
                         "with NBD clients of the same volume)")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="concurrent FUSE request tasks (default: %(default)s: fastest for "
+                        "I/O; raise it so slow requests such as remote fetches overlap)")
     p.set_defaults(func=run_cli)
 
 
@@ -108,7 +119,8 @@ async def _mount_until_signal(control, args):
 
             async def run_mount(task_status):
                 await mount(control, args.mountpoint, allow_other=args.allow_other,
-                            page_cache=args.page_cache, task_status=task_status)
+                            page_cache=args.page_cache, workers=args.workers,
+                            task_status=task_status)
                 nursery.cancel_scope.cancel()      # unmounted from outside
 
             nursery.start_soon(stop_on_signal)
