@@ -168,3 +168,12 @@ def test_stale_mount_is_reported(tmp_path):
                              capture_output=True, text=True, timeout=30)
         assert res.returncode == 1
         assert "stale FUSE mount" in res.stderr and "fusermount3 -u" in res.stderr
+
+
+def test_busy_mountpoint_is_reported(tmp_path):
+    with serving(tmp_path, command="mount") as d:
+        res = subprocess.run([sys.executable, "-m", "rokfs.cli", "mount", "--pool",
+                              str(tmp_path / "other"), str(d.mnt)],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1 and "already a mount point" in res.stderr
+        assert not (tmp_path / "other").exists()

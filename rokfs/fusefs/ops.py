@@ -96,7 +96,7 @@ class RokfsOperations(pyfuse3.Operations):
     def __init__(self, control, *, page_cache=False):
         super().__init__()
         self.control = control
-        self.page_cache = page_cache   # faster buffered reads, not coherent with NBD
+        self.page_cache = page_cache   # kernel caches image data: not coherent with NBD
         self.uid, self.gid = os.getuid(), os.getgid()
         self.nodes = {}          # ino -> Node, for images and snapshots/NAME dirs
         self.handles = {}        # fh -> Handle
