@@ -41,6 +41,9 @@ def add_parser(sub):
 def run_cli(args):
     if args.mount and importlib.util.find_spec("rokfs.fusefs") is None:
         raise Unsupported("this rokfs has no FUSE view yet: serve without --mount")
+    if args.mount:
+        from .fusefs import check_mountpoint
+        check_mountpoint(os.path.abspath(args.mount))   # stale/busy: a clear error first
     pool = Pool.open_or_create(args.pool)
     try:
         trio.run(serve, Control(pool), args)

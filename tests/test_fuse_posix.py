@@ -163,11 +163,14 @@ def test_stale_mount_is_reported(tmp_path):
         d.proc.kill()
         d.proc.wait()
         fails(errno.ENOTCONN, os.statvfs, d.mnt)
-        res = subprocess.run([sys.executable, "-m", "rokfs.cli", "mount", "--pool",
-                              str(tmp_path / "pool"), str(d.mnt)],
-                             capture_output=True, text=True, timeout=30)
-        assert res.returncode == 1
-        assert "stale FUSE mount" in res.stderr and "fusermount3 -u" in res.stderr
+        for cmd in (["mount", str(d.mnt)],
+                    ["serve", "--nbd-socket", str(tmp_path / "s.sock"), "--mount", str(d.mnt)]):
+            res = subprocess.run([sys.executable, "-m", "rokfs.cli", *cmd, "--pool",
+                                  str(tmp_path / "pool")],
+                                 capture_output=True, text=True, timeout=30)
+            assert res.returncode == 1, res.stderr
+            assert "stale FUSE mount" in res.stderr and "fusermount3 -u" in res.stderr
+            assert "Traceback" not in res.stderr
 
 
 def test_busy_mountpoint_is_reported(tmp_path):
