@@ -76,6 +76,12 @@ class Control:
         await self.flush()
         return vol.info()
 
+    def stat(self, name):
+        """Cheap facts about a volume or snapshot (no map walk), for listings."""
+        image = self.pool.image(name)
+        return {"id": image.id, "name": image.full_name, "size": image.size,
+                "read_only": image.read_only, "created": image.created}
+
     def volume_info(self, name):
         return self.pool.volume(name).info()
 

@@ -18,7 +18,7 @@ import trio
 
 from . import config as configuration, logs
 from .control import Control
-from .errors import Busy, InvalidArgument, RokfsError, Unsupported, from_os_error
+from .errors import Busy, InvalidArgument, RokfsError, from_os_error
 from .pool import Pool
 from .units import parse_size
 
@@ -38,8 +38,9 @@ def add_parser(sub):
 def run_cli(args):
     cfg = configuration.load(args.config, flags=args)
     logs.setup(cfg["log"]["level"], cfg["log"]["format"])
-    if cfg["fuse"]["mountpoint"] and not _has_fuse():
-        raise Unsupported("this rokfs has no FUSE view yet: serve without a mountpoint")
+    if cfg["fuse"]["mountpoint"]:
+        from .fusefs import check_mountpoint
+        check_mountpoint(os.path.abspath(cfg["fuse"]["mountpoint"]))  # stale/busy: say so first
     try:
         pool = Pool.open_or_create(cfg["pool"]["path"], parse_size(cfg["pool"]["chunk_size"]))
     except Busy as exc:
@@ -114,11 +115,6 @@ async def _serve_nbd(control, nbd, *, task_status=trio.TASK_STATUS_IGNORED):
         os.makedirs(os.path.dirname(os.path.abspath(nbd["socket"])), mode=0o755, exist_ok=True)
     await serve_nbd(control, socket_path=nbd["socket"] or None,
                     listen=nbd["listen"] or None, tls=tls, task_status=task_status)
-
-
-def _has_fuse():
-    import importlib.util
-    return importlib.util.find_spec("rokfs.fusefs") is not None
 
 
 def _print_welcome(control, cfg, bound):

@@ -278,6 +278,8 @@ class Volume(Image):
             self.pool.slots.write_at(fd, view[pos:pos + n], offset)
 
     def _refuse_cold_partials(self, offset, length):
+        if not self.base_chunks:      # nothing is cold: skip the scan (hot path)
+            return
         cold = [c for c, within, n in self.spans(offset, length)
                 if n < self.pool.chunk_size and self.is_cold(c, self.entry(c))]
         if cold:

@@ -1,0 +1,133 @@
+"""The FUSE view: `rokfs mount MOUNTPOINT` and `rokfs serve --mount DIR`.
+
+`mount(control, mountpoint)` runs pyfuse3's session on the current trio
+loop until cancelled (then unmounts) or until someone runs `fusermount3 -u`
+(then returns). pyfuse3 keeps global state: one mount per process.
+A stale mount (its daemon died: ENOTCONN) is refused with how to fix it.
+"""
+
+import errno
+import logging
+import os
+import signal
+
+import trio
+
+from ..errors import Busy, NotFound
+from .ops import RokfsOperations
+
+log = logging.getLogger("rokfs.fuse")
+
+DEFAULT_WORKERS = 1
+
+
+def is_mounted(mountpoint):
+    """Is `mountpoint` in this mount namespace's table (works for dead mounts too)?"""
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any(line.split()[4] == os.fsencode(mountpoint) for line in f)
+
+
+def check_mountpoint(mountpoint):
+    """Refuse a stale or busy mountpoint with a message saying how to fix it."""
+    try:
+        os.statvfs(mountpoint)       # never answered from the kernel's cache
+    except FileNotFoundError:
+        os.makedirs(mountpoint, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise Busy(f"{mountpoint} is a stale FUSE mount (its daemon is gone): "
+                       f"run `fusermount3 -u {mountpoint}` and try again") from None
+        raise NotFound(f"cannot use mountpoint {mountpoint}: {exc.strerror}") from None
+    if os.path.ismount(mountpoint):
+        raise Busy(f"{mountpoint} is already a mount point: unmount it first "
+                   f"(`fusermount3 -u {mountpoint}`)")
+    if not os.path.isdir(mountpoint):
+        raise NotFound(f"mountpoint {mountpoint} is not a directory")
+
+
+def mount_options(allow_other=False):
+    import pyfuse3
+    options = set(pyfuse3.default_options)      # default_permissions
+    options |= {"fsname=rokfs", "subtype=rokfs"}
+    if allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def mount(control, mountpoint, *, allow_other=False, page_cache=False,
+                workers=DEFAULT_WORKERS, task_status=trio.TASK_STATUS_IGNORED):
+    """Serve the FUSE view of `control` at `mountpoint` until cancelled or
+    unmounted from outside; reports the absolute mountpoint when ready.
+
+    `workers` bounds pyfuse3's request tasks. Reads and writes never
+    suspend, so one worker serves them fastest (no hand-off of the FUSE fd
+    between tasks: +20-90% 4K IOPS measured); but while a request awaits
+    (fsync's commit, a hydration fetch) the others wait. Raise it for
+    lazily restored volumes read by many processes at once."""
+    import pyfuse3
+    mountpoint = os.path.abspath(mountpoint)
+    check_mountpoint(mountpoint)
+    ops = RokfsOperations(control, page_cache=page_cache)
+    pyfuse3.init(ops, mountpoint, mount_options(allow_other))
+    log.info("event=fuse_mounted mountpoint=%s", mountpoint)
+    try:
+        task_status.started(mountpoint)
+        await pyfuse3.main(min_tasks=1, max_tasks=max(1, workers))  # ends on unmount
+    finally:
+        still_mounted = is_mounted(mountpoint)
+        pyfuse3.close(unmount=still_mounted)
+        log.info("event=fuse_unmounted mountpoint=%s by=%s", mountpoint,
+                 "us" if still_mounted else "fusermount")
+
+
+def add_parser(sub):
+    from ..cli import add_pool_argument
+    p = sub.add_parser("mount", help="mount the FUSE view of a pool (volumes as image files)")
+    add_pool_argument(p)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users in (needs user_allow_other in /etc/fuse.conf)")
+    p.add_argument("--page-cache", action="store_true",
+                   help="let the kernel cache image data (faster re-reads; not coherent "
+                        "with NBD clients of the same volume)")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="concurrent FUSE request tasks (default: %(default)s: fastest for "
+                        "I/O; raise it so slow requests such as remote fetches overlap)")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args):
+    from ..control import Control
+    from ..pool import Pool
+    check_mountpoint(os.path.abspath(args.mountpoint))
+    pool = Pool.open_or_create(args.pool)
+    try:
+        trio.run(_mount_until_signal, Control(pool), args)
+    finally:
+        pool.close()
+    return 0
+
+
+async def _mount_until_signal(control, args):
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal():
+                async for signum in signals:
+                    log.info("event=shutdown signal=%s", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def run_mount(task_status):
+                await mount(control, args.mountpoint, allow_other=args.allow_other,
+                            page_cache=args.page_cache, workers=args.workers,
+                            task_status=task_status)
+                nursery.cancel_scope.cancel()      # unmounted from outside
+
+            nursery.start_soon(stop_on_signal)
+            where = await nursery.start(run_mount)
+            print(f"rokfs: pool {control.pool.path} mounted at {where}\n"
+                  f"  new volume: truncate -s 10G {where}/volumes/data\n"
+                  f"  snapshot:   setfattr -n user.rokfs.snapshot -v before "
+                  f"{where}/volumes/data\n"
+                  f"  stop with Ctrl-C, SIGTERM or `fusermount3 -u {where}`", flush=True)
+    await control.flush()

@@ -1,0 +1,124 @@
+"""Commands and state as extended attributes in the `user.rokfs.` namespace.
+
+ONE table, `XATTRS`: attribute name -> (node kinds it applies to, getter,
+setter, one line of help). Every getter/setter calls a Control verb and
+nothing else, so the xattr layer never implements a verb twice. To add an
+attribute, write a small function and add one line to the table.
+
+Getters return a str or a JSON-able value (sent as JSON); setters receive the
+value decoded as UTF-8 and stripped. Bad values raise InvalidArgument (EINVAL,
+the reason goes to the log); unknown names are ENODATA on get and ENOTSUP on
+set, decided in ops.py.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import InvalidArgument
+from ..names import parse_labels
+from ..units import parse_size
+
+PREFIX = "user.rokfs."
+
+# node kinds (ops.py builds nodes of these kinds)
+ROOT, VOLUMES, SNAPSHOTS, SNAPDIR, VOLUME, SNAPSHOT = (
+    "root", "volumes", "snapshots", "snapdir", "volume", "snapshot")
+
+
+@dataclass(frozen=True)
+class Attr:
+    kinds: frozenset
+    get: Optional[Callable] = None     # async (control, node) -> str | JSON-able
+    set: Optional[Callable] = None     # async (control, node, value: str) -> None
+    help: str = ""
+
+
+def _words(value, what, low, high):
+    words = value.split()
+    if not low <= len(words) <= high:
+        raise InvalidArgument(f"{what}: expected {low}-{high} words, got {value!r}")
+    return words
+
+
+# -- volumes/NAME -------------------------------------------------------------------
+async def set_snapshot(control, node, value):
+    """'SNAP [key=value ...]'"""
+    snap, *labels = _words(value, "snapshot", 1, 64)
+    await control.snapshot(f"{node.name}@{snap}", parse_labels(labels))
+
+
+async def set_clone(control, node, value):
+    """'NEWNAME' (from the current state) or 'NEWNAME SNAP' (from snapshot SNAP)."""
+    new, *snap = _words(value, "clone", 1, 2)
+    source = f"{node.name}@{snap[0]}" if snap else node.name
+    await control.clone(source, new)
+
+
+async def set_resize(control, node, value):
+    await control.resize_volume(node.name, parse_size(value))
+
+
+async def get_info(control, node):
+    if node.kind == VOLUME:
+        return control.volume_info(node.name)
+    return control.snapshot_info(node.name)
+
+
+async def get_snapshots(control, node):
+    return control.list_snapshots(node.name)
+
+
+# -- snapshots/NAME/SNAP ------------------------------------------------------------
+async def get_labels(control, node):
+    return control.snapshot_info(node.name)["labels"]
+
+
+async def set_label(control, node, value):
+    """'key=value [key2=value2 ...]' merged into the snapshot's labels."""
+    await control.set_labels(node.name, parse_labels(_words(value, "label", 1, 64)))
+
+
+# -- the mount root -----------------------------------------------------------------
+async def get_pool(control, node):
+    return control.status()
+
+
+_V, _S, _R = frozenset({VOLUME}), frozenset({SNAPSHOT}), frozenset({ROOT})
+
+XATTRS = {
+    "snapshot": Attr(_V, set=set_snapshot, help="SNAP [k=v ...]: snapshot the volume"),
+    "clone": Attr(_V, set=set_clone, help="NEW [SNAP]: clone the volume (or SNAP) as NEW"),
+    "resize": Attr(_V, set=set_resize, help="SIZE (e.g. 20G): resize the volume"),
+    "info": Attr(_V | _S, get=get_info, help="JSON: size, allocated, exclusive, shared, ..."),
+    "snapshots": Attr(_V, get=get_snapshots, help="JSON list of the volume's snapshots"),
+    "labels": Attr(_S, get=get_labels, help="JSON object of the snapshot's labels"),
+    "label": Attr(_S, set=set_label, help="k=v [k2=v2 ...]: add or change labels"),
+    "pool": Attr(_R, get=get_pool, help="JSON: the pool's status and space"),
+}
+
+
+def lookup(raw_name, kind):
+    """The Attr for a raw xattr name on a node kind, or None."""
+    name = raw_name.decode("utf-8", "replace") if isinstance(raw_name, bytes) else raw_name
+    if not name.startswith(PREFIX):
+        return None
+    attr = XATTRS.get(name[len(PREFIX):])
+    return attr if attr is not None and kind in attr.kinds else None
+
+
+def names_for(kind):
+    return [(PREFIX + n).encode() for n, a in XATTRS.items() if kind in a.kinds]
+
+
+def encode(value):
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def decode(raw):
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidArgument("xattr value is not UTF-8") from None
