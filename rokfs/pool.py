@@ -61,6 +61,7 @@ class Image:
         self.base = row.get("base")
         self.base_chunks = row.get("base_chunks") or 0
         self._leaves = {}
+        self._owned = {}
 
     @property
     def nchunks(self):
@@ -155,6 +156,41 @@ class Image:
             if self.is_cold(chunk, self.entry(chunk)):
                 yield chunk, INHERIT, False
 
+    def _shared(self):
+        """Our root is now shared: every path must be copied before writing."""
+        self._owned.clear()
+
+    def _own_leaf(self, leaf_no):
+        """(leaf id, leaf array) for `leaf_no`, exclusively ours."""
+        hit = self._owned.get(leaf_no)
+        if hit is not None:
+            return hit
+        nodes = self.pool.nodes
+        i0, i1 = divmod(leaf_no, FANOUT)
+        root = nodes.owned(self.root, 0)
+        if root != self.root:
+            self.root = root
+            self.pool._changed(self)
+        mid = _own_child(nodes, root, i0, 1)
+        leaf_id = _own_child(nodes, mid, i1, LEAF)
+        hit = (leaf_id, nodes.get(leaf_id))
+        self._owned[leaf_no] = hit
+        self._leaves[leaf_no] = hit[1]
+        return hit
+
+    def _set_entry(self, leaf_id, leaf, chunk, new):
+        i = chunk % FANOUT
+        old = leaf[i]
+        leaf[i] = new
+        self.pool.nodes.changed(leaf_id)
+        if old >= SLOT_BASE:
+            self.pool.slots.decref(old - SLOT_BASE)
+
+    def cold_chunks(self, start=0, stop=None):
+        """Chunks in [start, stop) still to be fetched from the base."""
+        stop = min(self.base_chunks if stop is None else stop, self.base_chunks)
+        return [c for c in range(start, stop) if self.is_cold(c, self.entry(c))]
+
     def usage(self):
         cs = self.pool.chunk_size
         allocated = exclusive = cold = 0
@@ -200,7 +236,6 @@ class Volume(Image):
         super().__init__(pool, row)
         self.origin = row.get("origin")
         self.open_count = 0
-        self._owned = {}
 
     @property
     def full_name(self):
@@ -210,28 +245,6 @@ class Volume(Image):
         return {"id": self.id, "name": self.name, "size": self.size, "root": self.root,
                 "created": self.created, "origin": self.origin, "base": self.base,
                 "base_chunks": self.base_chunks}
-
-    def _shared(self):
-        """Our root is now shared: every path must be copied before writing."""
-        self._owned.clear()
-
-    def _own_leaf(self, leaf_no):
-        """(leaf id, leaf array) for `leaf_no`, exclusively ours."""
-        hit = self._owned.get(leaf_no)
-        if hit is not None:
-            return hit
-        nodes = self.pool.nodes
-        i0, i1 = divmod(leaf_no, FANOUT)
-        root = nodes.owned(self.root, 0)
-        if root != self.root:
-            self.root = root
-            self.pool._changed(self)
-        mid = _own_child(nodes, root, i0, 1)
-        leaf_id = _own_child(nodes, mid, i1, LEAF)
-        hit = (leaf_id, nodes.get(leaf_id))
-        self._owned[leaf_no] = hit
-        self._leaves[leaf_no] = hit[1]
-        return hit
 
     def pwrite(self, offset, data):
         self._check_range(offset, len(data))
@@ -281,14 +294,6 @@ class Volume(Image):
             buf[within:within + len(piece)] = piece
             slots.write(slot, 0, buf)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
-
-    def _set_entry(self, leaf_id, leaf, chunk, new):
-        i = chunk % FANOUT
-        old = leaf[i]
-        leaf[i] = new
-        self.pool.nodes.changed(leaf_id)
-        if old >= SLOT_BASE:
-            self.pool.slots.decref(old - SLOT_BASE)
 
     def trim(self, offset, length):
         """Discard the range: it reads as zeros afterwards, and cold chunks
@@ -407,6 +412,7 @@ class Pool:
         self._next_id = max([0, *self._volumes_by_id, *(s.id for s in self._snapshots.values())]) + 1
         self._dirty_volumes, self._dirty_snapshots = set(), set()
         self._deleted_volumes, self._deleted_snapshots = set(), set()
+        self._new_slot_hashes = {}
         self.autocommit = True
         self.closed = False
 
@@ -476,6 +482,9 @@ class Pool:
             self.nodes.begin_commit()
         batch.slot_state = self.slots.begin_commit()
         batch.slot_blocks = batch.slot_state.blocks
+        batch.freed_slots = list(batch.slot_state.freed)
+        batch.slot_hashes = list(self._new_slot_hashes.items())
+        self._new_slot_hashes = {}
         return batch
 
     def write_commit(self, batch):
@@ -498,6 +507,7 @@ class Pool:
         self._deleted_snapshots |= xs
         self.nodes.abort_commit(batch.node_state)
         self.slots.abort_commit(batch.slot_state)
+        self._new_slot_hashes = {**dict(batch.slot_hashes), **self._new_slot_hashes}
 
     def commit(self):
         batch = self.begin_commit()
@@ -659,12 +669,50 @@ class Pool:
                             "origin": src.full_name, "base": src.base,
                             "base_chunks": src.base_chunks})
         self.nodes.incref(src.root)
-        if isinstance(src, Volume):
-            src._shared()
+        src._shared()
         self._add_volume(vol)
         self._changed(vol)
         self._verb_done()
         return vol
+
+    # -- remote support ------------------------------------------------------------
+    def install_chunk(self, image, chunk, data):
+        """Put a fetched chunk (None: all zeros) into `image` if the chunk is
+        still cold; a write that got there first wins. Durable at the next
+        commit. Returns whether it was installed."""
+        if not image.is_cold(chunk, image.entry(chunk)):
+            return False
+        leaf_id, leaf = image._own_leaf(chunk // FANOUT)
+        if data is None:
+            image._set_entry(leaf_id, leaf, chunk, ZERO)
+        else:
+            if len(data) != self.chunk_size:
+                raise InvalidArgument(f"chunk of {len(data)} bytes, pool chunks are "
+                                      f"{self.chunk_size}")
+            slot = self.slots.allocate()
+            self.slots.write(slot, 0, data)
+            image._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+        if isinstance(image, Snapshot):
+            self._changed(image)
+        return True
+
+    def drop_base(self, image):
+        """The image holds every chunk of its base: forget the base."""
+        if image.cold_chunks():
+            raise Busy(f"{image.full_name} still has unhydrated chunks")
+        image.base, image.base_chunks = None, 0
+        self._changed(image)
+
+    def slot_hashes(self, slots):
+        """{slot: blake3 hex} of the given frozen slots, where cached."""
+        found = {s: self._new_slot_hashes[s] for s in slots if s in self._new_slot_hashes}
+        found.update(self.store.load_slot_hashes([s for s in slots if s not in found]))
+        return found
+
+    def record_slot_hash(self, slot, digest):
+        """Cache the hash of a frozen slot (dropped when the slot is freed)."""
+        if self.slots.rc[slot] > 0:
+            self._new_slot_hashes[slot] = digest
 
     def status(self):
         st = os.statvfs(self.path)
