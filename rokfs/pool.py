@@ -597,6 +597,8 @@ class Pool:
         if vol.open_count and not force:
             raise Busy(f"volume {name!r} is in use ({vol.open_count} open handles)")
         for snap in snaps:
+            _refuse_busy(snap)
+        for snap in snaps:
             self._drop_snapshot(snap)
         self.nodes.decref(vol.root, 0)
         del self._volumes[vol.name], self._volumes_by_id[vol.id]
@@ -641,7 +643,7 @@ class Pool:
         return snap
 
     def delete_snapshot(self, full_name):
-        self._drop_snapshot(self.snapshot(full_name))
+        self._drop_snapshot(_refuse_busy(self.snapshot(full_name)))
         self._verb_done()
 
     def _drop_snapshot(self, snap):
@@ -722,6 +724,12 @@ class Pool:
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
                 "free_bytes": st.f_bavail * st.f_frsize}
+
+
+def _refuse_busy(snap):
+    if getattr(snap, "busy", 0):
+        raise Busy(f"snapshot {snap.full_name} is being pushed; try again when it is done")
+    return snap
 
 
 def _lock(path):
