@@ -223,7 +223,7 @@ class Control:
                               if image.is_cold(n, image.entry(n)))
         try:
             got = await store.fetch(base["manifest"], wanted, self.pool.chunk_size,
-                                    on_demand=readahead)
+                                    on_demand=readahead, required=set(chunks))
         except RokfsError as exc:
             log.warning("event=fetch_failed image=%s error=%s", image.full_name, exc)
             raise
@@ -302,10 +302,12 @@ class Control:
             finally:
                 limit.release()
 
-        async with trio.open_nursery() as nursery:
-            for first in range(0, total, HYDRATE_WINDOW):
-                await limit.acquire()
-                nursery.start_soon(window, first)
+        from .remote import single_errors
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                for first in range(0, total, HYDRATE_WINDOW):
+                    await limit.acquire()
+                    nursery.start_soon(window, first)
         if getattr(vol, "deleted", False):
             return
         if not vol.cold_chunks():

@@ -58,6 +58,7 @@ class FlakyProxy:
         self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.dropped = self.delayed = 0
+        self.sockets = set()
         self.running = True
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -75,6 +76,7 @@ class FlakyProxy:
         except OSError:
             client.close()
             return
+        self.sockets |= {client, upstream}
         threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
         fresh = True
         while True:
@@ -121,8 +123,18 @@ class FlakyProxy:
             pass
 
     def close(self):
+        """Stop listening and cut every open connection."""
         self.running = False
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
+        except OSError:
+            pass
         self.listener.close()
+        for s in list(self.sockets):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="session")

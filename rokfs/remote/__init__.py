@@ -14,6 +14,7 @@ Invariants:
   installed, and installed only if the chunk is still cold.
 """
 
+import contextlib
 import functools
 import os
 import time
@@ -23,7 +24,7 @@ import trio
 from .chunks import (PACK_BYTES, PACK_CHUNKS, SEGMENT_CHUNKS, ChunkStore, chunk_hash,
                      compress, new_manifest, open_chunk)
 from .objects import DirStore, S3Store, open_object_store, parse_url, retry, is_temp_failure
-from ..errors import AlreadyExists, NotFound, RemoteError
+from ..errors import AlreadyExists, Corrupt, NotFound, RemoteError, RokfsError
 from ..extentmap import SLOT_BASE
 
 DEFAULT_CONCURRENCY = 8
@@ -62,9 +63,10 @@ class RemoteStore:
         cached = state.packs(self.url)
         state.forget_packs(self.url, [k for k in cached if k not in listed])
         new = {}
-        async with trio.open_nursery() as nursery:
-            for key in sorted(listed - set(cached)):
-                nursery.start_soon(self._fetch_header, key, new)
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                for key in sorted(listed - set(cached)):
+                    nursery.start_soon(self._fetch_header, key, new)
         state.add_packs(self.url, new)
         self.index = {}
         for key, entries in {**{k: v for k, v in cached.items() if k in listed}, **new}.items():
@@ -109,8 +111,10 @@ class RemoteStore:
         h, pack, offset, length = entry
         return h, seg["packs"][pack], offset, length
 
-    async def fetch(self, manifest, chunks, chunk_size, *, on_demand=False):
-        """{chunk: bytes or None (zeros)} for manifest chunks, verified."""
+    async def fetch(self, manifest, chunks, chunk_size, *, on_demand=False, required=None):
+        """{chunk: bytes or None (zeros)} for manifest chunks, verified. A chunk
+        that fails verification raises if it is `required` (default: all),
+        else it is left out (read-ahead)."""
         out, wanted = {}, []
         for c in sorted(set(chunks)):
             loc = await self.locate(manifest, c)
@@ -120,11 +124,17 @@ class RemoteStore:
                 wanted.append((c, *loc))
         self.on_demand += on_demand
         try:
-            async with trio.open_nursery() as nursery:
-                for run in _runs(wanted):
-                    nursery.start_soon(self._fetch_run, run, chunk_size, out)
+            async with single_errors():
+                async with trio.open_nursery() as nursery:
+                    for run in _runs(wanted):
+                        nursery.start_soon(self._fetch_run, run, chunk_size, out)
         finally:
             self.on_demand -= on_demand
+        for c, data in list(out.items()):
+            if isinstance(data, Exception):
+                if required is None or c in required:
+                    raise data
+                del out[c]
         return out
 
     async def _fetch_run(self, run, chunk_size, out):
@@ -134,8 +144,32 @@ class RemoteStore:
         pack, start = run[0][2], run[0][3]
         end = run[-1][3] + run[-1][4]
         body = self.chunks.read_range(pack, start, end)
-        return {c: open_chunk(body[off - start:off - start + length], h, chunk_size)
-                for c, h, _, off, length in run}
+        out = {}
+        for c, h, _, off, length in run:
+            try:
+                out[c] = open_chunk(body[off - start:off - start + length], h, chunk_size)
+            except Corrupt as exc:
+                out[c] = Corrupt(f"{pack} chunk {c}: {exc}")
+        return out
+
+
+@contextlib.asynccontextmanager
+async def single_errors():
+    """Report the first rokfs error of a nursery as itself, not as a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        if isinstance(first, RokfsError):
+            raise first from group
+        raise
+
+
+def _first_leaf(exc):
+    while isinstance(exc, BaseExceptionGroup):
+        rokfs = [e for e in exc.exceptions if isinstance(_first_leaf(e), RokfsError)]
+        exc = (rokfs or exc.exceptions)[0]
+    return exc
 
 
 def _runs(wanted):
@@ -165,18 +199,22 @@ class _PushJob:
         self.hashes = [None] * snap.nchunks      # None = zeros
         self.queued = set()
         self.pack, self.pack_bytes = [], 0
-        self.uploaded_chunks = self.uploaded_bytes = 0
+        self.uploaded_chunks = self.uploaded_bytes = self.done_chunks = 0
         self.inflight = trio.Semaphore(remote.concurrency)
 
     async def upload_chunks(self):
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            for start in range(0, self.snap.nchunks, HASH_BATCH):
-                await self._batch(start, min(start + HASH_BATCH, self.snap.nchunks))
-                if self.progress:
-                    done = min(start + HASH_BATCH, self.snap.nchunks) * self.cs
-                    self.progress(min(done, self.snap.size), self.snap.size)
-            await self._send_pack()
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                for start in range(0, self.snap.nchunks, HASH_BATCH):
+                    await self._batch(start, min(start + HASH_BATCH, self.snap.nchunks))
+                await self._send_pack()
+
+    def _advance(self, chunks):
+        """`chunks` more are on the remote (uploaded, present or zero)."""
+        self.done_chunks += chunks
+        if self.progress:
+            self.progress(min(self.done_chunks * self.cs, self.snap.size), self.snap.size)
 
     async def _batch(self, start, stop):
         if getattr(self.snap, "deleted", False) or self.snap not in \
@@ -191,6 +229,7 @@ class _PushJob:
                 cold.append(c)
         for c in cold:
             self.hashes[c] = await self.base_entry(self.snap, c)
+        self._advance(stop - start - len(slots))
         known = self.pool.slot_hashes(set(slots.values()))
         work = [(c, s, known.get(s)) for c, s in slots.items()]
         results = await self.remote.run(self._hash_and_compress, work)
@@ -202,6 +241,8 @@ class _PushJob:
             if frame is not None and digest not in self.queued \
                     and digest not in self.remote.index:
                 await self._add(digest, frame)
+            else:
+                self._advance(1)
 
     def _hash_and_compress(self, work):
         """Worker thread: read what we must, hash it, compress unknown chunks."""
@@ -244,6 +285,7 @@ class _PushJob:
             self.remote.index[h] = (key, offset, length)
         self.uploaded_chunks += len(items)
         self.uploaded_bytes += size
+        self._advance(len(items))
 
     async def write_manifest(self):
         segments = []
