@@ -146,6 +146,8 @@ class ChunkStore:
     def get_manifest(self, name):
         try:
             manifest = json.loads(self.objects.get(manifest_key(name)))
+        except NotFound:
+            raise NotFound(f"no snapshot {name!r} on {self.url}") from None
         except ValueError as exc:
             raise Corrupt(f"manifest {name}: not JSON ({exc})") from None
         if manifest.get("format") != FORMAT:
