@@ -236,7 +236,7 @@ class Control:
         h = self._hydration.get(vol.id)
         if h is None:
             total = vol.base_chunks
-            done = total - len(vol.cold_chunks()) if total else 0
+            done = total - vol.cold_count() if total else 0
             h = {"state": "hydrated" if not vol.base else "hydrating", "chunks_done": done,
                  "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
         cs = self.pool.chunk_size
@@ -274,7 +274,7 @@ class Control:
         base = self.remote_state.base(vol.base)
         store = self._remote_for_spec(base["remote"])
         total = vol.base_chunks
-        status = {"state": "hydrating", "chunks_done": total - len(vol.cold_chunks()),
+        status = {"state": "hydrating", "chunks_done": total - vol.cold_count(),
                   "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
         self._hydration[vol.id] = status
         started, start_done = time.monotonic(), status["chunks_done"]
@@ -291,7 +291,7 @@ class Control:
                 if cold:
                     got = await self.fetch_chunks(vol, cold, readahead=False)
                     since_flush[0] += len(got) * self.pool.chunk_size
-                status["chunks_done"] = total - len(vol.cold_chunks()) if \
+                status["chunks_done"] = total - vol.cold_count() if \
                     first % (HYDRATE_WINDOW * 64) == 0 else status["chunks_done"] + len(cold)
                 elapsed = time.monotonic() - started
                 status["rate_bytes_per_s"] = ((status["chunks_done"] - start_done)
@@ -310,7 +310,7 @@ class Control:
                     nursery.start_soon(window, first)
         if getattr(vol, "deleted", False):
             return
-        if not vol.cold_chunks():
+        if not vol.cold_count():
             self.pool.drop_base(vol)
             await self.flush()
             status.update(state="hydrated", chunks_done=total, error=None)

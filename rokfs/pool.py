@@ -138,8 +138,8 @@ class Image:
                 out.append([chunk * self.pool.chunk_size + within, n, flags])
         return [tuple(e) for e in out]
 
-    def mapped_chunks(self):
-        """Yield (chunk, entry, exclusive) for every slot or cold chunk."""
+    def mapped_chunks(self, cold=True):
+        """Yield (chunk, entry, exclusive) for every slot (and cold chunk)."""
         nodes = self.pool.nodes
         for leaf_no, leaf_id, path in nodes.walk_leaves(self.root):
             shared_path = any(nodes.rc[n] > 1 for n in path) or nodes.rc[leaf_id] > 1
@@ -152,9 +152,10 @@ class Image:
                 if entry >= SLOT_BASE:
                     exclusive = not shared_path and self.pool.slots.rc[entry - SLOT_BASE] == 1
                     yield chunk, entry, exclusive
-        for chunk in range(min(self.base_chunks, self.nchunks)):
-            if self.is_cold(chunk, self.entry(chunk)):
-                yield chunk, INHERIT, False
+        if cold:
+            for chunk in range(min(self.base_chunks, self.nchunks)):
+                if self.is_cold(chunk, self.entry(chunk)):
+                    yield chunk, INHERIT, False
 
     def _shared(self):
         """Our root is now shared: every path must be copied before writing."""
@@ -191,18 +192,30 @@ class Image:
         stop = min(self.base_chunks if stop is None else stop, self.base_chunks)
         return [c for c in range(start, stop) if self.is_cold(c, self.entry(c))]
 
+    def cold_count(self):
+        """How many chunks are still cold, without visiting every chunk: the
+        base's chunks minus the entries set in existing leaves (O(leaves))."""
+        limit = min(self.base_chunks, self.nchunks)
+        if not limit:
+            return 0
+        warm = 0
+        for leaf_no, leaf_id, _ in self.pool.nodes.walk_leaves(self.root, 0,
+                                                                (limit - 1) // FANOUT):
+            leaf = self.pool.nodes.get(leaf_id)
+            first = leaf_no * FANOUT
+            n = min(FANOUT, limit - first)
+            warm += n - leaf[:n].count(INHERIT)
+        return limit - warm
+
     def usage(self):
         cs = self.pool.chunk_size
-        allocated = exclusive = cold = 0
-        for _, entry, excl in self.mapped_chunks():
-            if entry >= SLOT_BASE:
-                allocated += 1
-                exclusive += excl
-            else:
-                cold += 1
+        allocated = exclusive = 0
+        for _, entry, excl in self.mapped_chunks(cold=False):
+            allocated += 1
+            exclusive += excl
         return {"size": self.size, "allocated": allocated * cs,
                 "exclusive": exclusive * cs, "shared": (allocated - exclusive) * cs,
-                "unhydrated": cold * cs}
+                "unhydrated": self.cold_count() * cs}
 
 
 class Snapshot(Image):
@@ -700,7 +713,7 @@ class Pool:
 
     def drop_base(self, image):
         """The image holds every chunk of its base: forget the base."""
-        if image.cold_chunks():
+        if image.cold_count():
             raise Busy(f"{image.full_name} still has unhydrated chunks")
         image.base, image.base_chunks = None, 0
         self._changed(image)

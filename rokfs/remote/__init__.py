@@ -30,7 +30,7 @@ from ..extentmap import SLOT_BASE
 DEFAULT_CONCURRENCY = 8
 READAHEAD = 15                 # cold neighbours fetched along with a read
 HASH_BATCH = 256               # chunks hashed per worker-thread hop
-MAX_RUN = 4 << 20              # largest ranged GET
+MAX_RUN = 8 << 20              # largest ranged GET
 
 
 def open_remote(spec, *, concurrency=DEFAULT_CONCURRENCY):
@@ -203,12 +203,23 @@ class _PushJob:
         self.inflight = trio.Semaphore(remote.concurrency)
 
     async def upload_chunks(self):
+        """Hash batches in a worker thread one step ahead of packing and
+        uploading, so hashing overlaps the uploads."""
         async with single_errors():
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                for start in range(0, self.snap.nchunks, HASH_BATCH):
-                    await self._batch(start, min(start + HASH_BATCH, self.snap.nchunks))
+                send, receive = trio.open_memory_channel(1)
+                nursery.start_soon(self._hash_batches, send)
+                async with receive:
+                    async for batch in receive:
+                        await self._pack_batch(*batch)
                 await self._send_pack()
+
+    async def _hash_batches(self, send):
+        async with send:
+            for start in range(0, self.snap.nchunks, HASH_BATCH):
+                await send.send(await self._hash_batch(
+                    start, min(start + HASH_BATCH, self.snap.nchunks)))
 
     def _advance(self, chunks):
         """`chunks` more are on the remote (uploaded, present or zero)."""
@@ -216,7 +227,7 @@ class _PushJob:
         if self.progress:
             self.progress(min(self.done_chunks * self.cs, self.snap.size), self.snap.size)
 
-    async def _batch(self, start, stop):
+    async def _hash_batch(self, start, stop):
         if getattr(self.snap, "deleted", False) or self.snap not in \
                 self.pool._snapshots.values():
             raise NotFound(f"snapshot {self.snap.full_name} was deleted during the push")
@@ -229,10 +240,13 @@ class _PushJob:
                 cold.append(c)
         for c in cold:
             self.hashes[c] = await self.base_entry(self.snap, c)
-        self._advance(stop - start - len(slots))
         known = self.pool.slot_hashes(set(slots.values()))
         work = [(c, s, known.get(s)) for c, s in slots.items()]
-        results = await self.remote.run(self._hash_and_compress, work)
+        results = await trio.to_thread.run_sync(self._hash_and_compress, work)
+        return stop - start - len(slots), known, results
+
+    async def _pack_batch(self, unstored, known, results):
+        self._advance(unstored)
         for c, slot, digest, frame in results:
             if slot not in known:
                 self.pool.record_slot_hash(slot, digest)

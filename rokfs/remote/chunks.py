@@ -2,7 +2,7 @@
 and snapshot manifests, over any ObjectStore.
 
 Layout under the store:
-  packs/<blake3 of the pack>   "RKPK1\\n" + 4-byte header length + JSON header
+  packs/<blake3 of its header> "RKPK1\\n" + 4-byte header length + JSON header
                                {"chunks": [[hash, offset, length], ...]} + lz4 frames
   segments/<blake3>            JSON {"packs": [...], "chunks": [null | [hash, pack#,
                                offset, length], ...]} for SEGMENT_CHUNKS chunks in order
@@ -37,7 +37,7 @@ FORMAT = 1
 PACK_MAGIC = b"RKPK1\n"
 SEGMENT_CHUNKS = 16384
 PACK_CHUNKS = 64
-PACK_BYTES = 4 << 20
+PACK_BYTES = 6 << 20           # cap for big chunk sizes; 64 KiB chunks fill by count
 HEADER_PROBE = 8192
 
 
@@ -80,7 +80,8 @@ def build_pack(items):
         header_len = len(header)
     body = b"".join([PACK_MAGIC, struct.pack(">I", len(header)), header,
                      *(frame for _, frame in items)])
-    return "packs/" + chunk_hash(body), body, entries
+    # the header names every chunk by hash and place: it identifies the pack
+    return "packs/" + chunk_hash(header), body, entries
 
 
 def parse_pack_header(prefix, fetch_more):
