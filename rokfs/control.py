@@ -278,7 +278,9 @@ class Control:
                   "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
         self._hydration[vol.id] = status
         started, start_done = time.monotonic(), status["chunks_done"]
-        limit = trio.Semaphore(self._hydrate_concurrency or store.concurrency)
+        # twice the remote's request limit in windows, so that while some
+        # windows install their chunks the remote still has every slot busy
+        limit = trio.Semaphore(self._hydrate_concurrency or 2 * store.concurrency)
         since_flush = [0]
 
         async def window(first):

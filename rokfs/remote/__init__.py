@@ -143,7 +143,7 @@ class RemoteStore:
     def _read_run(self, run, chunk_size):
         pack, start = run[0][2], run[0][3]
         end = run[-1][3] + run[-1][4]
-        body = self.chunks.read_range(pack, start, end)
+        body = memoryview(self.chunks.read_range(pack, start, end))
         out = {}
         for c, h, _, off, length in run:
             try:

@@ -57,7 +57,7 @@ def compress(data):
 def open_chunk(frame, want_hash, chunk_size):
     """Decompress and verify one chunk; Corrupt if it is not what the hash says."""
     try:
-        data = lz4.frame.decompress(frame)
+        data = lz4.frame.decompress(frame, return_bytearray=True)
     except Exception as exc:
         raise Corrupt(f"chunk {want_hash[:16]}: bad lz4 frame ({exc})") from None
     if len(data) != chunk_size or chunk_hash(data) != want_hash:
