@@ -35,6 +35,7 @@ class ObjectStore:
 
     url = ""
     deadline = DEFAULT_DEADLINE
+    page_size = 1000        # keys per LIST request (S3's maximum)
 
     def __init__(self):
         self.requests = 0
@@ -215,7 +216,7 @@ class S3Store(ObjectStore):
         while True:
             extra = {"ContinuationToken": token} if token else {}
             resp = self._call(f"LIST {prefix}", self.client.list_objects_v2,
-                              Prefix=self.prefix + prefix, **extra)
+                              Prefix=self.prefix + prefix, MaxKeys=self.page_size, **extra)
             for obj in resp.get("Contents", []):
                 out.append(ObjectInfo((obj["Key"][len(self.prefix):], obj["Size"],
                                        obj["LastModified"].timestamp())))
