@@ -426,6 +426,7 @@ class Pool:
         self._dirty_volumes, self._dirty_snapshots = set(), set()
         self._deleted_volumes, self._deleted_snapshots = set(), set()
         self._new_slot_hashes = {}
+        self._forget_slot_hashes = set()
         self.autocommit = True
         self.closed = False
 
@@ -495,7 +496,8 @@ class Pool:
             self.nodes.begin_commit()
         batch.slot_state = self.slots.begin_commit()
         batch.slot_blocks = batch.slot_state.blocks
-        batch.freed_slots = list(batch.slot_state.freed)
+        batch.freed_slots = list(batch.slot_state.freed) + sorted(self._forget_slot_hashes)
+        self._forget_slot_hashes = set()
         batch.slot_hashes = list(self._new_slot_hashes.items())
         self._new_slot_hashes = {}
         return batch
@@ -723,6 +725,12 @@ class Pool:
         found = {s: self._new_slot_hashes[s] for s in slots if s in self._new_slot_hashes}
         found.update(self.store.load_slot_hashes([s for s in slots if s not in found]))
         return found
+
+    def forget_slot_hashes(self, slots):
+        """These slots are free (fsck repair): their cached hashes go at the next commit."""
+        for slot in slots:
+            self._new_slot_hashes.pop(slot, None)
+            self._forget_slot_hashes.add(slot)
 
     def record_slot_hash(self, slot, digest):
         """Cache the hash of a frozen slot (dropped when the slot is freed)."""

@@ -242,3 +242,27 @@ async def test_gc_keeps_live_and_young_objects(tmp_path, remote_spec):
     c = make_control(tmp_path / "c", remote)
     await c.pull("data@three", "r")
     assert await read_volume(c, "r") == await read_volume(a, "data")
+
+
+async def test_slot_hash_cache_follows_the_slots(tmp_path):
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    a = make_control(tmp_path / "a", remote)
+    cs = a.pool.chunk_size
+    await a.create_volume("data", 4 * cs)
+    dev = a.open_device("data")
+    await dev.pwrite(0, b"\1" * cs)
+    await a.snapshot("data@one")
+    await a.push("data@one")
+    slot = a.pool.snapshot("data@one").entry(0) - 2
+    assert a.pool.slot_hashes([slot])                     # cached, committed
+    await dev.pwrite(0, b"\2" * cs)                       # CoW: the snapshot keeps the slot
+    await a.delete_snapshot("data@one")                   # now the slot is freed
+    await a.flush()
+    assert a.pool.slot_hashes([slot]) == {}
+    await dev.pwrite(cs, b"\3" * cs)                      # may reuse that slot
+    dev.close()
+    await a.snapshot("data@two")
+    await a.push("data@two")
+    b = make_control(tmp_path / "b", remote)
+    await b.pull("data@two", "r")
+    assert await read_volume(b, "r") == await read_volume(a, "data")
