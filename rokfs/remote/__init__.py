@@ -307,6 +307,7 @@ class _PushJob:
             seg = self._segment(self.hashes[first:first + SEGMENT_CHUNKS])
             key, size = await self.remote.run(self.remote.chunks.put_segment, seg)
             segments.append(key)
+            self.uploaded_bytes += size
         snap, chunks = self.snap, self.remote.chunks
         parent = self.state.base(snap.base)["name"] if snap.base else None
         manifest = new_manifest(snap.full_name, snap.size, self.cs, snap.labels, parent,
@@ -320,7 +321,7 @@ class _PushJob:
                 return False    # already pushed: nothing to write
             raise AlreadyExists(f"{snap.full_name} already exists on {self.remote.url} "
                                 "with other content; delete it there first")
-        await self.remote.run(chunks.put_manifest, manifest)
+        self.uploaded_bytes += await self.remote.run(chunks.put_manifest, manifest)
         return True
 
     def _segment(self, hashes):

@@ -130,8 +130,9 @@ class ChunkStore:
     def put_segment(self, segment):
         body = json.dumps(segment, separators=(",", ":")).encode()
         key = "segments/" + chunk_hash(body)
-        if not self.objects.exists(key):
-            self.objects.put(key, body)
+        if self.objects.exists(key):
+            return key, 0
+        self.objects.put(key, body)
         return key, len(body)
 
     def get_segment(self, key):
@@ -141,8 +142,9 @@ class ChunkStore:
         return json.loads(body)
 
     def put_manifest(self, manifest):
-        self.objects.put(manifest_key(manifest["name"]),
-                         json.dumps(manifest, indent=1, sort_keys=True).encode())
+        body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        self.objects.put(manifest_key(manifest["name"]), body)
+        return len(body)
 
     def get_manifest(self, name):
         try:
