@@ -127,3 +127,38 @@ def test_retry_does_not_retry_permanent_errors():
     with pytest.raises(ValueError):
         retry(fails, deadline=5)
     assert len(calls) == 1
+
+
+async def test_a_long_push_keeps_its_lock_fresh(remote, tmp_path):
+    """A push running longer than the grace period rewrites its lock, so GC
+    still sees it; a lock left by a crashed push goes stale after the grace."""
+    import trio
+    from rokfs.control import Control
+    from rokfs.pool import Pool
+    control = Control(Pool.create(str(tmp_path / "pool")), {"default": remote})
+    cs = control.pool.chunk_size
+    await control.create_volume("data", 256 * cs)
+    dev = control.open_device("data")
+    await dev.pwrite(0, os.urandom(256 * cs))
+    dev.close()
+    await control.snapshot("data@s")
+    put = remote.objects.put
+
+    def slow_put(key, data):
+        if key.startswith("packs/"):
+            import time
+            time.sleep(2.5)         # stretch the push well past the grace period
+        put(key, data)
+    remote.objects.put = slow_put
+    grace = 0.4
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: control.push("data@s", grace_seconds=grace))
+        await trio.sleep(1.8)
+        with pytest.raises(errors.Busy):
+            await control.gc_remote(grace_seconds=grace)
+    remote.objects.put = put
+    assert remote.objects.list("locks/") == []
+    stale = remote.chunks.take_lock("push", grace)      # a push that crashed
+    await trio.sleep(grace + 1.2)
+    await control.gc_remote(grace_seconds=grace)         # not blocked by it
+    assert not remote.objects.exists(stale)

@@ -82,10 +82,14 @@ class RemoteStore:
         lock = await self.run(self.chunks.take_lock, "push", grace)
         snap.busy = getattr(snap, "busy", 0) + 1
         try:
-            await self.load_index(state)
-            job = _PushJob(self, pool, state, snap, progress, base_entry)
-            await job.upload_chunks()
-            manifest = await job.write_manifest()
+            async with single_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._refresh_lock, lock, grace)
+                    await self.load_index(state)
+                    job = _PushJob(self, pool, state, snap, progress, base_entry)
+                    await job.upload_chunks()
+                    manifest = await job.write_manifest()
+                    nursery.cancel_scope.cancel()
         finally:
             snap.busy -= 1
             await self.run(self.chunks.drop_lock, lock)
@@ -93,6 +97,13 @@ class RemoteStore:
                 "uploaded_chunks": job.uploaded_chunks, "uploaded_bytes": job.uploaded_bytes,
                 "skipped_chunks": snap.nchunks - job.uploaded_chunks,
                 "manifest_written": manifest, "seconds": time.monotonic() - started}
+
+    async def _refresh_lock(self, lock, grace):
+        """Rewrite our lock well within the grace period, so a long push stays
+        protected from GC (a lock older than the grace counts as stale)."""
+        while True:
+            await trio.sleep(max(grace / 4, 0.05))
+            await self.run(self.objects.put, lock, b"{}")
 
     # -- pull / hydrate ------------------------------------------------------------
     async def segment(self, key):

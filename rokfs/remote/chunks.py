@@ -39,6 +39,7 @@ SEGMENT_CHUNKS = 16384
 PACK_CHUNKS = 64
 PACK_BYTES = 6 << 20           # cap for big chunk sizes; 64 KiB chunks fill by count
 HEADER_PROBE = 8192
+CLOCK_SLACK = 1.0   # S3's LastModified has whole seconds: a lock is stale only after grace + this
 
 
 def chunk_hash(data):
@@ -184,7 +185,7 @@ class ChunkStore:
         other = "gc" if kind == "push" else "push"
         now = time.time()
         for obj in self.objects.list("locks/"):
-            if obj.key.startswith(f"locks/{other}-") and now - obj.mtime < grace:
+            if obj.key.startswith(f"locks/{other}-") and now - obj.mtime < grace + CLOCK_SLACK:
                 self.objects.delete(key)
                 raise Busy(f"{self.url}: a {other} is running; try again later")
         return key
@@ -214,7 +215,7 @@ class ChunkStore:
         deleted = deleted_bytes = kept = 0
         for obj in self.objects.list("packs/") + self.objects.list("segments/") + \
                 self.objects.list("locks/"):
-            stale = now - obj.mtime >= grace
+            stale = now - obj.mtime >= grace + (CLOCK_SLACK if obj.key.startswith("locks/") else 0)
             if obj.key in live or not stale or obj.key.startswith("locks/gc-"):
                 kept += 1
                 continue
