@@ -696,8 +696,8 @@ class Pool:
     def install_chunk(self, image, chunk, data):
         """Put a fetched chunk (None: all zeros) into `image` if the chunk is
         still cold; a write that got there first wins. Durable at the next
-        commit. Returns whether it was installed."""
-        if not image.is_cold(chunk, image.entry(chunk)):
+        commit. Returns whether it was installed (never into a deleted image)."""
+        if not self._live(image) or not image.is_cold(chunk, image.entry(chunk)):
             return False
         leaf_id, leaf = image._own_leaf(chunk // FANOUT)
         if data is None:
@@ -712,6 +712,11 @@ class Pool:
         if isinstance(image, Snapshot):
             self._changed(image)
         return True
+
+    def _live(self, image):
+        if isinstance(image, Volume):
+            return self._volumes_by_id.get(image.id) is image
+        return self._snapshots.get((image.volume_id, image.name)) is image
 
     def drop_base(self, image):
         """The image holds every chunk of its base: forget the base."""

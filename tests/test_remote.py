@@ -265,3 +265,23 @@ async def test_slot_hash_cache_follows_the_slots(tmp_path):
     b = make_control(tmp_path / "b", remote)
     await b.pull("data@two", "r")
     assert await read_volume(b, "r") == await read_volume(a, "data")
+
+
+async def test_volume_deleted_during_a_fetch_is_left_alone(tmp_path):
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    a = make_control(tmp_path / "a", remote)
+    cs = a.pool.chunk_size
+    await a.create_volume("data", 8 * cs)
+    await write_volume(a, "data", os.urandom(8 * cs))
+    await a.snapshot("data@s")
+    await a.push("data@s")
+    b = make_control(tmp_path / "b", remote)
+    await b.pull("data@s", "r")
+    vol = b.pool.volume("r")
+    used = b.pool.slots.used_slots()
+    await b.delete_volume("r")
+    assert await b.fetch_chunks(vol, [0, 1])            # fetched, but not installed
+    assert b.pool.slots.used_slots() == used
+    await b.flush()
+    from rokfs.fsck import fsck
+    assert fsck(b.pool)["clean"]
