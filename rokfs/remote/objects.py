@@ -136,7 +136,8 @@ class DirStore(ObjectStore):
     def list(self, prefix=""):
         self._count()
         out = []
-        for root, dirs, files in os.walk(self.path):
+        top = os.path.join(self.path, os.path.dirname(prefix)) if "/" in prefix else self.path
+        for root, dirs, files in os.walk(top):
             for name in files:
                 if name.startswith(".tmp-"):
                     continue
