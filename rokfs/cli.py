@@ -17,7 +17,7 @@ from .pool import DEFAULT_CHUNK_SIZE, Pool
 from .names import parse_labels
 from .units import format_size, parse_size
 
-FRONT_ENDS = ("rokfs.daemon", "nbd_server.cli", "rokfs.fusefs")
+FRONT_ENDS = ("rokfs.daemon", "nbd_server.cli", "rokfs.fusefs", "rokfs.remote.cli")
 
 
 def default_pool_path():

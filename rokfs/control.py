@@ -14,22 +14,30 @@ Invariants:
   pread / pwrite / trim / write_zeroes / flush / cache / extents.
 """
 
+import logging
 import time
 
 import trio
 
 from . import names
-from .errors import NotFound, ReadOnly, RemoteError
+from .errors import InvalidArgument, NotFound, ReadOnly, RemoteError, RokfsError
 from .pool import NeedsChunks, Volume
 from .stats import Counters
 
+log = logging.getLogger("rokfs.control")
+HYDRATE_WINDOW = 64            # chunks per background fetch
+HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
+
 
 class Control:
-    def __init__(self, pool, remote=None, remotes=None):
+    def __init__(self, pool, remotes=None, *, hydrate_concurrency=None):
         self.pool = pool
         self.remotes = dict(remotes or {})
-        self.remote = remote if remote is not None else self.remotes.get("default")
         self.counters = Counters()
+        self._remote_state = None
+        self._hydration = {}
+        self._hydrate_concurrency = hydrate_concurrency
+        self._bases_changed = trio.Event() if _in_trio() else None
         pool.autocommit = False
         self._commit_lock = trio.Lock()
         self._commits_started = 0
@@ -130,12 +138,205 @@ class Control:
         """A Device for volume or snapshot `name`; `front` labels its metrics."""
         return Device(self, self.pool.image(name), front)
 
-    # -- hydration (the remote store plugs in here) ---------------------------------
-    async def fetch_chunks(self, image, chunks):
-        if self.remote is None:
-            raise RemoteError(f"{image.full_name} has unhydrated chunks but no remote "
-                              "is configured")
-        await self.remote.hydrate(image, chunks)
+    # -- remotes ------------------------------------------------------------------
+    @property
+    def remote_state(self):
+        if self._remote_state is None:
+            from .remote.state import LocalState
+            self._remote_state = LocalState(self.pool.path)
+        return self._remote_state
+
+    def remote(self, name="default"):
+        store = self.remotes.get(name)
+        if store is None:
+            from .remote import default_remote_spec, open_remote
+            if name != "default":
+                if "://" not in name and not name.startswith("/"):
+                    raise NotFound(f"no remote named {name!r} (give a URL or a configured name)")
+                store = open_remote(name)
+            else:
+                store = open_remote(default_remote_spec(self.pool.path))
+            self.remotes[name] = store
+        return store
+
+    def _remote_for_spec(self, spec):
+        for store in self.remotes.values():
+            if store.spec == spec or store.url == spec.get("url"):
+                return store
+        from .remote import open_remote
+        store = open_remote(spec)
+        self.remotes[store.url] = store
+        return store
+
+    async def push(self, full_name, *, remote="default", progress=None, grace_seconds=3600):
+        snap = self.pool.snapshot(full_name)
+        store = self.remote(remote)
+
+        async def base_entry(image, chunk):
+            base = self.remote_state.base(image.base)
+            if self._remote_for_spec(base["remote"]) is not store:
+                raise InvalidArgument(f"{image.full_name} is not fully hydrated from another "
+                                      "remote; wait for hydration before pushing it here")
+            loc = await store.locate(base["manifest"], chunk)
+            return loc[0] if loc else None
+
+        result = await store.push(self.pool, self.remote_state, snap, progress=progress,
+                                  grace=grace_seconds, base_entry=base_entry)
+        await self.flush()      # the slot hash cache
+        return result
+
+    async def pull(self, remote_snapshot, new_volume, *, remote="default"):
+        names.check_name(new_volume)
+        names.split_snapshot(remote_snapshot)
+        store = self.remote(remote)
+        manifest = await store.run(store.chunks.get_manifest, remote_snapshot)
+        if manifest["chunk_size"] != self.pool.chunk_size:
+            raise InvalidArgument(f"{remote_snapshot} has {manifest['chunk_size']}-byte chunks, "
+                                  f"this pool uses {self.pool.chunk_size}")
+        if new_volume in {v.name for v in self.pool.list_volumes()}:
+            self.pool.volume(new_volume)
+            from .errors import AlreadyExists
+            raise AlreadyExists(f"volume {new_volume!r} already exists")
+        base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
+        vol = self.pool.create_volume(new_volume, manifest["size"], base=base_id,
+                                      base_chunks=manifest["chunks"],
+                                      origin=f"{store.url}#{remote_snapshot}")
+        await self.flush()
+        if self._bases_changed is not None:
+            self._bases_changed.set()
+        return vol.info()
+
+    async def list_remote(self, *, remote="default"):
+        store = self.remote(remote)
+        manifests = await store.run(store.chunks.list_manifests)
+        return [{k: m[k] for k in ("name", "size", "chunk_size", "labels", "created", "parent")}
+                for m in manifests]
+
+    async def delete_remote(self, remote_snapshot, *, remote="default"):
+        store = self.remote(remote)
+        await store.run(store.chunks.delete_manifest, remote_snapshot)
+
+    async def gc_remote(self, *, remote="default", grace_seconds=3600):
+        store = self.remote(remote)
+        return await store.run(store.chunks.gc, grace_seconds)
+
+    # -- hydration ----------------------------------------------------------------------
+    async def fetch_chunks(self, image, chunks, *, readahead=True):
+        """Fetch cold chunks of `image` from its base and install them."""
+        if not image.base:
+            return
+        base = self.remote_state.base(image.base)
+        store = self._remote_for_spec(base["remote"])
+        wanted = set(chunks)
+        if readahead:
+            from .remote import READAHEAD
+            for c in chunks:
+                wanted.update(n for n in range(c + 1, min(c + 1 + READAHEAD, image.base_chunks))
+                              if image.is_cold(n, image.entry(n)))
+        try:
+            got = await store.fetch(base["manifest"], wanted, self.pool.chunk_size,
+                                    on_demand=readahead, required=set(chunks))
+        except RokfsError as exc:
+            log.warning("event=fetch_failed image=%s error=%s", image.full_name, exc)
+            raise
+        for chunk, data in got.items():
+            self.pool.install_chunk(image, chunk, data)
+        return got
+
+    def hydration_status(self, volume):
+        vol = self.pool.volume(volume)
+        h = self._hydration.get(vol.id)
+        if h is None:
+            total = vol.base_chunks
+            done = total - vol.cold_count() if total else 0
+            h = {"state": "hydrated" if not vol.base else "hydrating", "chunks_done": done,
+                 "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
+        cs = self.pool.chunk_size
+        return {"volume": vol.name, **h, "bytes_done": h["chunks_done"] * cs,
+                "bytes_total": h["chunks_total"] * cs}
+
+    async def run_background(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        """Hydrate every volume that has a base, including ones pulled later."""
+        self._bases_changed = trio.Event()
+        running = set()
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for vol in self.pool.list_volumes():
+                    if vol.base and vol.id not in running:
+                        running.add(vol.id)
+                        nursery.start_soon(self._hydrate_volume, vol, running)
+                with trio.move_on_after(1):
+                    await self._bases_changed.wait()
+                self._bases_changed = trio.Event()
+
+    async def _hydrate_volume(self, vol, running):
+        try:
+            while vol.base and not getattr(vol, "deleted", False):
+                try:
+                    await self._hydrate_pass(vol)
+                except RokfsError as exc:
+                    self._hydration[vol.id].update(state="failed", error=str(exc))
+                    log.warning("event=hydrate_failed volume=%s error=%s", vol.name, exc)
+                    await trio.sleep(5)
+        finally:
+            running.discard(vol.id)
+
+    async def _hydrate_pass(self, vol):
+        base = self.remote_state.base(vol.base)
+        store = self._remote_for_spec(base["remote"])
+        total = vol.base_chunks
+        status = {"state": "hydrating", "chunks_done": total - vol.cold_count(),
+                  "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
+        self._hydration[vol.id] = status
+        started, start_done = time.monotonic(), status["chunks_done"]
+        # twice the remote's request limit in windows, so that while some
+        # windows install their chunks the remote still has every slot busy
+        limit = trio.Semaphore(self._hydrate_concurrency or 2 * store.concurrency)
+        since_flush = [0]
+
+        async def window(first):
+            try:
+                while store.on_demand:          # user reads go first
+                    await trio.sleep(0.005)
+                if getattr(vol, "deleted", False) or vol.base is None:
+                    return
+                cold = vol.cold_chunks(first, first + HYDRATE_WINDOW)
+                if cold:
+                    got = await self.fetch_chunks(vol, cold, readahead=False)
+                    since_flush[0] += len(got) * self.pool.chunk_size
+                status["chunks_done"] = total - vol.cold_count() if \
+                    first % (HYDRATE_WINDOW * 64) == 0 else status["chunks_done"] + len(cold)
+                elapsed = time.monotonic() - started
+                status["rate_bytes_per_s"] = ((status["chunks_done"] - start_done)
+                                              * self.pool.chunk_size / max(elapsed, 1e-6))
+                if since_flush[0] >= HYDRATE_FLUSH_BYTES:
+                    since_flush[0] = 0
+                    await self.flush()
+            finally:
+                limit.release()
+
+        from .remote import single_errors
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                for first in range(0, total, HYDRATE_WINDOW):
+                    await limit.acquire()
+                    nursery.start_soon(window, first)
+        if getattr(vol, "deleted", False):
+            return
+        if not vol.cold_count():
+            self.pool.drop_base(vol)
+            await self.flush()
+            status.update(state="hydrated", chunks_done=total, error=None)
+            log.info("event=hydrated volume=%s chunks=%d", vol.name, total)
+
+
+def _in_trio():
+    try:
+        trio.lowlevel.current_task()
+        return True
+    except RuntimeError:
+        return False
 
 
 class Device:

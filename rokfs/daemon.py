@@ -93,7 +93,7 @@ async def serve(control, cfg, *, task_status=trio.TASK_STATUS_IGNORED):
             if cfg["metrics"]["listen"]:
                 bound["metrics"] = await nursery.start(serve_metrics, control,
                                                        cfg["metrics"]["listen"])
-            # LEAD: hydrators start here -> await nursery.start(control.run_background)
+            await nursery.start(control.run_background)     # hydrators of pulled volumes
             _print_welcome(control, cfg, bound)
             task_status.started(bound)
             async for signum in signals:

@@ -100,6 +100,7 @@ def _repair(pool, node_refs, slot_refs):
             slots.set_count(slot, want)
         if want == 0:
             free.append(slot)
+    pool.forget_slot_hashes(free)
     pool.commit()
     slots.free = sorted(free)
     slots.punch(free)

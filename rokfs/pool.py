@@ -62,6 +62,7 @@ class Image:
         self.base = row.get("base")
         self.base_chunks = row.get("base_chunks") or 0
         self._leaves = {}
+        self._owned = {}
 
     @property
     def nchunks(self):
@@ -138,8 +139,8 @@ class Image:
                 out.append([chunk * self.pool.chunk_size + within, n, flags])
         return [tuple(e) for e in out]
 
-    def mapped_chunks(self):
-        """Yield (chunk, entry, exclusive) for every slot or cold chunk."""
+    def mapped_chunks(self, cold=True):
+        """Yield (chunk, entry, exclusive) for every slot (and cold chunk)."""
         nodes = self.pool.nodes
         for leaf_no, leaf_id, path in nodes.walk_leaves(self.root):
             shared_path = any(nodes.rc[n] > 1 for n in path) or nodes.rc[leaf_id] > 1
@@ -152,22 +153,70 @@ class Image:
                 if entry >= SLOT_BASE:
                     exclusive = not shared_path and self.pool.slots.rc[entry - SLOT_BASE] == 1
                     yield chunk, entry, exclusive
-        for chunk in range(min(self.base_chunks, self.nchunks)):
-            if self.is_cold(chunk, self.entry(chunk)):
-                yield chunk, INHERIT, False
+        if cold:
+            for chunk in range(min(self.base_chunks, self.nchunks)):
+                if self.is_cold(chunk, self.entry(chunk)):
+                    yield chunk, INHERIT, False
+
+    def _shared(self):
+        """Our root is now shared: every path must be copied before writing."""
+        self._owned.clear()
+
+    def _own_leaf(self, leaf_no):
+        """(leaf id, leaf array) for `leaf_no`, exclusively ours."""
+        hit = self._owned.get(leaf_no)
+        if hit is not None:
+            return hit
+        nodes = self.pool.nodes
+        i0, i1 = divmod(leaf_no, FANOUT)
+        root = nodes.owned(self.root, 0)
+        if root != self.root:
+            self.root = root
+            self.pool._changed(self)
+        mid = _own_child(nodes, root, i0, 1)
+        leaf_id = _own_child(nodes, mid, i1, LEAF)
+        hit = (leaf_id, nodes.get(leaf_id))
+        self._owned[leaf_no] = hit
+        self._leaves[leaf_no] = hit[1]
+        return hit
+
+    def _set_entry(self, leaf_id, leaf, chunk, new):
+        i = chunk % FANOUT
+        old = leaf[i]
+        leaf[i] = new
+        self.pool.nodes.changed(leaf_id)
+        if old >= SLOT_BASE:
+            self.pool.slots.decref(old - SLOT_BASE)
+
+    def cold_chunks(self, start=0, stop=None):
+        """Chunks in [start, stop) still to be fetched from the base."""
+        stop = min(self.base_chunks if stop is None else stop, self.base_chunks)
+        return [c for c in range(start, stop) if self.is_cold(c, self.entry(c))]
+
+    def cold_count(self):
+        """How many chunks are still cold, without visiting every chunk: the
+        base's chunks minus the entries set in existing leaves (O(leaves))."""
+        limit = min(self.base_chunks, self.nchunks)
+        if not limit:
+            return 0
+        warm = 0
+        for leaf_no, leaf_id, _ in self.pool.nodes.walk_leaves(self.root, 0,
+                                                                (limit - 1) // FANOUT):
+            leaf = self.pool.nodes.get(leaf_id)
+            first = leaf_no * FANOUT
+            n = min(FANOUT, limit - first)
+            warm += n - leaf[:n].count(INHERIT)
+        return limit - warm
 
     def usage(self):
         cs = self.pool.chunk_size
-        allocated = exclusive = cold = 0
-        for _, entry, excl in self.mapped_chunks():
-            if entry >= SLOT_BASE:
-                allocated += 1
-                exclusive += excl
-            else:
-                cold += 1
+        allocated = exclusive = 0
+        for _, entry, excl in self.mapped_chunks(cold=False):
+            allocated += 1
+            exclusive += excl
         return {"size": self.size, "allocated": allocated * cs,
                 "exclusive": exclusive * cs, "shared": (allocated - exclusive) * cs,
-                "unhydrated": cold * cs}
+                "unhydrated": self.cold_count() * cs}
 
 
 class Snapshot(Image):
@@ -201,7 +250,6 @@ class Volume(Image):
         super().__init__(pool, row)
         self.origin = row.get("origin")
         self.open_count = 0
-        self._owned = {}
 
     @property
     def full_name(self):
@@ -211,28 +259,6 @@ class Volume(Image):
         return {"id": self.id, "name": self.name, "size": self.size, "root": self.root,
                 "created": self.created, "origin": self.origin, "base": self.base,
                 "base_chunks": self.base_chunks}
-
-    def _shared(self):
-        """Our root is now shared: every path must be copied before writing."""
-        self._owned.clear()
-
-    def _own_leaf(self, leaf_no):
-        """(leaf id, leaf array) for `leaf_no`, exclusively ours."""
-        hit = self._owned.get(leaf_no)
-        if hit is not None:
-            return hit
-        nodes = self.pool.nodes
-        i0, i1 = divmod(leaf_no, FANOUT)
-        root = nodes.owned(self.root, 0)
-        if root != self.root:
-            self.root = root
-            self.pool._changed(self)
-        mid = _own_child(nodes, root, i0, 1)
-        leaf_id = _own_child(nodes, mid, i1, LEAF)
-        hit = (leaf_id, nodes.get(leaf_id))
-        self._owned[leaf_no] = hit
-        self._leaves[leaf_no] = hit[1]
-        return hit
 
     def pwrite(self, offset, data):
         self._check_range(offset, len(data))
@@ -298,14 +324,6 @@ class Volume(Image):
             buf[within:within + len(piece)] = piece
             slots.write(slot, 0, buf)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
-
-    def _set_entry(self, leaf_id, leaf, chunk, new):
-        i = chunk % FANOUT
-        old = leaf[i]
-        leaf[i] = new
-        self.pool.nodes.changed(leaf_id)
-        if old >= SLOT_BASE:
-            self.pool.slots.decref(old - SLOT_BASE)
 
     def trim(self, offset, length):
         """Discard the range: it reads as zeros afterwards, and cold chunks
@@ -409,6 +427,8 @@ class CommitBatch:
     deleted_nodes: list
     node_state: tuple        # MapNodes' dirty sets, for abort
     slot_state: object       # ExtentStore's commit state (dirty blocks, freed slots)
+    freed_slots: list        # slots whose cached content hash goes
+    slot_hashes: list        # (slot, hash) pairs newly cached
 
     @property
     def slot_blocks(self):
@@ -441,6 +461,8 @@ class Pool:
         self._next_id = max([0, *self._volumes_by_id, *(s.id for s in self._snapshots.values())]) + 1
         self._dirty_volumes, self._dirty_snapshots = set(), set()
         self._deleted_volumes, self._deleted_snapshots = set(), set()
+        self._new_slot_hashes = {}
+        self._forget_slot_hashes = set()
         self.autocommit = True
         self.closed = False
 
@@ -501,6 +523,9 @@ class Pool:
         self._deleted_volumes, self._deleted_snapshots = set(), set()
         dirty_volumes, dirty_snapshots, deleted_volumes, deleted_snapshots = image_state
         nodes, node_rcs, deleted_nodes, node_state = self.nodes.begin_commit()
+        slot_state = self.slots.begin_commit()
+        forget_hashes, self._forget_slot_hashes = self._forget_slot_hashes, set()
+        new_hashes, self._new_slot_hashes = self._new_slot_hashes, {}
         return CommitBatch(
             volumes=[self._volumes_by_id[i].row() for i in sorted(dirty_volumes)
                      if i in self._volumes_by_id],
@@ -509,7 +534,9 @@ class Pool:
             deleted_snapshots=sorted(deleted_snapshots),
             image_state=image_state,
             nodes=nodes, node_rcs=node_rcs, deleted_nodes=deleted_nodes, node_state=node_state,
-            slot_state=self.slots.begin_commit())
+            slot_state=slot_state,
+            freed_slots=list(slot_state.freed) + sorted(forget_hashes),
+            slot_hashes=list(new_hashes.items()))
 
     def write_commit(self, batch):
         """Blocking; may run in a worker thread."""
@@ -531,6 +558,7 @@ class Pool:
         self._deleted_snapshots |= xs
         self.nodes.abort_commit(batch.node_state)
         self.slots.abort_commit(batch.slot_state)
+        self._new_slot_hashes = {**dict(batch.slot_hashes), **self._new_slot_hashes}
 
     def commit(self):
         batch = self.begin_commit()
@@ -620,6 +648,8 @@ class Pool:
         if vol.open_count and not force:
             raise Busy(f"volume {name!r} is in use ({vol.open_count} open handles)")
         for snap in snaps:
+            _refuse_busy(snap)
+        for snap in snaps:
             self._drop_snapshot(snap)
         self.nodes.decref(vol.root, 0)
         del self._volumes[vol.name], self._volumes_by_id[vol.id]
@@ -664,7 +694,7 @@ class Pool:
         return snap
 
     def delete_snapshot(self, full_name):
-        self._drop_snapshot(self.snapshot(full_name))
+        self._drop_snapshot(_refuse_busy(self.snapshot(full_name)))
         self._verb_done()
 
     def _drop_snapshot(self, snap):
@@ -692,12 +722,61 @@ class Pool:
                             "origin": src.full_name, "base": src.base,
                             "base_chunks": src.base_chunks})
         self.nodes.incref(src.root)
-        if isinstance(src, Volume):
-            src._shared()
+        src._shared()
         self._add_volume(vol)
         self._changed(vol)
         self._verb_done()
         return vol
+
+    # -- remote support ------------------------------------------------------------
+    def install_chunk(self, image, chunk, data):
+        """Put a fetched chunk (None: all zeros) into `image` if the chunk is
+        still cold; a write that got there first wins. Durable at the next
+        commit. Returns whether it was installed (never into a deleted image)."""
+        if not self._live(image) or not image.is_cold(chunk, image.entry(chunk)):
+            return False
+        leaf_id, leaf = image._own_leaf(chunk // FANOUT)
+        if data is None:
+            image._set_entry(leaf_id, leaf, chunk, ZERO)
+        else:
+            if len(data) != self.chunk_size:
+                raise InvalidArgument(f"chunk of {len(data)} bytes, pool chunks are "
+                                      f"{self.chunk_size}")
+            slot = self.slots.allocate()
+            self.slots.write(slot, 0, data)
+            image._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+        if isinstance(image, Snapshot):
+            self._changed(image)
+        return True
+
+    def _live(self, image):
+        if isinstance(image, Volume):
+            return self._volumes_by_id.get(image.id) is image
+        return self._snapshots.get((image.volume_id, image.name)) is image
+
+    def drop_base(self, image):
+        """The image holds every chunk of its base: forget the base."""
+        if image.cold_count():
+            raise Busy(f"{image.full_name} still has unhydrated chunks")
+        image.base, image.base_chunks = None, 0
+        self._changed(image)
+
+    def slot_hashes(self, slots):
+        """{slot: blake3 hex} of the given frozen slots, where cached."""
+        found = {s: self._new_slot_hashes[s] for s in slots if s in self._new_slot_hashes}
+        found.update(self.store.load_slot_hashes([s for s in slots if s not in found]))
+        return found
+
+    def forget_slot_hashes(self, slots):
+        """These slots are free (fsck repair): their cached hashes go at the next commit."""
+        for slot in slots:
+            self._new_slot_hashes.pop(slot, None)
+            self._forget_slot_hashes.add(slot)
+
+    def record_slot_hash(self, slot, digest):
+        """Cache the hash of a frozen slot (dropped when the slot is freed)."""
+        if self.slots.rc[slot] > 0:
+            self._new_slot_hashes[slot] = digest
 
     def status(self):
         st = os.statvfs(self.path)
@@ -707,6 +786,12 @@ class Pool:
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
                 "free_bytes": st.f_bavail * st.f_frsize}
+
+
+def _refuse_busy(snap):
+    if getattr(snap, "busy", 0):
+        raise Busy(f"snapshot {snap.full_name} is being pushed; try again when it is done")
+    return snap
 
 
 def _lock(path):

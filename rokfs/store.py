@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     UNIQUE (volume_id, name));
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_rc (block INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS slot_hash (slot INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
 VOLUME_COLUMNS = ("id", "name", "size", "root", "created", "origin", "base", "base_chunks")
@@ -83,6 +84,16 @@ class MetaStore:
     def load_slot_blocks(self):
         return list(self.db.execute("SELECT block, data FROM slot_rc ORDER BY block"))
 
+    def load_slot_hashes(self, slots):
+        out = {}
+        slots = list(slots)
+        for i in range(0, len(slots), 500):
+            part = slots[i:i + 500]
+            out.update(self.db.execute(
+                f"SELECT slot, hash FROM slot_hash WHERE slot IN ({','.join('?' * len(part))})",
+                part))
+        return out
+
     # -- writing ---------------------------------------------------------------
     def commit(self, batch):
         """Apply one CommitBatch atomically."""
@@ -104,6 +115,10 @@ class MetaStore:
             db.executemany("UPDATE nodes SET rc = ? WHERE id = ?", batch.node_rcs)
             db.executemany("INSERT OR REPLACE INTO slot_rc (block, data) VALUES (?, ?)",
                            batch.slot_blocks)
+            db.executemany("INSERT OR REPLACE INTO slot_hash (slot, hash) VALUES (?, ?)",
+                           getattr(batch, "slot_hashes", ()))
+            db.executemany("DELETE FROM slot_hash WHERE slot = ?",
+                           [(s,) for s in getattr(batch, "freed_slots", ())])
 
     def _transaction(self):
         return _Transaction(self.db)

@@ -24,3 +24,6 @@ def pool(pool_dir):
     yield p
     if not p.closed:
         p.close()
+
+
+from s3_helpers import s3_server  # noqa: E402,F401  (the moto S3 server fixture)

@@ -74,7 +74,8 @@ def serving(tmp_path, *, command="serve", extra=()):
     sock, log = tmp_path / "nbd.sock", tmp_path / "daemon.log"
     mnt.mkdir(exist_ok=True)
     if command == "serve":
-        cmd = ["serve", "--pool", str(pool), "--nbd-socket", str(sock), "--mount", str(mnt)]
+        cmd = ["serve", "--pool", str(pool), "--nbd-socket", str(sock), "--mount", str(mnt),
+               "--control-socket", str(tmp_path / "control.sock")]
     else:
         cmd = ["mount", "--pool", str(pool), str(mnt)]
     with open(log, "ab") as out:

@@ -1,55 +1,171 @@
-"""A real S3-compatible server for tests: moto's server mode over HTTP on a
-free loopback port, started as a subprocess (`moto_server` fixture)."""
+"""A real S3-compatible server over HTTP for tests (moto's server mode),
+and a flaky TCP proxy to put in front of it."""
 
 import os
+import random
 import socket
-import subprocess
-import sys
+import threading
 import time
-import urllib.request
 
 import pytest
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1"}
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def _free_port():
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    """Yield the endpoint URL of a moto S3 server; credentials set in os.environ."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+class S3Server:
+    """moto's S3 server on a loopback port; stop() closes the listener (the
+    stored objects survive, like a real S3 service restarting)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self):
+        from moto.server import ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("moto server did not start")
+
+    def stop(self):
+        if self.server:
+            self.server.stop()
+            self.server = None
+
+
+class FlakyProxy:
+    """Forward TCP to a target; drop (close) or delay a share of requests."""
+
+    def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1):
+        self.target_port = target_port
+        self.drop, self.delay, self.delay_share = drop, delay, delay_share
+        self.random = random.Random(seed)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dropped = self.delayed = 0
+        self.sockets = set()
+        self.running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while self.running:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
         try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
         except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.1)
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    try:
-        yield url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        proc.wait(timeout=10)
+            client.close()
+            return
+        self.sockets |= {client, upstream}
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        fresh = True
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if fresh:       # the start of a request: maybe misbehave
+                r = self.random.random()
+                if r < self.drop:
+                    self.dropped += 1
+                    break
+                if r < self.drop + self.delay_share:
+                    self.delayed += 1
+                    time.sleep(self.delay)
+            fresh = False
+            try:
+                upstream.sendall(data)
+            except OSError:
+                break
+            fresh = data.endswith(b"\r\n\r\n") or len(data) < 65536
+        for s in (client, upstream):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    @staticmethod
+    def _pump(src, dst):
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            except OSError:
+                break
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        """Stop listening and cut every open connection."""
+        self.running = False
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
+        except OSError:
+            pass
+        self.listener.close()
+        for s in list(self.sockets):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+_bucket_no = [0]
+
+
+def new_bucket(endpoint_url):
+    import boto3
+    _bucket_no[0] += 1
+    name = f"rokfs-test-{os.getpid()}-{_bucket_no[0]}"
+    boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1").create_bucket(
+        Bucket=name)
+    return name
+
+
+def s3_spec(server, bucket=None, deadline=5):
+    return {"type": "s3", "bucket": bucket or new_bucket(server.url), "prefix": "rk",
+            "endpoint_url": server.url, "region": "us-east-1", "deadline": deadline}
+
+
+@pytest.fixture(scope="module")
+def moto_server(s3_server):
+    """The endpoint URL of the session's moto S3 server (credentials are in
+    os.environ), for tests that hand it to a daemon's config."""
+    return s3_server.url
 
 
 def make_bucket(endpoint, name):

@@ -69,6 +69,17 @@ async def get_snapshots(control, node):
     return control.list_snapshots(node.name)
 
 
+async def set_push(control, node, value):
+    """'SNAP [REMOTE]': push snapshot SNAP of this volume (blocks until the
+    manifest is written)."""
+    snap, *remote = _words(value, "push", 1, 2)
+    await control.push(f"{node.name}@{snap}", remote=remote[0] if remote else "default")
+
+
+async def get_hydration(control, node):
+    return control.hydration_status(node.name)
+
+
 # -- snapshots/NAME/SNAP ------------------------------------------------------------
 async def get_labels(control, node):
     return control.snapshot_info(node.name)["labels"]
@@ -94,6 +105,8 @@ XATTRS = {
     "snapshots": Attr(_V, get=get_snapshots, help="JSON list of the volume's snapshots"),
     "labels": Attr(_S, get=get_labels, help="JSON object of the snapshot's labels"),
     "label": Attr(_S, set=set_label, help="k=v [k2=v2 ...]: add or change labels"),
+    "push": Attr(_V, set=set_push, help="SNAP [REMOTE]: push snapshot SNAP to the remote"),
+    "hydration": Attr(_V, get=get_hydration, help="JSON: chunks/bytes hydrated, rate, state"),
     "pool": Attr(_R, get=get_pool, help="JSON: the pool's status and space"),
 }
 

@@ -1,0 +1,193 @@
+"""Remote snapshots against one moto S3 server (its own process, over HTTP),
+side by side with raw boto3 at the same concurrency:
+
+- push throughput vs raw boto3 PUT of the same bytes in 4 MiB objects (target >= 0.8x)
+- background hydration vs raw boto3 GET of the same bytes (target >= 0.8x)
+- time from pull to the first successful read, 1 GiB and 16 GiB manifests
+  (target <= 1 s, size-independent)
+- S3 requests per GiB pushed (target <= 1024)
+
+Data is random (incompressible): the worst case for lz4 and for bytes sent.
+Each throughput figure is the median of --rounds runs; ratios use medians.
+"""
+
+import argparse
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median, print_table  # noqa: E402
+
+from rokfs.control import Control  # noqa: E402
+from rokfs.pool import Pool  # noqa: E402
+from rokfs.remote import open_remote  # noqa: E402
+
+MiB, GiB = 1 << 20, 1 << 30
+
+
+def start_moto():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("moto server did not start")
+
+
+def s3_client(url, concurrency):
+    import botocore.config
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                        config=botocore.config.Config(max_pool_connections=2 * concurrency))
+
+
+def raw_put(client, bucket, blobs, concurrency):
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as ex:
+        list(ex.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]),
+                    blobs.items()))
+    return time.perf_counter() - t0
+
+
+def raw_get(client, bucket, keys, concurrency):
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as ex:
+        list(ex.map(lambda k: client.get_object(Bucket=bucket, Key=k)["Body"].read(), keys))
+    return time.perf_counter() - t0
+
+
+async def push_round(tmp, spec, data, concurrency, round_no):
+    remote = open_remote(spec, concurrency=concurrency)
+    pool = Pool.create(os.path.join(tmp, f"push{round_no}"))
+    control = Control(pool, {"default": remote})
+    await control.create_volume("data", len(data))
+    dev = control.open_device("data")
+    for off in range(0, len(data), 4 * MiB):
+        await dev.pwrite(off, data[off:off + 4 * MiB])
+    dev.close()
+    await control.snapshot("data@s")
+    before = remote.objects.requests
+    t0 = time.perf_counter()
+    result = await control.push("data@s")
+    seconds = time.perf_counter() - t0
+    requests = remote.objects.requests - before
+    pool.close()
+    return seconds, requests, result
+
+
+async def hydrate_round(tmp, spec, concurrency, round_no):
+    remote = open_remote(spec, concurrency=concurrency)
+    pool = Pool.create(os.path.join(tmp, f"pull{round_no}"))
+    control = Control(pool, {"default": remote})
+    await control.pull("data@s", "copy")
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run_background)
+        while control.hydration_status("copy")["state"] != "hydrated":
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    seconds = time.perf_counter() - t0
+    pool.close()
+    return seconds
+
+
+async def first_read(tmp, spec, size, tag):
+    """Push a sparse volume of `size` with data at both ends, pull, read the end."""
+    remote = open_remote(spec)
+    src = Pool.create(os.path.join(tmp, f"src-{tag}"))
+    control = Control(src, {"default": remote})
+    await control.create_volume("big", size)
+    dev = control.open_device("big")
+    await dev.pwrite(0, os.urandom(MiB))
+    await dev.pwrite(size - MiB, os.urandom(MiB))
+    tail = await dev.pread(size - 4096, 4096)
+    dev.close()
+    await control.snapshot(f"big@{tag}")
+    await control.push(f"big@{tag}")
+    src.close()
+    dst = Pool.create(os.path.join(tmp, f"dst-{tag}"))
+    control = Control(dst, {"default": open_remote(spec)})
+    t0 = time.perf_counter()
+    await control.pull(f"big@{tag}", "copy")
+    dev = control.open_device("copy")
+    got = await dev.pread(size - 4096, 4096)
+    seconds = time.perf_counter() - t0
+    assert got == tail
+    dev.close()
+    dst.close()
+    return seconds
+
+
+async def run(args, url, tmp):
+    client = s3_client(url, args.concurrency)
+    client.create_bucket(Bucket="bench")
+    spec = {"type": "s3", "bucket": "bench", "prefix": "rokfs", "endpoint_url": url,
+            "region": "us-east-1"}
+    size = args.size_mib * MiB
+    push_s, raw_put_s, hyd_s, raw_get_s, reqs = [], [], [], [], []
+    for r in range(args.rounds):
+        data = os.urandom(size)
+        blobs = {f"raw/{r}/{i:06d}": data[i * 4 * MiB:(i + 1) * 4 * MiB]
+                 for i in range(size // (4 * MiB))}
+        spec_r = {**spec, "prefix": f"rokfs{r}"}
+        raw_put_s.append(raw_put(client, "bench", blobs, args.concurrency))
+        seconds, requests, _ = await push_round(tmp, spec_r, data, args.concurrency, r)
+        push_s.append(seconds)
+        reqs.append(requests * GiB / size)
+        raw_get_s.append(raw_get(client, "bench", list(blobs), args.concurrency))
+        hyd_s.append(await hydrate_round(tmp, spec_r, args.concurrency, r))
+        del data, blobs
+    mb = size / MiB
+    rows = [("push", f"{mb / median(push_s):.0f} MiB/s", f"{mb / median(raw_put_s):.0f} MiB/s",
+             f"{median(raw_put_s) / median(push_s):.2f}x", ">= 0.8x"),
+            ("hydrate", f"{mb / median(hyd_s):.0f} MiB/s", f"{mb / median(raw_get_s):.0f} MiB/s",
+             f"{median(raw_get_s) / median(hyd_s):.2f}x", ">= 0.8x")]
+    print_table(f"throughput, {args.size_mib} MiB random data, concurrency {args.concurrency}, "
+                f"median of {args.rounds}", ("what", "rokfs", "raw boto3", "ratio", "target"),
+                rows)
+    print_table("S3 requests per GiB pushed", ("rokfs", "target"),
+                [(f"{median(reqs):.0f}", "<= 1024")])
+    small = median([await first_read(tmp, {**spec, "prefix": "fr"}, GiB, f"g1-{r}")
+                    for r in range(args.rounds)])
+    big = median([await first_read(tmp, {**spec, "prefix": "fr"}, 16 * GiB, f"g16-{r}")
+                  for r in range(args.rounds)])
+    print_table(f"pull -> first successful read (of the last chunk), median of {args.rounds}",
+                ("manifest", "seconds", "target"),
+                [("1 GiB", f"{small:.3f}", "<= 1 s"), ("16 GiB", f"{big:.3f}", "<= 1 s"),
+                 ("16/1 ratio", f"{big / small:.2f}", "~1 (size-independent)")])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--dir", default=None, help="where to put the pools")
+    args = parser.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    proc, url = start_moto()
+    try:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            trio.run(run, args, url, tmp)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""`rokfs push`, `rokfs pull`, `rokfs remote ls|rm|gc` for a pool no daemon holds.
+
+Progress bars (bytes, rate, ETA) go to stderr when it is a terminal or when
+--progress is given; results go to stdout (human or -o json).
+"""
+
+import json
+import sys
+import time
+
+import trio
+
+from ..units import format_size
+
+
+def add_parser(sub):
+    from ..cli import add_pool_argument
+
+    def common(p):
+        add_pool_argument(p)
+        p.add_argument("--remote", default=None, metavar="URL",
+                       help="file:///path or s3://bucket/prefix?endpoint_url=...&region=... "
+                            "(default: a directory next to the pool)")
+        p.add_argument("-o", "--output", choices=("human", "json"), default="human")
+        p.add_argument("--progress", action="store_true", default=None,
+                       help="show progress bars even when stderr is not a terminal")
+
+    p = sub.add_parser("push", help="push a snapshot to a remote (dedup, compressed)")
+    p.add_argument("name", metavar="VOLUME@SNAP")
+    common(p)
+    p.set_defaults(func=lambda a: _run(a, _push))
+
+    p = sub.add_parser("pull", help="restore a remote snapshot as a new volume (lazy)")
+    p.add_argument("name", metavar="VOLUME@SNAP", help="the snapshot's name on the remote")
+    p.add_argument("--as", dest="new_name", required=True, metavar="NAME")
+    p.add_argument("--wait", action="store_true", help="hydrate to completion before exiting")
+    common(p)
+    p.set_defaults(func=lambda a: _run(a, _pull))
+
+    p = sub.add_parser("remote", help="list, delete or garbage-collect remote snapshots")
+    rsub = p.add_subparsers(dest="remote_command", required=True)
+    r = rsub.add_parser("ls", help="list snapshots on the remote")
+    common(r)
+    r.set_defaults(func=lambda a: _run(a, _ls))
+    r = rsub.add_parser("rm", help="delete a snapshot from the remote (run gc to free space)")
+    r.add_argument("name", metavar="VOLUME@SNAP")
+    common(r)
+    r.set_defaults(func=lambda a: _run(a, _rm))
+    r = rsub.add_parser("gc", help="delete chunks no remote snapshot references")
+    r.add_argument("--grace", type=float, default=3600,
+                   help="keep unreferenced objects younger than this many seconds "
+                        "(default: %(default)s)")
+    common(r)
+    r.set_defaults(func=lambda a: _run(a, _gc))
+
+
+def _run(args, verb):
+    from ..control import Control
+    from ..pool import Pool
+    from . import open_remote
+    pool = Pool.open_or_create(args.pool)
+    try:
+        remotes = {"default": open_remote(args.remote)} if args.remote else None
+        result = trio.run(verb, Control(pool, remotes), args)
+    finally:
+        pool.close()
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    elif result is not None:
+        print(_human(args, result))
+    return 0
+
+
+class ProgressBar:
+    """One line on stderr: bar, bytes done/total, rate, ETA."""
+
+    def __init__(self, label, enabled):
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done, total):
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = done / elapsed
+        frac = done / total if total else 1.0
+        eta = (total - done) / rate if rate > 0 else 0
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {format_size(done)}/"
+                         f"{format_size(total)} {format_size(int(rate))}/s ETA {eta:4.0f}s ")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+async def _push(control, args):
+    bar = ProgressBar(f"push {args.name}", args.progress)
+    try:
+        return await control.push(args.name, progress=bar)
+    finally:
+        bar.close()
+
+
+async def _pull(control, args):
+    info = await control.pull(args.name, args.new_name)
+    if not args.wait:
+        return info
+    bar = ProgressBar(f"hydrate {args.new_name}", args.progress)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run_background)
+        while True:
+            st = control.hydration_status(args.new_name)
+            bar(st["bytes_done"], st["bytes_total"])
+            if st["state"] == "hydrated":
+                break
+            if st["state"] == "failed":
+                from ..errors import RemoteError
+                bar.close()
+                raise RemoteError(f"hydration of {args.new_name} failed: {st['error']}")
+            await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    bar.close()
+    return control.volume_info(args.new_name)
+
+
+async def _ls(control, args):
+    return await control.list_remote()
+
+
+async def _rm(control, args):
+    await control.delete_remote(args.name)
+    return {"deleted": args.name}
+
+
+async def _gc(control, args):
+    return await control.gc_remote(grace_seconds=args.grace)
+
+
+def _human(args, result):
+    if isinstance(result, list):
+        lines = [f"{m['name']:<32} {format_size(m['size']):>9}  "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(m['created']))}  "
+                 f"{','.join(f'{k}={v}' for k, v in sorted(m['labels'].items()))}"
+                 for m in result]
+        return "\n".join(lines) or "(no snapshots on the remote)"
+    if "uploaded_bytes" in result:
+        return (f"pushed {result['snapshot']} to {result['remote']}: {result['chunks']} chunks, "
+                f"{result['uploaded_chunks']} uploaded ({format_size(result['uploaded_bytes'])}),"
+                f" {result['skipped_chunks']} already there, {result['seconds']:.1f}s")
+    if "deleted_objects" in result:
+        return (f"gc: deleted {result['deleted_objects']} objects "
+                f"({format_size(result['deleted_bytes'])}), kept {result['kept_objects']}")
+    if "deleted" in result:
+        return f"deleted {result['deleted']} from the remote"
+    return (f"volume {result['name']} ({format_size(result['size'])}), "
+            f"{format_size(result['unhydrated'])} still on the remote")
