@@ -5,7 +5,8 @@ Invariants:
   flag). A setting is looked up in that order of precedence: the flag if
   given, else the environment variable, else the file, else the default.
 - `[remotes.NAME]` tables pass through unchanged to rokfs.remote.open_remote;
-  without any, remote "default" is a local directory next to the default pool.
+  without a "default" one, remote "default" is the directory `remote` next to
+  the pool (decided in Control.remote, for every front end alike).
 - Unknown sections or keys in the file are refused (a typo is not ignored).
 """
 
@@ -14,6 +15,8 @@ import os
 import tomllib
 
 from .errors import InvalidArgument
+from .pool import DEFAULT_CHUNK_SIZE
+from .units import format_size
 
 
 def data_dir():
@@ -31,7 +34,7 @@ def runtime_dir():
 def defaults():
     run = runtime_dir()
     return {
-        "pool": {"path": os.path.join(data_dir(), "pool"), "chunk_size": "64K"},
+        "pool": {"path": os.path.join(data_dir(), "pool"), "chunk_size": format_size(DEFAULT_CHUNK_SIZE)},
         "nbd": {"socket": os.path.join(run, "nbd.sock"), "listen": "", "tls": "off",
                 "tls_cert": "", "tls_key": "", "tls_ca": ""},
         "fuse": {"mountpoint": ""},
@@ -73,9 +76,6 @@ def load(path=None, env=None, flags=None):
             value = env.get(var)
         if value is not None:
             config[section][key] = value
-    if not config["remotes"]:
-        config["remotes"] = {"default": {"type": "dir",
-                                         "path": os.path.join(data_dir(), "remote")}}
     _check(config)
     return config
 

@@ -5,6 +5,7 @@ good and bad values, on a real mount (os.getxattr/os.setxattr and the
 import errno
 import json
 import os
+import time
 
 import pytest
 
@@ -41,11 +42,12 @@ def fails(code, fn, *args):
 
 def test_listxattr_lists_what_applies(mnt, vol):
     assert sorted(os.listxattr(vol)) == sorted(
-        P + n for n in ("snapshot", "clone", "resize", "info", "snapshots"))
+        P + n for n in ("snapshot", "clone", "resize", "info", "snapshots", "push",
+                        "hydration"))
     os.setxattr(vol, P + "snapshot", b"s1")
     snap = mnt / "snapshots" / vol.name / "s1"
     assert sorted(os.listxattr(snap)) == sorted(P + n for n in ("info", "labels", "label"))
-    assert os.listxattr(mnt) == [P + "pool"]
+    assert sorted(os.listxattr(mnt)) == [P + "pool", P + "pull"]
     assert os.listxattr(mnt / "volumes") == []
 
 
@@ -133,3 +135,36 @@ def test_unknown_and_misplaced_names(mnt, vol):
     fails(errno.ENOTSUP, os.removexattr, vol, P + "snapshot")
     fails(errno.ENODATA, os.removexattr, vol, "user.whatever")
     assert b"SNAP" in os.getxattr(vol, P + "snapshot")           # a command tells its use
+
+
+def test_push_pull_and_hydration(mnt, vol):
+    """push a snapshot to the default remote (a directory next to the pool),
+    pull it back as a new volume and watch it hydrate, all through xattrs."""
+    with open(vol, "r+b") as f:
+        f.seek(300 << 10)
+        f.write(b"pushed bytes" * 100)
+    want = vol.read_bytes()
+    os.setxattr(vol, P + "snapshot", b"up")
+    assert get(vol, "hydration")["state"] == "hydrated"       # a local volume
+    os.setxattr(vol, P + "push", b"up")
+    manifests = list((mnt.parent / "remote").rglob("*"))
+    assert manifests, "push wrote nothing to the default remote"
+    os.setxattr(mnt, P + "pull", f"{vol.name}@up {vol.name}-back".encode())
+    back = mnt / "volumes" / f"{vol.name}-back"
+    assert back.read_bytes() == want                           # readable at once
+    deadline = time.monotonic() + 30
+    while (h := get(back, "hydration"))["state"] != "hydrated":
+        assert h["state"] == "hydrating" and time.monotonic() < deadline, h
+        time.sleep(0.1)
+    assert h["chunks_done"] == h["chunks_total"] > 0
+    assert back.read_bytes() == want
+
+
+def test_push_pull_bad_values(mnt, vol):
+    fails(errno.ENOENT, os.setxattr, vol, P + "push", b"no-such-snap")
+    fails(errno.EINVAL, os.setxattr, vol, P + "push", b"")
+    fails(errno.EINVAL, os.setxattr, vol, P + "push", b"a b c")
+    fails(errno.EINVAL, os.setxattr, mnt, P + "pull", b"not-a-snapshot newvol")
+    fails(errno.EINVAL, os.setxattr, mnt, P + "pull", b"x@y BAD/NAME")
+    fails(errno.ENOENT, os.setxattr, mnt, P + "pull", b"never@pushed newvol")
+    fails(errno.ENOTSUP, os.setxattr, vol, P + "pull", b"x@y z")

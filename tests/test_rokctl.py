@@ -2,7 +2,6 @@
 a moto server, FUSE when rokfs.fusefs exists) driven by every rokctl subcommand,
 with effects checked through nbdinfo/nbdsh, getfattr and the S3 bucket."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,10 +17,6 @@ from rokfs import errors
 from rokfs.client import Client
 from rokfs.control import Control
 
-HAS_FUSE = importlib.util.find_spec("rokfs.fusefs") is not None
-HAS_REMOTE = hasattr(Control, "push")
-needs_remote = pytest.mark.skipif(not HAS_REMOTE, reason="remote verbs not merged yet")
-needs_fuse = pytest.mark.skipif(not HAS_FUSE, reason="FUSE view not merged yet")
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +31,8 @@ prefix = "e2e"
 endpoint_url = "{moto_server}"
 region = "us-east-1"
 """
-    if HAS_FUSE:
-        (tmp / "mnt").mkdir()
-        extra += f'[fuse]\nmountpoint = "{tmp / "mnt"}"\n'
+    (tmp / "mnt").mkdir()
+    extra += f'[fuse]\nmountpoint = "{tmp / "mnt"}"\n'
     d = Daemon(write_config(tmp, extra)).start()
     d.tmp, d.s3_endpoint = tmp, moto_server
     yield d
@@ -180,7 +174,6 @@ def test_metrics_count_nbd_io(daemon):
     assert 'image="m"' not in scrape()                  # deleted images leave the scrape
 
 
-@needs_fuse
 def test_fuse_view_sees_rokctl_changes(daemon):
     daemon.ok("volume", "create", "fz", "--size", "2M")
     daemon.ok("snapshot", "create", "fz@one", "--label", "run=7")
@@ -192,7 +185,6 @@ def test_fuse_view_sees_rokctl_changes(daemon):
     assert dump.returncode == 0, dump.stderr
 
 
-@needs_remote
 def test_push_pull_remote_and_hydration(daemon):
     import boto3
     daemon.ok("volume", "create", "src", "--size", "8M")

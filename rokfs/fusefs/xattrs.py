@@ -91,6 +91,13 @@ async def set_label(control, node, value):
 
 
 # -- the mount root -----------------------------------------------------------------
+async def set_pull(control, node, value):
+    """'VOLUME@SNAP NEWNAME [REMOTE]': restore a remote snapshot as a new
+    volume, usable at once (hydrated in the background)."""
+    snap, new, *remote = _words(value, "pull", 2, 3)
+    await control.pull(snap, new, remote=remote[0] if remote else "default")
+
+
 async def get_pool(control, node):
     return control.status()
 
@@ -108,6 +115,7 @@ XATTRS = {
     "push": Attr(_V, set=set_push, help="SNAP [REMOTE]: push snapshot SNAP to the remote"),
     "hydration": Attr(_V, get=get_hydration, help="JSON: chunks/bytes hydrated, rate, state"),
     "pool": Attr(_R, get=get_pool, help="JSON: the pool's status and space"),
+    "pull": Attr(_R, set=set_pull, help="VOL@SNAP NEW [REMOTE]: restore a remote snapshot"),
 }
 
 
