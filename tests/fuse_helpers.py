@@ -75,7 +75,7 @@ def serving(tmp_path, *, command="serve", extra=()):
     mnt.mkdir(exist_ok=True)
     if command == "serve":
         cmd = ["serve", "--pool", str(pool), "--nbd-socket", str(sock), "--mount", str(mnt),
-               "--control-socket", str(tmp_path / "control.sock")]
+               "--control-socket", str(tmp_path / "control.sock"), "--metrics-listen", ""]
     else:
         cmd = ["mount", "--pool", str(pool), str(mnt)]
     with open(log, "ab") as out:

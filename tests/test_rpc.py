@@ -5,6 +5,7 @@ the real ones run in tests/test_rokctl.py once merged."""
 
 import functools
 
+import grpc
 import pytest
 import trio
 
@@ -107,8 +108,13 @@ async def test_streaming_errors_and_bad_arguments(pool, tmp_path):
             client.call("push", full_name="a@b", bogus=1)
         with pytest.raises(errors.InvalidArgument, match="missing"):
             client.call("volume_info")
-        with pytest.raises(errors.Unsupported):
-            client.gc_remote()
+        with pytest.raises(errors.InvalidArgument, match="unknown verb"):
+            client.call("no_such_verb")
+        # a method the daemon does not have (a newer client, say): UNIMPLEMENTED
+        raw = client._channel.unary_unary(f"/{rpc.SERVICE}/NoSuchVerb")
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"", timeout=10)
+        assert isinstance(rpc.error_from(info.value), errors.Unsupported)
 
     await with_service(pool, tmp_path, body)
 
