@@ -36,6 +36,8 @@ def test_csi_sanity(tmp_path, access):
         driver.close()
         force_cleanup(str(tmp_path))
     summary = re.search(r"(\d+) Passed \| (\d+) Failed", result.stdout)
+    print(f"csi-sanity ({access}):", *re.findall(r"Ran \d+ of \d+ Specs.*|.*\d+ Passed \|.*",
+                                                  result.stdout), sep="\n  ")
     assert result.returncode == 0 and summary and summary.group(2) == "0", \
         result.stdout[-3000:]
     assert int(summary.group(1)) >= 60
