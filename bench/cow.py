@@ -108,7 +108,7 @@ def main():
             rows.append((format_size(chunk_size), f"{before:.0f}", f"{after:.0f}",
                          f"{after / before:.2f}", f"{SIZE // chunk_size}"))
         print_table(f"4 KiB random writes, {args.writes} before / right after a snapshot "
-                    "(ops/s, median)", ("chunk", "before", "after", "ratio", "S3 objs/GiB"), rows)
+                    "(ops/s, median)", ("chunk", "before", "after", "ratio", "chunks/GiB"), rows)
         seq = [sequential(tmp, rep) for rep in range(args.reps)]
     pw, ew, pr, er = (median([s[i] for s in seq]) for i in range(4))
     print_table("sequential 1 MiB I/O, 1 GiB (MiB/s, median)",

@@ -20,7 +20,7 @@ import time
 import trio
 
 from . import names
-from .errors import InvalidArgument, NotFound, ReadOnly, RemoteError, RokfsError
+from .errors import InvalidArgument, NotFound, ReadOnly, RokfsError
 from .pool import NeedsChunks, Volume
 from .stats import Counters
 

@@ -26,7 +26,7 @@ import time
 
 from . import names
 from .errors import (AlreadyExists, Busy, Corrupt, InvalidArgument, NotEmpty, NotFound,
-                     OutOfRange, ReadOnly, RokfsError)
+                     OutOfRange, RokfsError)
 from .extentmap import FANOUT, INHERIT, LEAF, MAX_CHUNKS, SLOT_BASE, ZERO, MapNodes
 from .extents import ExtentStore, pread_full
 from .store import FORMAT_VERSION, MetaStore

@@ -19,6 +19,7 @@ from . import errors
 from .client import Client, default_address
 from .names import parse_labels
 from .rpc import DaemonUnreachable
+from .progress import ProgressBar
 from .units import format_size, parse_size
 
 EXIT_CODES = [   # (error class, code); first match wins; 0 = ok, 2 = usage
@@ -68,31 +69,6 @@ SNAPSHOT_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"]))
 REMOTE_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r.get("size", 0))),
                   ("parent", lambda r: r.get("parent") or ""), ("created", _when),
                   ("labels", _labels)]
-
-
-class Progress:
-    """A one-line progress bar with rate and ETA on stderr."""
-
-    def __init__(self, label, enabled):
-        self.label, self.enabled = label, enabled
-        self.start, self.last = time.monotonic(), 0.0
-
-    def __call__(self, done, total):
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.2 and done < total):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-6)
-        frac = done / total if total else 1.0
-        eta = (total - done) / rate if rate > 0 and total else 0
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {format_size(done)}/"
-                         f"{format_size(total)} {format_size(rate)}/s ETA {eta:4.0f}s")
-        sys.stderr.flush()
-
-    def finish(self):
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -162,9 +138,9 @@ def clone(c, a):
 
 
 def push(c, a):
-    bar = Progress(f"push {a.name}", a.progress)
+    bar = ProgressBar(f"push {a.name}", a.progress)
     result = c.push(a.name, remote=a.remote, progress=bar)
-    bar.finish()
+    bar.close()
     _show(a, result, lambda r: print(
         f"pushed {r['snapshot']} to {r['remote']}: {r['uploaded_chunks']} of {r['chunks']} "
         f"chunks uploaded ({format_size(r['uploaded_bytes'])}), "
@@ -184,9 +160,9 @@ def pull(c, a):
     remote, name = _remote_and_snapshot(a)
     result = c.pull(name, a.new_volume, remote=remote)
     if a.wait:
-        bar = Progress(f"hydrate {a.new_volume}", a.progress)
+        bar = ProgressBar(f"hydrate {a.new_volume}", a.progress)
         c.wait_hydrated(a.new_volume, progress=bar)
-        bar.finish()
+        bar.close()
         result = c.volume_info(a.new_volume)
     _show(a, result, _one(VOLUME_COLUMNS))
 
@@ -208,9 +184,9 @@ def remote_gc(c, a):
 
 def hydration(c, a):
     if a.wait:
-        bar = Progress(f"hydrate {a.volume}", a.progress)
+        bar = ProgressBar(f"hydrate {a.volume}", a.progress)
         result = c.wait_hydrated(a.volume, progress=bar)
-        bar.finish()
+        bar.close()
     else:
         result = c.hydration_status(a.volume)
     _show(a, result, lambda r: print(

@@ -5,11 +5,11 @@ Progress bars (bytes, rate, ETA) go to stderr when it is a terminal or when
 """
 
 import json
-import sys
 import time
 
 import trio
 
+from ..progress import ProgressBar
 from ..units import format_size
 
 
@@ -69,34 +69,6 @@ def _run(args, verb):
     elif result is not None:
         print(_human(args, result))
     return 0
-
-
-class ProgressBar:
-    """One line on stderr: bar, bytes done/total, rate, ETA."""
-
-    def __init__(self, label, enabled):
-        self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.monotonic()
-        self.last = 0.0
-
-    def __call__(self, done, total):
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.2 and done < total):
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-6)
-        rate = done / elapsed
-        frac = done / total if total else 1.0
-        eta = (total - done) / rate if rate > 0 else 0
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {format_size(done)}/"
-                         f"{format_size(total)} {format_size(int(rate))}/s ETA {eta:4.0f}s ")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 async def _push(control, args):
