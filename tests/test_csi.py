@@ -423,3 +423,27 @@ def test_probe_without_a_daemon_is_unavailable(tmp_path):
     finally:
         err = stop(proc)
     assert "Traceback" not in err, err
+
+
+def test_create_from_a_remote_snapshot_pulls_it_lazily(driver, paths):
+    """A content source `REMOTE:VOLUME@SNAP` (a snapshot pushed from any
+    node) becomes a volume restored by a lazy pull, with the files intact."""
+    from rokfs.client import Client
+    src = driver.create("pvc-pushed", 32 * MiB).volume_id
+    _write_file(driver, src, paths, "model.txt", "weights v1")
+    snap = driver.snapshot(src, "snapshot-to-push")
+    rok = Client(driver.control)
+    rok.push(snap.snapshot_id)                        # to the daemon's default remote
+    remote_id = f"default:{snap.snapshot_id}"
+    pulled = driver.create("pvc-pulled", 32 * MiB, source=from_snapshot(remote_id))
+    assert pulled.content_source.snapshot.snapshot_id == remote_id
+    assert driver.create("pvc-pulled", 32 * MiB,
+                         source=from_snapshot(remote_id)).volume_id == pulled.volume_id
+    assert rok.volume_info(pulled.volume_id)["unhydrated"] > 0 or \
+        rok.hydration_status(pulled.volume_id)["chunks_total"] > 0   # restored from the remote
+    assert _read_file(driver, pulled.volume_id, paths, "model.txt") == "weights v1"
+    assert code_of(driver.create, "pvc-nowhere", 32 * MiB, None,
+                   from_snapshot("default:pvc-x@never-pushed")) == grpc.StatusCode.NOT_FOUND
+    driver.controller.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+    for vol in (pulled.volume_id, src):
+        driver.delete(vol)
