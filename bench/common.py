@@ -17,3 +17,32 @@ def print_table(title, header, rows):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+
+
+# -- fio benches (bench/nbd.py, bench/fuse.py) ---------------------------------
+
+def run_fio(cmd, rw):
+    """Run fio with JSON output; returns (MiB/s, IOPS) of its one job."""
+    import json
+    import subprocess
+    res = subprocess.run([*cmd, "--output-format=json"], capture_output=True, text=True,
+                         check=True)
+    job = json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    return side["bw"] / 1024, side["iops"]
+
+
+def select_workloads(workloads, only):
+    """Keep the workloads whose label contains one of the comma-separated words."""
+    if not only:
+        return workloads
+    words = [w.strip().lower() for w in only.split(",")]
+    return [w for w in workloads if any(x in w[0].lower() for x in words)]
+
+
+def write_seed(path, size):
+    """A file of `size` random bytes (MiB granularity) both sides start from."""
+    import os
+    with open(path, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(os.urandom(1 << 20))

@@ -31,6 +31,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from common import run_fio, select_workloads, write_seed  # noqa: E402
+
+from rokfs.units import parse_size  # noqa: E402
 
 EXTRA_ENV = {}
 WORKLOADS = [  # (label, fio rw, block size, queue depth, target ratio)
@@ -39,12 +43,6 @@ WORKLOADS = [  # (label, fio rw, block size, queue depth, target ratio)
     ("rand read 4K QD16", "randread", "4k", 16, 0.5),
     ("rand write 4K QD16", "randwrite", "4k", 16, None),
 ]
-
-
-def parse_size(text):
-    units = {"K": 10, "M": 20, "G": 30}
-    text = text.strip().upper().rstrip("B").rstrip("I")
-    return int(text[:-1]) << units[text[-1]] if text[-1] in units else int(text)
 
 
 def wait_for_socket(path, proc, timeout=30):
@@ -96,11 +94,8 @@ def fio(uri, rw, bs, depth, size, runtime):
     """One fio run; returns (MiB/s, IOPS)."""
     cmd = ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}",
            f"--bs={bs}", f"--iodepth={depth}", f"--size={size}", "--time_based",
-           f"--runtime={runtime}", "--ramp_time=1", "--output-format=json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    job = json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]
-    side = job["read"] if "read" in rw else job["write"]
-    return side["bw"] / 1024, side["iops"]
+           f"--runtime={runtime}", "--ramp_time=1"]
+    return run_fio(cmd, rw)
 
 
 def measure(ours, kit, size, runtime, reps):
@@ -147,15 +142,11 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench/nbd.py needs {tool}")
     size = parse_size(args.size)
-    if args.only:
-        words = [w.strip().lower() for w in args.only.split(",")]
-        WORKLOADS[:] = [w for w in WORKLOADS if any(x in w[0].lower() for x in words)]
+    WORKLOADS[:] = select_workloads(WORKLOADS, args.only)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="nbd-bench-") as tmp:
         tmp = Path(tmp)
         seed = tmp / "seed.img"
-        with open(seed, "wb") as f:
-            for _ in range(size >> 20):
-                f.write(os.urandom(1 << 20))
+        write_seed(seed, size)
         kit_file = tmp / "nbdkit.img"
         shutil.copyfile(seed, kit_file)
         make_pool(tmp / "pool", size)
