@@ -239,9 +239,24 @@ class Control:
         except RokfsError as exc:
             log.warning("event=fetch_failed image=%s error=%s", image.full_name, exc)
             raise
-        for chunk, data in got.items():
-            self.pool.install_chunk(image, chunk, data)
+        await self._install(image, got)
         return got
+
+    async def _install(self, image, fetched):
+        """Write fetched chunks into fresh slots on a worker thread, then map
+        them. Under the commit lock: a commit in between would record slots
+        that no map references yet."""
+        async with self._commit_lock:
+            plan = self.pool.reserve_install(image, fetched)
+            if not plan:
+                return
+            try:
+                runs = self.pool.slots.plan_runs([(slot, data) for _, slot, data in plan])
+                await trio.to_thread.run_sync(self.pool.slots.write_runs, runs)
+            except BaseException:
+                self.pool.release_install(plan)
+                raise
+            self.pool.finish_install(image, plan)
 
     def hydration_status(self, volume):
         vol = self.pool.volume(volume)

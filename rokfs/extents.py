@@ -9,6 +9,10 @@ Invariants:
   (METADATA_RESERVE_*), so a commit that frees space can always be written.
 - `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
   written in place only when rc == 1 and it is not pinned.
+- Fetched chunks may be written off the event loop (write_runs, a worker
+  thread) into slots allocated for them and not yet in any map; they skip
+  the page cache (O_DIRECT where the filesystem allows) so that a restore
+  neither evicts the user's working set nor pays for fresh cache pages.
 - A slot whose count dropped since the last commit is *pinned* (another
   owner still references it in the committed metadata) and a slot whose
   count reached zero is *pending*: neither is written or reused until the
@@ -19,7 +23,9 @@ Invariants:
 import ctypes
 import errno
 import heapq
+import mmap
 import os
+import threading
 from array import array
 
 from .errors import Corrupt, NoSpace, from_os_error
@@ -71,6 +77,7 @@ class ExtentStore:
         self.free = [s for s in range(self.high_water) if self.rc[s] == 0]
         heapq.heapify(self.free)
         self.fds = {}
+        self.direct_fds = {}          # file index -> O_DIRECT fd, or None if refused
         self.dirty_blocks = set()
         self.dirty_fds = set()
         self.pinned = set()
@@ -82,9 +89,11 @@ class ExtentStore:
         self._trim_files_beyond_high_water()
 
     def close(self):
-        for fd in self.fds.values():
-            os.close(fd)
+        for fd in [*self.fds.values(), *self.direct_fds.values()]:
+            if fd is not None:
+                os.close(fd)
         self.fds.clear()
+        self.direct_fds.clear()
 
     # -- geometry -----------------------------------------------------------
     def locate(self, slot):
@@ -236,6 +245,37 @@ class ExtentStore:
         pwrite_full(fd, data, file_offset)
         self.dirty_fds.add(fd)
 
+    def plan_runs(self, items):
+        """Group [(slot, data)] of whole chunks into runs of adjacent slots,
+        [(direct fd or None, fd, offset, [data, ...])], for write_runs()."""
+        runs = []
+        for slot, data in sorted(items, key=lambda item: item[0]):
+            fd, offset = self.locate(slot)
+            last = runs[-1] if runs else None
+            if last and last[1] == fd and last[2] + len(last[3]) * self.chunk_size == offset:
+                last[3].append(data)
+            else:
+                runs.append((self._direct_fd(slot // self.slots_per_file), fd, offset, [data]))
+            self.dirty_fds.add(fd)
+        return runs
+
+    def _direct_fd(self, index):
+        if index not in self.direct_fds:
+            try:
+                self.direct_fds[index] = os.open(self._file_path(index),
+                                                 os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError:           # e.g. tmpfs: no direct I/O, use the page cache
+                self.direct_fds[index] = None
+        return self.direct_fds[index]
+
+    @staticmethod
+    def write_runs(runs):
+        """Thread-safe: write planned runs, one pwrite each, past the page cache
+        where possible. The slots must be allocated and in no map yet."""
+        for direct_fd, fd, offset, pieces in runs:
+            if direct_fd is None or not _write_direct(direct_fd, pieces, offset):
+                pwrite_full(fd, b"".join(pieces), offset)
+
     # -- commit protocol ------------------------------------------------------
     def begin_commit(self):
         state = SlotCommit(
@@ -295,6 +335,34 @@ class ExtentStore:
         for name in os.listdir(self.directory):
             total += os.stat(os.path.join(self.directory, name)).st_blocks * 512
         return total
+
+
+_direct_buffers = threading.local()
+
+
+def _write_direct(fd, pieces, offset):
+    """Write `pieces` at `offset` with O_DIRECT from a page-aligned per-thread
+    buffer; False if the filesystem refused (the caller writes buffered)."""
+    total = sum(len(p) for p in pieces)
+    buf = getattr(_direct_buffers, "buf", None)
+    if buf is None or len(buf) < total:
+        buf = _direct_buffers.buf = mmap.mmap(-1, max(total, 4 << 20))
+    pos = 0
+    for piece in pieces:
+        buf[pos:pos + len(piece)] = piece
+        pos += len(piece)
+    view = memoryview(buf)[:total]
+    try:
+        done = 0
+        while done < total:
+            done += os.pwrite(fd, view[done:], offset + done)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and done == 0:
+            return False
+        raise from_os_error(exc, "writing chunk data") from exc
+    finally:
+        view.release()
+    return True
 
 
 def pread_full(fd, view, offset):

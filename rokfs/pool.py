@@ -720,25 +720,51 @@ class Pool:
         return vol
 
     # -- remote support ------------------------------------------------------------
-    def install_chunk(self, image, chunk, data):
-        """Put a fetched chunk (None: all zeros) into `image` if the chunk is
-        still cold; a write that got there first wins. Durable at the next
-        commit. Returns whether it was installed (never into a deleted image)."""
-        if not self._live(image) or not image.is_cold(chunk, image.entry(chunk)):
-            return False
-        leaf_id, leaf = image._own_leaf(chunk // FANOUT)
-        if data is None:
-            image._set_entry(leaf_id, leaf, chunk, ZERO)
-        else:
+    def reserve_install(self, image, fetched):
+        """First step of installing fetched chunks ({chunk: bytes, or None for
+        zeros}) into `image`: zero chunks go in at once; for the others still
+        cold a slot is allocated, and [(chunk, slot, data)] is returned for the
+        caller to write (ExtentStore.plan_runs/write_runs, off the event loop)
+        and then hand to finish_install(). No commit may run in between: the
+        slots are counted but in no map yet."""
+        if not self._live(image):
+            return []
+        plan = []
+        for chunk, data in sorted(fetched.items()):
+            if not image.is_cold(chunk, image.entry(chunk)):
+                continue
+            if data is None:
+                self._install(image, chunk, ZERO)
+                continue
             if len(data) != self.chunk_size:
                 raise InvalidArgument(f"chunk of {len(data)} bytes, pool chunks are "
                                       f"{self.chunk_size}")
-            slot = self.slots.allocate()
-            self.slots.write(slot, 0, data)
-            image._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+            plan.append((chunk, self.slots.allocate(), data))
+        return plan
+
+    def finish_install(self, image, plan):
+        """Map the written slots of `plan` into `image` where the chunk is still
+        cold; a write that got there first wins and the slot is released.
+        Durable at the next commit. Returns how many were installed."""
+        installed = 0
+        for chunk, slot, _ in plan:
+            if self._live(image) and image.is_cold(chunk, image.entry(chunk)):
+                self._install(image, chunk, slot + SLOT_BASE)
+                installed += 1
+            else:
+                self.slots.decref(slot)
+        return installed
+
+    def release_install(self, plan):
+        """The writes of `plan` failed: give its slots back."""
+        for _, slot, _ in plan:
+            self.slots.decref(slot)
+
+    def _install(self, image, chunk, entry):
+        leaf_id, leaf = image._own_leaf(chunk // FANOUT)
+        image._set_entry(leaf_id, leaf, chunk, entry)
         if isinstance(image, Snapshot):
             self._changed(image)
-        return True
 
     def _live(self, image):
         if isinstance(image, Volume):
