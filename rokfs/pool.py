@@ -729,17 +729,22 @@ class Pool:
         slots are counted but in no map yet."""
         if not self._live(image):
             return []
-        plan = []
-        for chunk, data in sorted(fetched.items()):
-            if not image.is_cold(chunk, image.entry(chunk)):
-                continue
-            if data is None:
-                self._install(image, chunk, ZERO)
-                continue
-            if len(data) != self.chunk_size:
+        for data in fetched.values():
+            if data is not None and len(data) != self.chunk_size:
                 raise InvalidArgument(f"chunk of {len(data)} bytes, pool chunks are "
                                       f"{self.chunk_size}")
-            plan.append((chunk, self.slots.allocate(), data))
+        plan = []
+        try:
+            for chunk, data in sorted(fetched.items()):
+                if not image.is_cold(chunk, image.entry(chunk)):
+                    continue
+                if data is None:
+                    self._install(image, chunk, ZERO)
+                else:
+                    plan.append((chunk, self.slots.allocate(), data))
+        except BaseException:         # e.g. the disk is full: keep nothing half-done
+            self.release_install(plan)
+            raise
         return plan
 
     def finish_install(self, image, plan):

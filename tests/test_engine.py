@@ -335,3 +335,56 @@ def test_cli_create_snapshot_status(tmp_path):
     report = json.loads(status.stdout)
     assert [v["name"] for v in report["volumes"]] == ["data"]
     assert report["snapshots"][0]["labels"] == {"run": "42"}
+
+
+def _install(pool, vol, fetched):
+    """The daemon's install steps, synchronously: reserve, write, map."""
+    plan = pool.reserve_install(vol, fetched)
+    pool.slots.write_runs(pool.slots.plan_runs([(slot, data) for _, slot, data in plan]))
+    return pool.finish_install(vol, plan)
+
+
+def test_installed_chunks_read_back_and_survive_reopen(pool_dir):
+    with Pool.create(pool_dir, chunk_size=CHUNK) as pool:
+        vol = pool.create_volume("copy", 8 * CHUNK, base="remote-snap", base_chunks=8)
+        chunks = {c: os.urandom(CHUNK) for c in (0, 1, 2, 5)}
+        assert _install(pool, vol, {**chunks, 3: None}) == 4
+        assert vol.cold_chunks() == [4, 6, 7]
+        for c, data in chunks.items():
+            assert vol.pread(c * CHUNK, CHUNK) == data
+        assert vol.pread(3 * CHUNK, CHUNK) == bytes(CHUNK)
+        pool.commit()
+    with Pool.open(pool_dir) as pool:
+        vol = pool.volume("copy")
+        assert vol.pread(0, 3 * CHUNK) == chunks[0] + chunks[1] + chunks[2]
+        assert fsck(pool)["clean"]
+
+
+def test_install_loses_to_a_write_that_got_there_first(pool):
+    vol = pool.create_volume("copy", 4 * CHUNK, base="remote-snap", base_chunks=4)
+    plan = pool.reserve_install(vol, {0: b"r" * CHUNK, 1: b"r" * CHUNK})
+    vol.pwrite(0, b"u" * CHUNK)          # a user write lands while the fetch writes
+    vol.trim(CHUNK, CHUNK)               # a trim of a cold chunk: never fetch it
+    pool.slots.write_runs(pool.slots.plan_runs([(s, d) for _, s, d in plan]))
+    assert pool.finish_install(vol, plan) == 0
+    assert vol.pread(0, 2 * CHUNK) == b"u" * CHUNK + bytes(CHUNK)
+    pool.commit()
+    assert fsck(pool)["clean"]
+    assert pool.slots.used_slots() == 1
+
+
+def test_failed_install_gives_its_slots_back(pool):
+    vol = pool.create_volume("copy", 4 * CHUNK, base="remote-snap", base_chunks=4)
+    plan = pool.reserve_install(vol, {0: b"r" * CHUNK, 2: b"r" * CHUNK})
+    pool.release_install(plan)
+    pool.commit()
+    assert vol.cold_chunks() == [0, 1, 2, 3]
+    assert pool.slots.used_slots() == 0
+    assert fsck(pool)["clean"]
+
+
+def test_install_refuses_a_chunk_of_the_wrong_size(pool):
+    vol = pool.create_volume("copy", 4 * CHUNK, base="remote-snap", base_chunks=4)
+    with pytest.raises(errors.InvalidArgument):
+        pool.reserve_install(vol, {0: b"short"})
+    assert pool.slots.used_slots() == 0
