@@ -30,6 +30,16 @@ async def write_volume(control, name, data):
     dev.close()
 
 
+async def push_new_volume(control, snapshot, data, labels=None):
+    """Create VOLUME of snapshot VOLUME@SNAP holding `data`, snapshot it, push
+    it; returns what push returned."""
+    volume = snapshot.split("@")[0]
+    await control.create_volume(volume, len(data))
+    await write_volume(control, volume, data)
+    await control.snapshot(snapshot, labels)
+    return await control.push(snapshot)
+
+
 async def read_volume(control, name):
     dev = control.open_device(name)
     out = bytearray()
@@ -78,10 +88,7 @@ async def test_round_trip_ext4_through_s3(tmp_path):
         spec = s3_spec(server, deadline=2)
         image, want = ext4_image(tmp_path)
         a = make_control(tmp_path / "a", open_remote(spec))
-        await a.create_volume("data", len(image))
-        await write_volume(a, "data", image)
-        await a.snapshot("data@v1", {"step": "1"})
-        pushed = await a.push("data@v1")
+        pushed = await push_new_volume(a, "data@v1", image, {"step": "1"})
         assert pushed["uploaded_chunks"] > 0
         listed = await a.list_remote()
         assert [m["name"] for m in listed] == ["data@v1"] and listed[0]["labels"] == {"step": "1"}
@@ -127,10 +134,7 @@ async def test_incremental_push_and_clone_dedup(tmp_path, remote_spec):
     size = 32 * MiB
     cs = a.pool.chunk_size
     data = bytearray(os.urandom(size))
-    await a.create_volume("data", size)
-    await write_volume(a, "data", data)
-    await a.snapshot("data@one")
-    first = await a.push("data@one")
+    first = await push_new_volume(a, "data@one", data)
     assert first["uploaded_chunks"] == size // cs
     one_copy = remote.chunks.usage()
 
@@ -215,10 +219,7 @@ async def test_gc_keeps_live_and_young_objects(tmp_path, remote_spec):
     remote = open_remote(remote_spec)
     a = make_control(tmp_path / "a", remote)
     cs = a.pool.chunk_size
-    await a.create_volume("data", 256 * cs)
-    await write_volume(a, "data", os.urandom(256 * cs))
-    await a.snapshot("data@one")
-    await a.push("data@one")
+    await push_new_volume(a, "data@one", os.urandom(256 * cs))
     dev = a.open_device("data")
     await dev.pwrite(0, os.urandom(128 * cs))
     dev.close()
@@ -271,10 +272,7 @@ async def test_volume_deleted_during_a_fetch_is_left_alone(tmp_path):
     remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
     a = make_control(tmp_path / "a", remote)
     cs = a.pool.chunk_size
-    await a.create_volume("data", 8 * cs)
-    await write_volume(a, "data", os.urandom(8 * cs))
-    await a.snapshot("data@s")
-    await a.push("data@s")
+    await push_new_volume(a, "data@s", os.urandom(8 * cs))
     b = make_control(tmp_path / "b", remote)
     await b.pull("data@s", "r")
     vol = b.pool.volume("r")

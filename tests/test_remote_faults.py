@@ -12,7 +12,7 @@ import trio
 from rokfs import errors
 from rokfs.remote import open_remote
 from s3_helpers import FlakyProxy, S3Server, s3_spec
-from test_remote import hydrate_all, make_control, read_volume, write_volume
+from test_remote import hydrate_all, make_control, push_new_volume, read_volume, write_volume
 
 MiB = 1 << 20
 
@@ -57,10 +57,7 @@ async def test_corrupted_object_is_detected_on_pull(tmp_path, s3_server):
     a = make_control(tmp_path / "a", remote)
     cs = a.pool.chunk_size
     data = os.urandom(128 * cs)
-    await a.create_volume("data", len(data))
-    await write_volume(a, "data", data)
-    await a.snapshot("data@s")
-    await a.push("data@s")
+    await push_new_volume(a, "data@s", data)
     # overwrite one chunk's bytes on the server, keeping the object's size
     seg = remote.chunks.get_segment(remote.chunks.get_manifest("data@s")["segments"][0])
     h, pack_no, offset, length = seg["chunks"][3]
@@ -97,10 +94,7 @@ async def test_flaky_network_is_retried(tmp_path, s3_server):
         remote = open_remote(spec)
         a = make_control(tmp_path / "a", remote)
         data = os.urandom(8 * MiB)
-        await a.create_volume("data", len(data))
-        await write_volume(a, "data", data)
-        await a.snapshot("data@s")
-        await a.push("data@s")
+        await push_new_volume(a, "data@s", data)
         b = make_control(tmp_path / "b", open_remote(spec))
         await b.pull("data@s", "r")
         assert await read_volume(b, "r") == data
@@ -118,10 +112,7 @@ async def test_unreachable_remote_gives_eio_not_a_hang(tmp_path, s3_server):
     a = make_control(tmp_path / "a", remote)
     cs = a.pool.chunk_size
     data = os.urandom(64 * cs)
-    await a.create_volume("data", len(data))
-    await write_volume(a, "data", data)
-    await a.snapshot("data@s")
-    await a.push("data@s")
+    await push_new_volume(a, "data@s", data)
     b = make_control(tmp_path / "b", open_remote(spec))
     await b.pull("data@s", "r")
     dev = b.open_device("r")
