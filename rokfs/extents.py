@@ -248,14 +248,13 @@ class ExtentStore:
     def plan_runs(self, items):
         """Group [(slot, data)] of whole chunks into runs of adjacent slots,
         [(direct fd or None, fd, offset, [data, ...])], for write_runs()."""
-        runs = []
-        for slot, data in sorted(items, key=lambda item: item[0]):
-            fd, offset = self.locate(slot)
-            last = runs[-1] if runs else None
-            if last and last[1] == fd and last[2] + len(last[3]) * self.chunk_size == offset:
-                last[3].append(data)
-            else:
-                runs.append((self._direct_fd(slot // self.slots_per_file), fd, offset, [data]))
+        items = sorted(items, key=lambda item: item[0])
+        runs, first = [], 0
+        for fd, offset, length in self._runs([slot for slot, _ in items]):
+            count = length // self.chunk_size
+            direct_fd = self._direct_fd(items[first][0] // self.slots_per_file)
+            runs.append((direct_fd, fd, offset, [data for _, data in items[first:first + count]]))
+            first += count
             self.dirty_fds.add(fd)
         return runs
 

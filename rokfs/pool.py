@@ -751,9 +751,9 @@ class Pool:
         """Map the written slots of `plan` into `image` where the chunk is still
         cold; a write that got there first wins and the slot is released.
         Durable at the next commit. Returns how many were installed."""
-        installed = 0
+        installed, live = 0, self._live(image)
         for chunk, slot, _ in plan:
-            if self._live(image) and image.is_cold(chunk, image.entry(chunk)):
+            if live and image.is_cold(chunk, image.entry(chunk)):
                 self._install(image, chunk, slot + SLOT_BASE)
                 installed += 1
             else:
