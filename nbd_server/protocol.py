@@ -872,23 +872,25 @@ class ServerConnection:
         self._out.append(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, req.cookie))
         self._out_bytes += 16
 
-    def send_read(self, req, data):
-        """The whole read as one buffer of exactly req.length bytes."""
-        if len(data) != req.length:
-            raise LocalProtocolError(f"read returned {len(data)} of {req.length} bytes")
+    def send_read(self, req, *data):
+        """The whole read as one data chunk: buffers of req.length bytes in
+        all. A buffer is anything with a length that the I/O layer can send
+        (bytes-like, or the server's own file-region objects)."""
+        length = sum(len(d) for d in data)
+        if length != req.length:
+            raise LocalProtocolError(f"read returned {length} of {req.length} bytes")
         if self.session.structured:
             header = _DATA_CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
-                                      REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + len(data), req.offset)
+                                      REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + length, req.offset)
         else:
             header = _SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, req.cookie)
-        self._out += (header, data)
-        self._out_bytes += len(header) + len(data)
+        self._out += (header, *data)
+        self._out_bytes += len(header) + length
 
     def send_read_sparse(self, req, pieces):
-        """The read as consecutive pieces: bytes for data, an int for a hole."""
+        """The read as consecutive pieces: buffers for data, an int for a hole."""
         if not self.session.structured or req.flags & CMD_FLAG_DF:
-            zeroed = [bytes(p) if isinstance(p, int) else p for p in pieces]
-            return self.send_read(req, b"".join(zeroed))
+            return self.send_read(req, *(bytes(p) if isinstance(p, int) else p for p in pieces))
         offset, chunks = req.offset, []
         for piece in pieces:
             chunks.extend(self._content_chunk(req.cookie, offset, piece))

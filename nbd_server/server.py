@@ -12,7 +12,11 @@ Invariants
   MAX_SPAWNED per connection.
 - On plain sockets reads land straight in the protocol's buffer (readv on the
   non-blocking fd) and replies go out with writev, read data uncopied; TLS
-  goes through trio's SSLStream. The reader stops taking requests while more
+  goes through trio's SSLStream. A large read on a plain socket whose send
+  path is idle goes out with sendfile from the extent files (no copy through
+  user space): its reply is sent in the same step that planned it, and what
+  the socket does not take at once is read into memory there and then, so a
+  file region never outlives the map it was planned from. The reader stops taking requests while more
   than HIGH_WATER reply bytes wait to be sent.
 - An engine error becomes an NBD error through its errno (mapped once, in
   the protocol); an unexpected exception fails that request with EIO. A
@@ -34,6 +38,7 @@ import trio
 
 from rokfs.control import Control
 from rokfs.errors import RokfsError
+from rokfs.extents import pread_full
 
 from . import protocol as P
 
@@ -51,6 +56,7 @@ STATUS_CAP = 1 << 30          # bytes described per BLOCK_STATUS reply at most
 STATUS_WINDOW = 1 << 20       # first look for a REQ_ONE block status, growing 8x
 BIG_OP = 256 << 20            # trims and zeroes run in pieces this large, letting others in
 HOLE_GRANULE = 64 * 1024     # zero blocks this large go out as holes
+ZERO_COPY_MIN = 64 * 1024    # reads this large go out with sendfile when they can
 DEFAULT_PORT = 10809
 
 
@@ -248,21 +254,24 @@ class _Connection:
             log.exception("request %d on %s failed", req.cmd, self.device.name)
             self.proto.send_error(req, errno.EIO, "internal server error")
 
+    def _can_send_now(self):
+        return self._fd is not None and not self._sending and not self._rest
+
     def _push(self):
         """Send what is queued right away if the socket takes it (no task
-        switch); the writer task sends any rest, in order."""
-        if self._fd is None or self._sending or self._rest:
+        switch); the writer task sends any rest, in order, from memory."""
+        if not self._can_send_now():
             return self._kick.poke()
         bufs = self.proto.data_to_send()
         if bufs:
-            self._rest = _writev_now(self._fd, bufs)
+            self._rest = _in_memory(_writev_now(self._fd, bufs))
             if self._rest:
                 self._kick.poke()
 
     async def _writer(self):
         proto = self.proto
         while True:
-            bufs, self._rest = self._rest + proto.data_to_send(), []
+            bufs, self._rest = self._rest + _in_memory(proto.data_to_send()), []
             if bufs:
                 self._sending = True
                 try:
@@ -278,12 +287,24 @@ class _Connection:
     # -- request handlers --------------------------------------------------------
 
     async def _read(self, req):
+        if req.length >= ZERO_COPY_MIN and self._can_send_now():
+            return await self._read_uncopied(req)
         data = await self.device.pread(req.offset, req.length)
         if req.length >= HOLE_GRANULE and self._sparse_reads and not req.flags & P.CMD_FLAG_DF:
             pieces = P.zero_runs(data, req.offset, HOLE_GRANULE)
             if len(pieces) > 1 or isinstance(pieces[0], int):
                 return self.proto.send_read_sparse(req, pieces)
         self.proto.send_read(req, data)
+
+    async def _read_uncopied(self, req):
+        """Send the read straight from the extent files, in this step."""
+        plan = await self.device.read_plan(req.offset, req.length)
+        pieces = [p if type(p) is int else FileRegion(*p) for p in plan]
+        if self._sparse_reads and len(pieces) > 1:
+            self.proto.send_read_sparse(req, pieces)
+        else:
+            self.proto.send_read(req, *(bytes(p) if type(p) is int else p for p in pieces))
+        self._push()
 
     async def _write(self, req):
         await self.device.pwrite(req.offset, req.data, fua=req.fua)
@@ -379,13 +400,52 @@ _HANDLERS = {
 }
 
 
+class FileRegion:
+    """`length` bytes of a file at `offset`, sent with sendfile (no copy)."""
+
+    __slots__ = ("fd", "offset", "length")
+
+    def __init__(self, fd, offset, length):
+        self.fd, self.offset, self.length = fd, offset, length
+
+    def __len__(self):
+        return self.length
+
+    def after(self, n):
+        return FileRegion(self.fd, self.offset + n, self.length - n)
+
+    def in_memory(self):
+        data = bytearray(self.length)
+        pread_full(self.fd, memoryview(data), self.offset)
+        return data
+
+
+def _in_memory(bufs):
+    """The buffers with every file region read into memory."""
+    return [bytes(b.in_memory()) if type(b) is FileRegion else b for b in bufs]
+
+
+def _send_some(fd, bufs, i):
+    """Send from bufs[i] on (a file region alone, or a run of buffers)."""
+    if type(bufs[i]) is FileRegion:
+        region = bufs[i]
+        sent = os.sendfile(fd, region.fd, region.offset, region.length)
+        if sent == 0:
+            raise OSError(errno.EIO, "extent file ended before the read did")
+        return sent
+    j = i + 1
+    while j < len(bufs) and j - i < MAX_IOV and type(bufs[j]) is not FileRegion:
+        j += 1
+    return os.writev(fd, bufs[i:j])
+
+
 def _writev_now(fd, bufs):
     """Write what a non-blocking fd takes now, in order; returns the rest."""
     bufs = [b for b in bufs if len(b)]
     i = 0
     while i < len(bufs):
         try:
-            sent = os.writev(fd, bufs[i:i + MAX_IOV])
+            sent = _send_some(fd, bufs, i)
         except BlockingIOError:
             break
         while sent:
@@ -394,7 +454,8 @@ def _writev_now(fd, bufs):
                 sent -= n
                 i += 1
             else:
-                bufs[i] = memoryview(bufs[i])[sent:]
+                b = bufs[i]
+                bufs[i] = b.after(sent) if type(b) is FileRegion else memoryview(b)[sent:]
                 sent = 0
     return bufs[i:]
 

@@ -409,6 +409,15 @@ class Device:
         self._count("read", length, start)
         return data
 
+    async def read_plan(self, offset, length):
+        """Like pread, but where the bytes are (Image.read_plan) instead of
+        the bytes: for adapters that send file data without copying it. The
+        plan holds only until the caller's next checkpoint."""
+        start = time.perf_counter()
+        plan = await self._with_hydration(self._live().read_plan, offset, length)
+        self._count("read", length, start)
+        return plan
+
     async def pwrite(self, offset, data, fua=False):
         start = time.perf_counter()
         await self._with_hydration(self._writable().pwrite, offset, data)

@@ -98,30 +98,44 @@ class Image:
             yield chunk, within, n
             offset += n
 
-    def pread(self, offset, length):
-        """Read `length` bytes at `offset`; returns a bytearray."""
+    def read_plan(self, offset, length):
+        """Where the range's bytes are, in order: [fd, file offset, length]
+        for stored data (adjacent slots merged) and an int (a length) for
+        what reads as zeros. Valid until the next change to the pool."""
         self._check_range(offset, length)
-        out = bytearray(length)
-        view = memoryview(out)
         slots = self.pool.slots
-        run, pos, cold = None, 0, []
+        plan, cold = [], []
         for chunk, within, n in self.spans(offset, length):
             entry = self.entry(chunk)
+            last = plan[-1] if plan else None
             if entry >= SLOT_BASE:
                 fd, base = slots.locate(entry - SLOT_BASE)
-                if _extends(run, fd, base + within, pos):
-                    run[3] += n
+                if type(last) is list and last[0] == fd and last[1] + last[2] == base + within:
+                    last[2] += n
                 else:
-                    if run:
-                        _read_run(view, run)
-                    run = [fd, base + within, pos, n]
+                    plan.append([fd, base + within, n])
             elif self.is_cold(chunk, entry):
                 cold.append(chunk)
-            pos += n
+            elif type(last) is int:
+                plan[-1] += n
+            else:
+                plan.append(n)
         if cold:
             raise NeedsChunks(self, cold)
-        if run:
-            _read_run(view, run)
+        return plan
+
+    def pread(self, offset, length):
+        """Read `length` bytes at `offset`; returns a bytearray."""
+        out = bytearray(length)
+        view = memoryview(out)
+        pos = 0
+        for piece in self.read_plan(offset, length):
+            if type(piece) is int:
+                pos += piece
+            else:
+                fd, file_offset, n = piece
+                pread_full(fd, view[pos:pos + n], file_offset)
+                pos += n
         return out
 
     def extents(self, offset, length):
@@ -396,11 +410,6 @@ def _extends(run, fd, file_offset, pos):
     """Does [fd, file_offset) continue `run` both on disk and in the buffer?"""
     return (run is not None and run[0] == fd and run[1] + run[3] == file_offset
             and run[2] + run[3] == pos)
-
-
-def _read_run(view, run):
-    fd, offset, pos, n = run
-    pread_full(fd, view[pos:pos + n], offset)
 
 
 @dataclasses.dataclass
