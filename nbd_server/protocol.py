@@ -211,7 +211,8 @@ class Closed(Event):
 @dataclass(slots=True)
 class Request(Event):
     """A validated transmission request; `data` is the WRITE payload (a view
-    into the input buffer, valid until more input is added)."""
+    into the input buffer, valid until more input is added). A `streamed`
+    WRITE has no data: its payload follows as WriteData events."""
 
     cmd: int
     flags: int
@@ -219,10 +220,23 @@ class Request(Event):
     offset: int
     length: int
     data: bytes = None
+    streamed: bool = False
 
     @property
     def fua(self):
         return bool(self.flags & CMD_FLAG_FUA)
+
+
+@dataclass(slots=True)
+class WriteData(Event):
+    """A piece of a streamed WRITE's payload, to be written at `offset`; it
+    ends on a multiple of the stream granule unless it is the `last`. `data`
+    is a view into the input buffer, valid until more input is added."""
+
+    request: Request
+    offset: int
+    data: memoryview
+    last: bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -527,7 +541,17 @@ class ServerConnection:
         self._eof = False
         self._out = []
         self._out_bytes = 0
+        self._stream_from = None      # WRITEs this large stream their payload...
+        self._granule = 1             # ...in pieces ending on multiples of this
+        self._streaming = None        # [request, next offset, bytes left]
         self._queue(_GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+
+    def stream_writes(self, min_length, granule):
+        """From now on, a WRITE of at least `min_length` bytes whose payload is
+        not all here yet comes as a streamed Request followed by WriteData
+        pieces as bytes arrive (so the application can write while the rest
+        is on its way), each ending on a multiple of `granule`."""
+        self._stream_from, self._granule = min_length, granule
 
     # ---- input ----
 
@@ -831,6 +855,8 @@ class ServerConnection:
 
     def _next_request(self):
         while True:
+            if self._streaming is not None:
+                return self._next_write_piece()
             if self._skip:
                 return self._need(1, 2, "a rejected write payload")
             have = self._end - self._pos
@@ -850,12 +876,32 @@ class ServerConnection:
             if cmd != CMD_WRITE:
                 self._pos += 28
                 return Request(cmd, flags, cookie, offset, length)
+            if have < 28 + length and self._stream_from is not None \
+                    and length >= self._stream_from:
+                self._pos += 28
+                req = Request(cmd, flags, cookie, offset, length, streamed=True)
+                self._streaming = [req, offset, length]
+                return req
             if have < 28 + length:
                 return self._need(have, 28 + length, "a write payload")
             start = self._pos + 28
             self._pos = start + length
             return Request(cmd, flags, cookie, offset, length,
                            memoryview(self._buf)[start:self._pos])
+
+    def _next_write_piece(self):
+        req, offset, left = self._streaming
+        n = min(self._end - self._pos, left)
+        if n < left:                  # whole granules only, but for the last piece
+            boundary = (offset + n) // self._granule * self._granule
+            if boundary <= offset:
+                goal = min(offset + left, boundary + self._granule)
+                return self._need(1, 1 + goal - offset - n, "a write payload")
+            n = boundary - offset
+        start = self._pos
+        self._pos += n
+        self._streaming = [req, offset + n, left - n] if n < left else None
+        return WriteData(req, offset, memoryview(self._buf)[start:self._pos], n == left)
 
     def _reject(self, cmd, flags, cookie, offset, length, err):
         self._pos += 28

@@ -18,6 +18,12 @@ Invariants
   the socket does not take at once is read into memory there and then, so a
   file region never outlives the map it was planned from. The reader stops taking requests while more
   than HIGH_WATER reply bytes wait to be sent.
+- A large WRITE is written piece by piece as its payload arrives (the
+  protocol's streamed writes, pieces ending on chunk boundaries), so the
+  client refills the socket while the server writes. Each piece is one
+  engine write; a snapshot taken between pieces holds a prefix of the
+  request, as a disk snapshot taken during an unacknowledged write may. A
+  piece that fails fails the request; the rest of the payload is drained.
 - An engine error becomes an NBD error through its errno (mapped once, in
   the protocol); an unexpected exception fails that request with EIO. A
   broken, hostile or vanished peer ends its own connection only.
@@ -57,6 +63,7 @@ STATUS_WINDOW = 1 << 20       # first look for a REQ_ONE block status, growing 8
 BIG_OP = 256 << 20            # trims and zeroes run in pieces this large, letting others in
 HOLE_GRANULE = 64 * 1024     # zero blocks this large go out as holes
 ZERO_COPY_MIN = 64 * 1024    # reads this large go out with sendfile when they can
+STREAM_WRITES_FROM = 128 * 1024  # writes this large are written as their payload arrives
 DEFAULT_PORT = 10809
 
 
@@ -129,6 +136,7 @@ class _Connection:
         self._sending = False
         self._rest = []
         self._sparse_reads = False    # holes as OFFSET_HOLE chunks: structured replies only
+        self._write_error = None      # how the streamed WRITE in progress failed
 
     async def run(self):
         with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -191,6 +199,8 @@ class _Connection:
 
     def _enter_transmission(self):
         self._sparse_reads = self.proto.session.structured
+        if not self.device.read_only:
+            self.proto.stream_writes(STREAM_WRITES_FROM, self.device.chunk_size)
 
     async def _start_tls(self):
         await self._send(self.proto.data_to_send())
@@ -223,6 +233,14 @@ class _Connection:
                     await self._receive()
                 elif isinstance(ev, P.Closed):
                     return
+                elif isinstance(ev, P.WriteData):
+                    done = await self._write_piece(ev)
+                    if done is not None:
+                        await self._limit.acquire()
+                        handlers.start_soon(self._spawned, done)
+                    await self._fair_share(1)
+                elif ev.streamed:
+                    self._write_error = None
                 elif ev.cmd in _SPAWNED or ev.flags & P.CMD_FLAG_FUA:
                     if ev.data is not None:
                         ev.data = bytes(ev.data)  # outlives the input buffer
@@ -248,11 +266,15 @@ class _Connection:
     async def _handle(self, req):
         try:
             await _HANDLERS[req.cmd](self, req)
-        except RokfsError as exc:
-            self.proto.send_error(req, exc.errno, str(exc))
-        except Exception:
-            log.exception("request %d on %s failed", req.cmd, self.device.name)
-            self.proto.send_error(req, errno.EIO, "internal server error")
+        except Exception as exc:
+            self._fail(req, exc)
+
+    def _fail(self, req, exc):
+        """Answer `req` with the NBD error for `exc`."""
+        if isinstance(exc, RokfsError):
+            return self.proto.send_error(req, exc.errno, str(exc))
+        log.error("request %d on %s failed", req.cmd, self.device.name, exc_info=exc)
+        self.proto.send_error(req, errno.EIO, "internal server error")
 
     def _can_send_now(self):
         return self._fd is not None and not self._sending and not self._rest
@@ -295,6 +317,26 @@ class _Connection:
             if len(pieces) > 1 or isinstance(pieces[0], int):
                 return self.proto.send_read_sparse(req, pieces)
         self.proto.send_read(req, data)
+
+    async def _write_piece(self, piece):
+        """Write one piece of a streamed WRITE; at the last one, answer it, or
+        return the FLUSH that must run before a FUA write is answered."""
+        req = piece.request
+        if self._write_error is None:
+            try:
+                await self.device.pwrite(piece.offset, piece.data, ops=int(piece.last))
+            except Exception as exc:  # answered once the payload is all drained
+                self._write_error = exc
+        if not piece.last:
+            return None
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            self._fail(req, error)
+        elif req.fua:
+            return P.Request(P.CMD_FLUSH, 0, req.cookie, 0, 0)
+        else:
+            self.proto.send_ok(req)
+        return None
 
     async def _read_uncopied(self, req):
         """Send the read straight from the extent files, in this step."""

@@ -396,10 +396,10 @@ class Device:
             except NeedsChunks as need:
                 await self.control.fetch_chunks(need.image, need.chunks)
 
-    def _count(self, op, nbytes, start):
+    def _count(self, op, nbytes, start, ops=1):
         """Plain integer bumps: no lock, no prometheus call on the I/O path."""
         counts = self.io[op]
-        counts[0] += 1
+        counts[0] += ops
         counts[1] += nbytes
         self.latency[op].observe(time.perf_counter() - start)
 
@@ -418,12 +418,14 @@ class Device:
         self._count("read", length, start)
         return plan
 
-    async def pwrite(self, offset, data, fua=False):
+    async def pwrite(self, offset, data, fua=False, ops=1):
+        """Write `data` at `offset`; `ops=0` for all but the last piece of a
+        request written in pieces (the metrics count requests)."""
         start = time.perf_counter()
         await self._with_hydration(self._writable().pwrite, offset, data)
         if fua:
             await self.control.flush()
-        self._count("write", len(data), start)
+        self._count("write", len(data), start, ops)
 
     async def trim(self, offset, length, fua=False):
         start = time.perf_counter()

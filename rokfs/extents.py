@@ -37,7 +37,6 @@ BUDGET_RECHECK = 16 << 20          # statvfs again after this much allocation
 PREALLOC_SLOTS = 16                # fresh slots backed with disk per fallocate  # slot refcounts are persisted in blocks of this many slots
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
-_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
@@ -85,6 +84,7 @@ class ExtentStore:
         self.freed = []
         self._budget = 0
         self.preallocated = self.high_water
+        self._scratch = memoryview(bytearray(chunk_size))
         os.makedirs(directory, exist_ok=True)
         self._trim_files_beyond_high_water()
 
@@ -216,26 +216,18 @@ class ExtentStore:
         fd, base = self.locate(slot)
         pread_full(fd, view, base + offset)
 
-    def copy(self, src, dst):
-        """Copy slot `src` into slot `dst` in the kernel (copy_file_range):
-        no round trip of the chunk through user space."""
-        sfd, soff = self.locate(src)
-        dfd, doff = self.locate(dst)
-        done = 0
-        try:
-            while done < self.chunk_size:
-                n = os.copy_file_range(sfd, dfd, self.chunk_size - done, soff + done, doff + done)
-                if n == 0:
-                    break
-                done += n
-        except OSError as exc:
-            if exc.errno not in _NO_KERNEL_COPY:
-                raise from_os_error(exc, "copying chunk data") from exc
-        if done < self.chunk_size:
-            rest = memoryview(bytearray(self.chunk_size - done))
-            pread_full(sfd, rest, soff + done)
-            pwrite_full(dfd, rest, doff + done)
-        self.dirty_fds.add(dfd)
+    def merged(self, src, offset, piece):
+        """A whole chunk: slot `src`'s content (zeros if None) with `piece`
+        laid over it at `offset`, in a buffer the next call reuses. (One
+        pread and one pwrite beat copy_file_range plus a pwrite for a chunk.)"""
+        buf = self._scratch
+        if src is None:
+            buf[:] = bytes(self.chunk_size)
+        else:
+            fd, base = self.locate(src)
+            pread_full(fd, buf, base)
+        buf[offset:offset + len(piece)] = piece
+        return buf
 
     def write(self, slot, offset, data):
         fd, base = self.locate(slot)

@@ -316,18 +316,12 @@ class Volume(Image):
         """Write a chunk to a fresh slot, one chunk per pwrite (a bigger write
         into fresh file space gets large page-cache folios, which make later
         small in-place writes ~2.5x slower). A partial write copies the rest
-        of the chunk from the old slot in the kernel, or zero-fills it."""
+        of the chunk from the old slot, or zero-fills it."""
         slots = self.pool.slots
         slot = slots.allocate()
-        if len(piece) == cs:
-            slots.write(slot, 0, piece)
-        elif entry >= SLOT_BASE:
-            slots.copy(entry - SLOT_BASE, slot)
-            slots.write(slot, within, piece)
-        else:
-            buf = bytearray(cs)
-            buf[within:within + len(piece)] = piece
-            slots.write(slot, 0, buf)
+        if len(piece) < cs:
+            piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None, within, piece)
+        slots.write(slot, 0, piece)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
 
     def trim(self, offset, length):

@@ -523,3 +523,52 @@ def test_many_requests_in_one_buffer():
 def test_zero_runs(offset, blocks, expected):
     pieces = P.zero_runs(bytearray(b"".join(blocks)), offset, 4)
     assert [p if isinstance(p, int) else bytes(p) for p in pieces] == expected
+
+
+# -- streamed writes ------------------------------------------------------------
+
+def streamed(conn, wire):
+    """Feed `wire` a byte at a time; returns the events, WriteData as
+    (offset, bytes, last) tuples."""
+    events = []
+    for i in range(len(wire)):
+        conn.receive_data(wire[i:i + 1])
+        while (ev := conn.next_event()) is not P.NEED_DATA:
+            if isinstance(ev, P.WriteData):
+                ev = (ev.offset, bytes(ev.data), ev.last)
+            events.append(ev)
+    return events
+
+
+def test_large_write_streams_in_pieces_ending_on_the_granule():
+    conn = handshake()
+    conn.stream_writes(8, 4)
+    payload = bytes(range(22))
+    events = streamed(conn, write(6, payload, cookie=9) + request(P.CMD_FLUSH, cookie=10))
+    head, pieces, flush = events[0], events[1:-1], events[-1]
+    assert head.streamed and head.data is None and (head.offset, head.length) == (6, 22)
+    assert b"".join(p[1] for p in pieces) == payload
+    offsets = [p[0] for p in pieces]
+    assert offsets == sorted(offsets) and offsets[0] == 6
+    assert all((off + len(data)) % 4 == 0 for off, data, _ in pieces[:-1])
+    assert [p[2] for p in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert flush.cmd == P.CMD_FLUSH and flush.cookie == 10
+
+
+def test_write_already_buffered_or_small_is_not_streamed():
+    conn = handshake()
+    conn.stream_writes(8, 4)
+    events, _ = drive(conn, write(0, b"x" * 64) + write(64, b"y" * 4, cookie=2))
+    assert [(e.streamed, bytes(e.data)) for e in events] == [(False, b"x" * 64),
+                                                              (False, b"y" * 4)]
+
+
+def test_end_of_file_inside_a_streamed_payload_is_a_violation():
+    conn = handshake()
+    conn.stream_writes(8, 4)
+    wire = write(0, bytes(64))[:28 + 10]
+    events = streamed(conn, wire)
+    assert events[0].streamed and events[1:] == [(0, bytes(4), False), (4, bytes(4), False)]
+    conn.receive_data(b"")
+    with pytest.raises(P.RemoteProtocolError):
+        conn.next_event()

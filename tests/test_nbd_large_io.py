@@ -1,19 +1,23 @@
-"""Large reads go out with sendfile straight from the extent files.
+"""Large reads and writes against a live server.
 
-What must hold: a reply carries the data the volume held when the read was
-served, even if the client reads it much later, after the slots it came
-from were trimmed, committed and reused by another volume; holes and data
-mix correctly in structured replies.
+Large reads go out with sendfile straight from the extent files: a reply
+carries the data the volume held when the read was served, even if the
+client reads it much later, after the slots it came from were trimmed,
+committed and reused by another volume; holes and data mix correctly in
+structured replies. Large writes are written piece by piece as their
+payload arrives: a piece that fails fails the request, the rest of the
+payload is drained and the connection goes on; FUA is honoured.
 """
 
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
 
 from nbd_helpers import (ServerProcess, nbdsh, pool_with_volumes, raw_handshake, recv_exact,
-                         request)
+                         request, write)
 from nbd_server import protocol as P
 
 MiB = 1 << 20
@@ -78,3 +82,45 @@ def test_structured_read_sends_unwritten_chunks_as_holes(server):
     sock.close()
     assert P.REPLY_TYPE_OFFSET_HOLE in kinds
     assert bytes(content) == head + bytes(192 * 1024) + tail
+
+
+def simple_reply(sock):
+    magic, error, cookie = struct.unpack(">IIQ", recv_exact(sock, 16))
+    assert magic == P.SIMPLE_REPLY_MAGIC
+    return error, cookie
+
+
+def test_streamed_write_with_fua_reads_back(server):
+    payload = b"fua!" * (MiB // 2)
+    sock, _, _ = raw_handshake(server.sock, "a")
+    sock.sendall(write(MiB, payload, cookie=5, flags=P.CMD_FLAG_FUA))
+    assert simple_reply(sock) == (0, 5)
+    sock.sendall(request(P.CMD_READ, MiB, len(payload), cookie=6))
+    assert simple_reply(sock) == (0, 6)
+    assert recv_exact(sock, len(payload)) == payload
+    sock.close()
+
+
+@pytest.fixture
+def tiny_server(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        pool_with_volumes(str(mnt / "pool"), [("a", 64 * MiB)])
+        with ServerProcess(mnt / "pool", tmp_path / "nbd.sock") as srv:
+            yield srv
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_write_that_fills_the_disk_midway_fails_and_the_connection_goes_on(tiny_server):
+    sock, _, _ = raw_handshake(tiny_server.sock, "a")
+    sock.sendall(write(0, b"keep" * 1024, cookie=1))
+    assert simple_reply(sock) == (0, 1)
+    sock.sendall(write(MiB, b"full" * (4 * MiB), cookie=2))   # 16 MiB > the disk
+    assert simple_reply(sock) == (P.NBD_ENOSPC, 2)
+    sock.sendall(request(P.CMD_READ, 0, 4096, cookie=3))     # parsed after the drain
+    assert simple_reply(sock) == (0, 3)
+    assert recv_exact(sock, 4096) == b"keep" * 1024
+    sock.close()
