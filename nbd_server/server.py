@@ -336,6 +336,7 @@ class _Connection:
             return P.Request(P.CMD_FLUSH, 0, req.cookie, 0, 0)
         else:
             self.proto.send_ok(req)
+            self._push()              # the client may be waiting on it to send more
         return None
 
     async def _read_uncopied(self, req):
