@@ -2,6 +2,7 @@
 local directory: round trip with ext4, lazy reads, hydration, incremental
 push, dedup across clones, garbage collection."""
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -356,3 +357,47 @@ async def test_push_records_its_packs_in_a_few_transactions(tmp_path, s3_server)
             inserts += 1
             outside += depth == 0
     assert inserts == 16 and outside == 0 and sql.count("COMMIT") <= 2
+
+
+async def test_installs_run_together_and_a_commit_waits_for_them(tmp_path):
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    a = make_control(tmp_path / "a", remote)
+    cs = a.pool.chunk_size
+    data = os.urandom(8 * cs)
+    await push_new_volume(a, "data@s", data)
+    b = make_control(tmp_path / "b", remote)
+    await b.pull("data@s", "r")
+    vol = b.pool.volume("r")
+    import threading
+    release, writing = threading.Event(), []
+    real_write = b.pool.slots.write_runs
+
+    def slow_write(runs):
+        writing.append(len(runs))
+        assert release.wait(10)
+        real_write(runs)
+    b.pool.slots.write_runs = slow_write
+    flushed = []
+
+    async def flush():
+        await b.flush()
+        flushed.append(True)
+    async with trio.open_nursery() as nursery:
+        for chunks in ([0, 1], [4, 5]):
+            nursery.start_soon(functools.partial(b.fetch_chunks, vol, chunks, readahead=False))
+        with trio.fail_after(10):
+            while len(writing) < 2:                 # both installs are writing at once
+                await trio.sleep(0.01)
+        nursery.start_soon(flush)
+        await trio.sleep(0.2)
+        assert not flushed                          # the commit waits for them
+        release.set()
+    assert flushed and vol.cold_count() == 4
+    from rokfs.fsck import fsck
+    assert fsck(b.pool)["clean"]
+    b.pool.close()
+    c = Control(Pool.open(str(tmp_path / "b")), {"default": remote})
+    dev = c.open_device("r")
+    assert await dev.pread(0, 2 * cs) == data[:2 * cs]
+    assert await dev.pread(4 * cs, 2 * cs) == data[4 * cs:6 * cs]
+    dev.close()
