@@ -10,6 +10,10 @@ Invariants:
   worker thread while the loop keeps serving I/O.
 - A flush is satisfied by any commit that *started* after the flush was
   requested (group commit): concurrent flushes share one fsync.
+- No commit runs while fetched chunks are being installed (their slots are
+  counted but in no map yet): an install starts under the commit lock and
+  a commit, holding the lock, first waits for the installs in flight to end.
+  Installs run concurrently with each other.
 - Devices (`open_device`) are the callback table of the protocol adapters:
   pread / pwrite / trim / write_zeroes / flush / cache / extents.
 """
@@ -42,6 +46,8 @@ class Control:
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
+        self._installs = 0                  # installs between reserve and finish
+        self._installs_idle = None          # set when the last install ends
 
     # -- durability ------------------------------------------------------------
     async def flush(self):
@@ -49,6 +55,8 @@ class Control:
         async with self._commit_lock:
             if self._commits_done >= target:
                 return
+            while self._installs:
+                await self._installs_idle.wait()
             self._commits_started += 1
             batch = self.pool.begin_commit()
             try:
@@ -244,19 +252,33 @@ class Control:
 
     async def _install(self, image, fetched):
         """Write fetched chunks into fresh slots on a worker thread, then map
-        them. Under the commit lock: a commit in between would record slots
-        that no map references yet."""
+        them. Slots are reserved under the commit lock and the commit waits
+        for us: a commit in between would record slots no map references."""
         async with self._commit_lock:
             plan = self.pool.reserve_install(image, fetched)
             if not plan:
                 return
-            try:
-                runs = self.pool.slots.plan_runs([(slot, data) for _, slot, data in plan])
-                await trio.to_thread.run_sync(self.pool.slots.write_runs, runs)
-            except BaseException:
-                self.pool.release_install(plan)
-                raise
+            self._install_started()
+        try:
+            runs = self.pool.slots.plan_runs([(slot, data) for _, slot, data in plan])
+            await trio.to_thread.run_sync(self.pool.slots.write_runs, runs)
+        except BaseException:
+            self.pool.release_install(plan)
+            raise
+        else:
             self.pool.finish_install(image, plan)
+        finally:
+            self._install_ended()
+
+    def _install_started(self):
+        if not self._installs:
+            self._installs_idle = trio.Event()
+        self._installs += 1
+
+    def _install_ended(self):
+        self._installs -= 1
+        if not self._installs:
+            self._installs_idle.set()
 
     def hydration_status(self, volume):
         vol = self.pool.volume(volume)

@@ -181,12 +181,14 @@ class ExtentStore:
             raise NoSpace(f"pool disk is full ({avail} bytes left, {reserve} kept for "
                           "metadata): free space by deleting snapshots or volumes")
 
-    def allocate(self):
-        """A free slot with disk space reserved and a count of one."""
+    def allocate(self, upcoming=1):
+        """A free slot with disk space reserved and a count of one. `upcoming`:
+        how many slots the caller is about to allocate (this one included), so
+        fresh ones are backed with disk in one fallocate rather than several."""
         self._reserve_space()
         slot = heapq.heappop(self.free) if self.free else self.high_water
         try:
-            fd = self._back_with_disk(slot)
+            fd = self._back_with_disk(slot, upcoming)
         except OSError as exc:
             if slot < self.high_water:
                 heapq.heappush(self.free, slot)
@@ -199,14 +201,16 @@ class ExtentStore:
         self.dirty_fds.add(fd)
         return slot
 
-    def _back_with_disk(self, slot):
+    def _back_with_disk(self, slot, upcoming=1):
         """fallocate the slot; fresh slots past the high-water mark are backed
-        PREALLOC_SLOTS at a time (what a crash leaves unused is punched at open)."""
+        PREALLOC_SLOTS (or `upcoming`, if more) at a time (what a crash leaves
+        unused is punched at open)."""
         fd, offset = self.locate(slot)
         if slot < self.high_water:
             os.posix_fallocate(fd, offset, self.chunk_size)
         elif slot >= self.preallocated:
-            count = min(PREALLOC_SLOTS, self.slots_per_file - slot % self.slots_per_file)
+            count = min(max(PREALLOC_SLOTS, upcoming),
+                        self.slots_per_file - slot % self.slots_per_file)
             os.posix_fallocate(fd, offset, count * self.chunk_size)
             self.preallocated = slot + count
         return fd

@@ -121,7 +121,13 @@ class MetaStore:
                            [(s,) for s in getattr(batch, "freed_slots", ())])
 
     def _transaction(self):
-        return _Transaction(self.db)
+        return transaction(self.db)
+
+
+def transaction(db):
+    """`with transaction(db):` one BEGIN IMMEDIATE ... COMMIT (one fsync in
+    WAL + synchronous=FULL), rolled back on error, for autocommit connections."""
+    return _Transaction(db)
 
 
 class _Transaction:

@@ -9,6 +9,7 @@ import pytest
 
 from rokfs import errors
 from rokfs.fsck import fsck
+from rokfs.extents import PREALLOC_SLOTS
 from rokfs.pool import Pool
 
 CHUNK = 4096
@@ -388,3 +389,18 @@ def test_install_refuses_a_chunk_of_the_wrong_size(pool):
     with pytest.raises(errors.InvalidArgument):
         pool.reserve_install(vol, {0: b"short"})
     assert pool.slots.used_slots() == 0
+
+
+def test_slots_allocated_together_are_backed_by_one_fallocate(pool, monkeypatch):
+    calls = []
+    real = os.posix_fallocate
+
+    def counting(fd, offset, length):
+        calls.append(length)
+        real(fd, offset, length)
+    monkeypatch.setattr(os, "posix_fallocate", counting)
+    slots = [pool.slots.allocate(40 - i) for i in range(40)]   # as reserve_install does
+    assert calls == [40 * CHUNK] and slots == list(range(slots[0], slots[0] + 40))
+    calls.clear()
+    pool.slots.allocate()                                        # one more: the usual batch
+    assert calls == [PREALLOC_SLOTS * CHUNK]

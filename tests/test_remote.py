@@ -2,6 +2,7 @@
 local directory: round trip with ext4, lazy reads, hydration, incremental
 push, dedup across clones, garbage collection."""
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -283,3 +284,120 @@ async def test_volume_deleted_during_a_fetch_is_left_alone(tmp_path):
     await b.flush()
     from rokfs.fsck import fsck
     assert fsck(b.pool)["clean"]
+
+
+async def test_segment_is_fetched_once_for_concurrent_callers(tmp_path, s3_server):
+    remote = open_remote(s3_spec(s3_server))
+    a = make_control(tmp_path / "a", remote)
+    await push_new_volume(a, "data@s", os.urandom(64 * a.pool.chunk_size))
+    manifest = remote.chunks.get_manifest("data@s")
+    store = open_remote(remote.spec)                    # a fresh store: nothing cached
+    got = []
+
+    async def ask(key):
+        got.append(await store.segment(key))
+    before = store.objects.requests
+    async with trio.open_nursery() as nursery:
+        for _ in range(16):
+            nursery.start_soon(ask, manifest["segments"][0])
+    assert store.objects.requests - before == 1 and len(got) == 16
+    assert all(seg is got[0] for seg in got)
+
+    errors_seen = []                                    # a failed GET: every caller sees it
+
+    async def ask_missing():
+        try:
+            await store.segment("segments/" + "0" * 64)
+        except errors.NotFound as exc:
+            errors_seen.append(exc)
+    before = store.objects.requests
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(ask_missing)
+    assert store.objects.requests - before == 1 and len(errors_seen) == 4
+
+
+async def test_a_cancelled_segment_fetch_hands_over_to_a_waiter(tmp_path, s3_server):
+    remote = open_remote(s3_spec(s3_server))
+    a = make_control(tmp_path / "a", remote)
+    await push_new_volume(a, "data@s", os.urandom(8 * a.pool.chunk_size))
+    key = remote.chunks.get_manifest("data@s")["segments"][0]
+    store = open_remote(remote.spec, concurrency=1)
+    got = []
+
+    async def waiter():
+        got.append(await store.segment(key))
+    async with trio.open_nursery() as nursery:
+        await store.limiter.acquire_on_behalf_of("test")    # the first fetch must queue
+        with trio.CancelScope() as first:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(store.segment, key)
+                await trio.sleep(0.05)
+                nursery.start_soon(waiter)
+                await trio.sleep(0.05)
+                first.cancel()
+        store.limiter.release_on_behalf_of("test")
+    assert got and got[0]["chunks"][0] is not None
+
+
+async def test_push_records_its_packs_in_a_few_transactions(tmp_path, s3_server):
+    remote = open_remote(s3_spec(s3_server))
+    a = make_control(tmp_path / "a", remote)
+    state = a.remote_state
+    sql = []                                            # every statement run on remote.db
+    state.db.set_trace_callback(sql.append)
+    data = os.urandom(32 * MiB)                         # 1024 chunks: 16 packs
+    await push_new_volume(a, "data@s", data)
+    listed = {o.key for o in remote.objects.list("packs/")}
+    assert set(state.packs(remote.url)) == listed and len(listed) == 16
+    inserts, outside, depth = 0, 0, 0                   # autocommit = one fsync per row
+    for statement in sql:
+        depth += statement.startswith("BEGIN") - (statement in ("COMMIT", "ROLLBACK"))
+        if statement.startswith("INSERT OR REPLACE INTO packs"):
+            inserts += 1
+            outside += depth == 0
+    assert inserts == 16 and outside == 0 and sql.count("COMMIT") <= 2
+
+
+async def test_installs_run_together_and_a_commit_waits_for_them(tmp_path):
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    a = make_control(tmp_path / "a", remote)
+    cs = a.pool.chunk_size
+    data = os.urandom(8 * cs)
+    await push_new_volume(a, "data@s", data)
+    b = make_control(tmp_path / "b", remote)
+    await b.pull("data@s", "r")
+    vol = b.pool.volume("r")
+    import threading
+    release, writing = threading.Event(), []
+    real_write = b.pool.slots.write_runs
+
+    def slow_write(runs):
+        writing.append(len(runs))
+        assert release.wait(10)
+        real_write(runs)
+    b.pool.slots.write_runs = slow_write
+    flushed = []
+
+    async def flush():
+        await b.flush()
+        flushed.append(True)
+    async with trio.open_nursery() as nursery:
+        for chunks in ([0, 1], [4, 5]):
+            nursery.start_soon(functools.partial(b.fetch_chunks, vol, chunks, readahead=False))
+        with trio.fail_after(10):
+            while len(writing) < 2:                 # both installs are writing at once
+                await trio.sleep(0.01)
+        nursery.start_soon(flush)
+        await trio.sleep(0.2)
+        assert not flushed                          # the commit waits for them
+        release.set()
+    assert flushed and vol.cold_count() == 4
+    from rokfs.fsck import fsck
+    assert fsck(b.pool)["clean"]
+    b.pool.close()
+    c = Control(Pool.open(str(tmp_path / "b")), {"default": remote})
+    dev = c.open_device("r")
+    assert await dev.pread(0, 2 * cs) == data[:2 * cs]
+    assert await dev.pread(4 * cs, 2 * cs) == data[4 * cs:6 * cs]
+    dev.close()

@@ -42,6 +42,16 @@ def test_put_get_exists_list_delete(remote):
         objs.get("a/b")
 
 
+def test_bytearray_and_memoryview_bodies_are_stored_as_given(remote):
+    body = bytearray(os.urandom(3 << 20))          # pack bodies are bytearrays
+    remote.objects.put("big", body)
+    remote.objects.put("view", memoryview(body)[10:20])
+    assert remote.objects.get("big") == body and remote.objects.get("view") == body[10:20]
+    assert remote.objects.get("big", 1 << 20, (1 << 20) + 5) == body[1 << 20:(1 << 20) + 5]
+    assert isinstance(build_pack([(chunk_hash(b"x"), compress(b"x"))])[1], bytearray)
+    assert compress(memoryview(body)[:4096]) == compress(bytes(body[:4096]))
+
+
 def test_list_pages_through_long_listings(remote):
     remote.objects.page_size = 3            # S3 pages at 1000; the same code path
     requests = remote.objects.requests

@@ -30,6 +30,7 @@ from ..extentmap import SLOT_BASE
 DEFAULT_CONCURRENCY = 8
 READAHEAD = 15                 # cold neighbours fetched along with a read
 HASH_BATCH = 256               # chunks hashed per worker-thread hop
+SAVE_PACKS = 64                # uploaded packs recorded in remote.db per transaction
 MAX_RUN = 8 << 20              # largest ranged GET
 
 
@@ -50,6 +51,7 @@ class RemoteStore:
         self.limiter = trio.CapacityLimiter(concurrency)
         self.index = {}          # chunk hash -> (pack key, offset, length)
         self._segments = {}      # segment key -> parsed segment
+        self._loading = {}       # segment key -> _Load of the one GET in flight
         self.on_demand = 0       # on-demand fetches in flight (hydrators yield to them)
 
     async def run(self, fn, *args, **kwargs):
@@ -107,11 +109,32 @@ class RemoteStore:
 
     # -- pull / hydrate ------------------------------------------------------------
     async def segment(self, key):
-        seg = self._segments.get(key)
-        if seg is None:
-            seg = await self.run(self.chunks.get_segment, key)
-            self._segments[key] = seg
-        return seg
+        """The parsed segment `key`, fetched once however many tasks ask for
+        it at once (a hydrator starts 16 windows together): the others wait
+        for that one GET and share its error. If it was cancelled instead,
+        the next waiter fetches."""
+        while True:
+            seg = self._segments.get(key)
+            if seg is not None:
+                return seg
+            load = self._loading.get(key)
+            if load is None:
+                return await self._load_segment(key)
+            await load.done.wait()
+            if load.error is not None:
+                raise type(load.error)(str(load.error)) from load.error
+
+    async def _load_segment(self, key):
+        self._loading[key] = load = _Load()
+        try:
+            seg = self._segments[key] = await self.run(self.chunks.get_segment, key)
+            return seg
+        except RokfsError as exc:
+            load.error = exc
+            raise
+        finally:
+            del self._loading[key]
+            load.done.set()
 
     async def locate(self, manifest, chunk):
         """(hash, pack, offset, length) of a manifest chunk, or None for zeros."""
@@ -164,6 +187,14 @@ class RemoteStore:
         return out
 
 
+class _Load:
+    """A fetch in flight that other tasks wait for instead of repeating it."""
+
+    def __init__(self):
+        self.done = trio.Event()
+        self.error = None
+
+
 @contextlib.asynccontextmanager
 async def single_errors():
     """Report the first rokfs error of a nursery as itself, not as a group."""
@@ -210,12 +241,21 @@ class _PushJob:
         self.hashes = [None] * snap.nchunks      # None = zeros
         self.queued = set()
         self.pack, self.pack_bytes = [], 0
+        self.unsaved = {}                        # uploaded packs not yet in remote.db
         self.uploaded_chunks = self.uploaded_bytes = self.done_chunks = 0
         self.inflight = trio.Semaphore(remote.concurrency)
 
     async def upload_chunks(self):
         """Hash batches in a worker thread one step ahead of packing and
-        uploading, so hashing overlaps the uploads."""
+        uploading, so hashing overlaps the uploads. Uploaded packs are
+        recorded in remote.db in batches, and whatever is uploaded when the
+        push ends or fails (so a resumed push need not GET their headers)."""
+        try:
+            await self._upload_all()
+        finally:
+            self._save_packs()
+
+    async def _upload_all(self):
         async with single_errors():
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -305,12 +345,18 @@ class _PushJob:
             key, size, entries = await self.remote.run(self.remote.chunks.put_pack, items)
         finally:
             self.inflight.release()
-        self.state.add_packs(self.remote.url, {key: entries})
+        self.unsaved[key] = entries
+        if len(self.unsaved) >= SAVE_PACKS:
+            self._save_packs()
         for h, offset, length in entries:
             self.remote.index[h] = (key, offset, length)
         self.uploaded_chunks += len(items)
         self.uploaded_bytes += size
         self._advance(len(items))
+
+    def _save_packs(self):
+        packs, self.unsaved = self.unsaved, {}
+        self.state.add_packs(self.remote.url, packs)
 
     async def write_manifest(self):
         segments = []

@@ -52,7 +52,8 @@ def is_zero(data):
 
 
 def compress(data):
-    return lz4.frame.compress(bytes(data), compression_level=0)
+    """lz4 frame of `data` (any buffer: no copy of it is made first)."""
+    return lz4.frame.compress(data, compression_level=0)
 
 
 def open_chunk(frame, want_hash, chunk_size):
@@ -67,7 +68,10 @@ def open_chunk(frame, want_hash, chunk_size):
 
 
 def build_pack(items):
-    """items: [(hash, frame)] -> (key, body, [(hash, offset, length)])."""
+    """items: [(hash, frame)] -> (key, body, [(hash, offset, length)]). The
+    body is a bytearray, made with one copy of the frames: boto3 sends it as
+    it is (a bytes body would be wrapped in a BytesIO and read back in 1 MiB
+    copies for its checksum, and sent after a 100-continue round trip)."""
     header_len = 0
     while True:
         offset = len(PACK_MAGIC) + 4 + header_len
@@ -79,8 +83,8 @@ def build_pack(items):
         if len(header) == header_len:
             break
         header_len = len(header)
-    body = b"".join([PACK_MAGIC, struct.pack(">I", len(header)), header,
-                     *(frame for _, frame in items)])
+    body = bytearray().join([PACK_MAGIC, struct.pack(">I", len(header)), header,
+                             *(frame for _, frame in items)])
     # the header names every chunk by hash and place: it identifies the pack
     return "packs/" + chunk_hash(header), body, entries
 

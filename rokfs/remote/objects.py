@@ -186,7 +186,9 @@ class S3Store(ObjectStore):
         return retry(once, deadline=self.deadline, what=f"{what} {self.url}")
 
     def put(self, key, data):
-        self._call(f"PUT {key}", self.client.put_object, Key=self.prefix + key, Body=bytes(data))
+        """bytes and bytearray bodies go to boto3 as they are (no copy)."""
+        body = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+        self._call(f"PUT {key}", self.client.put_object, Key=self.prefix + key, Body=body)
 
     def get(self, key, start=None, end=None):
         import botocore.exceptions as bx
