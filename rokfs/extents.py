@@ -30,11 +30,11 @@ from array import array
 
 from .errors import Corrupt, NoSpace, from_os_error
 
-RC_BLOCK = 4096
+RC_BLOCK = 4096                    # slot refcounts are persisted in blocks of this many slots
 METADATA_RESERVE_MIN = 2 << 20     # disk space data allocations leave for metadata
 METADATA_RESERVE_MAX = 64 << 20
 BUDGET_RECHECK = 16 << 20          # statvfs again after this much allocation
-PREALLOC_SLOTS = 16                # fresh slots backed with disk per fallocate  # slot refcounts are persisted in blocks of this many slots
+PREALLOC_SLOTS = 16                # fresh slots backed with disk per fallocate
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
