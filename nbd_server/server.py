@@ -12,12 +12,13 @@ Invariants
   MAX_SPAWNED per connection.
 - On plain sockets reads land straight in the protocol's buffer (readv on the
   non-blocking fd) and replies go out with writev, read data uncopied; TLS
-  goes through trio's SSLStream. A large read on a plain socket whose send
-  path is idle goes out with sendfile from the extent files (no copy through
-  user space): its reply is sent in the same step that planned it, and what
-  the socket does not take at once is read into memory there and then, so a
-  file region never outlives the map it was planned from. The reader stops taking requests while more
-  than HIGH_WATER reply bytes wait to be sent.
+  goes through trio's SSLStream. The reader stops taking requests while
+  more than HIGH_WATER reply bytes wait to be sent.
+- A large read on a plain socket whose send path is idle goes out with
+  sendfile from the extent files (no copy through user space): its reply is
+  sent in the same step that planned it, and what the socket does not take
+  at once is read into memory there and then, so a file region never
+  outlives the map it was planned from.
 - A large WRITE is written piece by piece as its payload arrives (the
   protocol's streamed writes, pieces ending on chunk boundaries), so the
   client refills the socket while the server writes. Each piece is one
@@ -465,7 +466,7 @@ class FileRegion:
 
 def _in_memory(bufs):
     """The buffers with every file region read into memory."""
-    return [bytes(b.in_memory()) if type(b) is FileRegion else b for b in bufs]
+    return [b.in_memory() if type(b) is FileRegion else b for b in bufs]
 
 
 def _send_some(fd, bufs, i):
