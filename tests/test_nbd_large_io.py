@@ -6,7 +6,9 @@ client reads it much later, after the slots it came from were trimmed,
 committed and reused by another volume; holes and data mix correctly in
 structured replies. Large writes are written piece by piece as their
 payload arrives: a piece that fails fails the request, the rest of the
-payload is drained and the connection goes on; FUA is honoured.
+payload is drained and the connection goes on; FUA is honoured; a
+snapshot taken while a large write is arriving holds a prefix of it (whole
+chunks) and never changes afterwards.
 """
 
 import socket
@@ -124,3 +126,37 @@ def test_write_that_fills_the_disk_midway_fails_and_the_connection_goes_on(tiny_
     assert simple_reply(sock) == (0, 3)
     assert recv_exact(sock, 4096) == b"keep" * 1024
     sock.close()
+
+
+def chunk_patterns(data, size=64 * 1024):
+    """The 4-byte pattern of each chunk of `data`, or None for a mixed one."""
+    out = []
+    for off in range(0, len(data), size):
+        piece = data[off:off + size]
+        out.append(piece[:4] if piece == piece[:4] * (size // 4) else None)
+    return out
+
+
+def test_snapshot_during_a_streamed_write_holds_a_prefix_and_never_changes(tmp_path):
+    from daemon_helpers import running, write_config
+    length = 8 * MiB
+    with running(write_config(tmp_path)) as daemon:
+        daemon.ok("volume", "create", "data", "--size", "16M")
+        daemon.nbdsh("data", f"h.pwrite(b'old!' * {length // 4}, 0); h.flush()")
+        sock, _, _ = raw_handshake(daemon.nbd_socket, "data")
+        payload = b"new!" * (length // 4)
+        sock.sendall(write(0, payload, cookie=1)[:28 + length // 2])
+        time.sleep(0.5)               # the first half is in; the server waits for more
+        daemon.ok("snapshot", "create", "data@mid")
+        before = daemon.nbdsh("data@mid", f"print(h.pread({length}, 0).hex())")
+        sock.sendall(payload[length // 2:])
+        assert simple_reply(sock) == (0, 1)
+        sock.close()
+        after = daemon.nbdsh("data@mid", f"print(h.pread({length}, 0).hex())")
+        volume = daemon.nbdsh("data", f"print(h.pread({length}, 0).hex())")
+    assert after == before
+    patterns = chunk_patterns(bytes.fromhex(before.strip()))
+    new = patterns.index(b"old!")
+    assert 0 < new <= len(patterns) // 2
+    assert patterns == [b"new!"] * new + [b"old!"] * (len(patterns) - new)
+    assert bytes.fromhex(volume.strip()) == payload
