@@ -11,6 +11,7 @@ snapshot taken while a large write is arriving holds a prefix of it (whole
 chunks) and never changes afterwards.
 """
 
+import select
 import socket
 import struct
 import subprocess
@@ -43,7 +44,8 @@ def test_unread_reply_keeps_the_data_it_was_served_with(server):
     sock, _, _ = raw_handshake(server.sock, "a")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.sendall(request(P.CMD_READ, 0, length, cookie=7))
-    time.sleep(0.5)                   # served; most of the reply waits on the server
+    readable, _, _ = select.select([sock], [], [], 30)
+    assert readable, "the read was not served"   # served; most of it waits on the server
     nbdsh(server.uri("a"), f"h.trim({length}, 0)\nh.flush()\n")
     fill(server, "b", b"new!", length)  # takes the slots "a" gave back
     magic, error, cookie = struct.unpack(">IIQ", recv_exact(sock, 16))
@@ -146,7 +148,10 @@ def test_snapshot_during_a_streamed_write_holds_a_prefix_and_never_changes(tmp_p
         sock, _, _ = raw_handshake(daemon.nbd_socket, "data")
         payload = b"new!" * (length // 4)
         sock.sendall(write(0, payload, cookie=1)[:28 + length // 2])
-        time.sleep(0.5)               # the first half is in; the server waits for more
+        deadline = time.monotonic() + 30  # until the server has written a first piece
+        while "new!" not in daemon.nbdsh("data", "print(h.pread(4, 0))"):
+            assert time.monotonic() < deadline, "no piece of the write landed"
+            time.sleep(0.05)
         daemon.ok("snapshot", "create", "data@mid")
         before = daemon.nbdsh("data@mid", f"print(h.pread({length}, 0).hex())")
         sock.sendall(payload[length // 2:])
