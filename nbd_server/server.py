@@ -344,10 +344,11 @@ class _Connection:
         """Send the read straight from the extent files, in this step."""
         plan = await self.device.read_plan(req.offset, req.length)
         pieces = [p if type(p) is int else FileRegion(*p) for p in plan]
-        if self._sparse_reads and len(pieces) > 1:
+        if len(pieces) > 1:           # holes go as such where the session allows
             self.proto.send_read_sparse(req, pieces)
         else:
-            self.proto.send_read(req, *(bytes(p) if type(p) is int else p for p in pieces))
+            piece = pieces[0]
+            self.proto.send_read(req, bytes(piece) if type(piece) is int else piece)
         self._push()
 
     async def _write(self, req):
