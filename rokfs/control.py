@@ -29,7 +29,7 @@ from .pool import NeedsChunks, Volume
 from .stats import Counters
 
 log = logging.getLogger("rokfs.control")
-HYDRATE_WINDOW = 64            # chunks per background fetch
+HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHUNKS)
 HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
 
 

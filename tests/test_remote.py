@@ -346,7 +346,8 @@ async def test_push_records_its_packs_in_a_few_transactions(tmp_path, s3_server)
     state = a.remote_state
     sql = []                                            # every statement run on remote.db
     state.db.set_trace_callback(sql.append)
-    data = os.urandom(32 * MiB)                         # 1024 chunks: 16 packs
+    from rokfs.remote.chunks import PACK_CHUNKS
+    data = os.urandom(16 * PACK_CHUNKS * a.pool.chunk_size)     # 16 packs
     await push_new_volume(a, "data@s", data)
     listed = {o.key for o in remote.objects.list("packs/")}
     assert set(state.packs(remote.url)) == listed and len(listed) == 16

@@ -85,6 +85,37 @@ def test_corrupt_chunk_is_rejected(remote):
         open_chunk(other, h, 4096)
 
 
+
+def test_broken_frames_are_corrupt_and_the_next_chunk_still_opens():
+    """Decompression contexts are reused per thread: a frame that is cut
+    short, garbage or damaged inside must not poison the next chunk."""
+    data = os.urandom(32768)
+    h, frame = chunk_hash(data), compress(data)
+    broken = [frame[:-7], b"\x00" * 64, frame[:20] + b"\xff" * 100, b""]
+    for bad in broken:
+        with pytest.raises(errors.Corrupt):
+            open_chunk(bad, h, 32768)
+        assert open_chunk(frame, h, 32768) == data
+    assert open_chunk(memoryview(frame + b"tail"), h, 32768) == data
+
+
+def test_incompressible_chunks_open_without_a_copy_and_are_still_verified():
+    from rokfs.remote.chunks import stored_content
+    data = os.urandom(32768)
+    h, frame = chunk_hash(data), compress(data)
+    view = stored_content(frame)
+    assert view is not None and view.obj is frame and view == data   # lz4 stored it as is
+    assert open_chunk(frame, h, 32768) == data
+    assert stored_content(compress(b"ab" * 16384)) is None           # compressed: decoded
+    flipped = bytearray(frame)
+    flipped[-100] ^= 1                                               # inside the stored bytes
+    with pytest.raises(errors.Corrupt, match="does not match"):
+        open_chunk(bytes(flipped), h, 32768)
+    with pytest.raises(errors.Corrupt):                              # block runs past the end
+        open_chunk(frame[:-5] + frame[-4:], h, 32768)
+    with pytest.raises(errors.Corrupt):                              # a second block follows
+        open_chunk(frame[:-4] + frame[-4 - 32772 - 4:-4] + frame[-4:], h, 32768)
+
 def test_manifests_and_segments(remote):
     seg_key, _ = remote.chunks.put_segment({"packs": [], "chunks": [None]})
     assert remote.chunks.get_segment(seg_key) == {"packs": [], "chunks": [None]}

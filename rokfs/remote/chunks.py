@@ -24,6 +24,7 @@ Invariants:
 
 import json
 import struct
+import threading
 import time
 import uuid
 
@@ -35,9 +36,10 @@ from ..errors import AlreadyExists, Busy, Corrupt, InvalidArgument, NotFound
 
 FORMAT = 1
 PACK_MAGIC = b"RKPK1\n"
+LZ4_MAGIC = b"\x04\x22\x4d\x18"     # an lz4 frame starts with 0x184D2204, little-endian
 SEGMENT_CHUNKS = 16384
-PACK_CHUNKS = 64
-PACK_BYTES = 6 << 20           # cap for big chunk sizes; 64 KiB chunks fill by count
+PACK_CHUNKS = 128              # 4 MiB packs at 32 KiB chunks
+PACK_BYTES = 8 << 20           # cap for big chunk sizes; 64 KiB chunks fill by count
 HEADER_PROBE = 8192
 CLOCK_SLACK = 1.0   # S3's LastModified has whole seconds: a lock is stale only after grace + this
 
@@ -56,10 +58,55 @@ def compress(data):
     return lz4.frame.compress(data, compression_level=0)
 
 
-def open_chunk(frame, want_hash, chunk_size):
-    """Decompress and verify one chunk; Corrupt if it is not what the hash says."""
+_per_thread = threading.local()
+
+
+def decompress(frame):
+    """The content of one lz4 frame, as a bytearray (ValueError if the frame
+    is cut short). Each thread reuses one decompression context: a new one
+    per call mmaps and unmaps its buffers in glibc, ~25 us per 32 KiB chunk
+    against ~1.4 us reused."""
+    context = getattr(_per_thread, "lz4", None)
+    if context is None:
+        context = _per_thread.lz4 = lz4.frame.LZ4FrameDecompressor(return_bytearray=True)
     try:
-        data = lz4.frame.decompress(frame, return_bytearray=True)
+        data = context.decompress(frame)
+        if not context.eof:
+            raise ValueError("frame incomplete")
+        return data
+    finally:
+        context.reset()
+
+
+def stored_content(frame):
+    """The content of a frame made of one uncompressed block (lz4's choice for
+    data that does not compress), as a view into `frame` with no copy; None
+    for any other frame. Header and block checksums are not checked here:
+    the chunk's hash is (open_chunk)."""
+    view = memoryview(frame)
+    if len(view) < 7 or view[:4] != LZ4_MAGIC:
+        return None
+    flags = view[4]
+    pos = 7 + 8 * bool(flags & 0x08) + 4 * bool(flags & 0x01)   # content size, dict id
+    if pos + 4 > len(view):
+        return None
+    (block,) = struct.unpack_from("<I", view, pos)
+    size, pos = block & 0x7FFFFFFF, pos + 4
+    if not block & 0x80000000 or size == 0:
+        return None
+    end = pos + size + 4 * bool(flags & 0x10)                   # block checksum
+    if view[end:end + 4] != b"\0\0\0\0" or end + 4 + 4 * bool(flags & 0x04) != len(view):
+        return None                                             # not one block alone
+    return view[pos:pos + size]
+
+
+def open_chunk(frame, want_hash, chunk_size):
+    """Decompress and verify one chunk; Corrupt if it is not what the hash says.
+    Stored (incompressible) chunks come back as a view into `frame`."""
+    data = stored_content(frame)
+    try:
+        if data is None:
+            data = decompress(frame)
     except Exception as exc:
         raise Corrupt(f"chunk {want_hash[:16]}: bad lz4 frame ({exc})") from None
     if len(data) != chunk_size or chunk_hash(data) != want_hash:
