@@ -4,7 +4,10 @@ Invariants:
 - Slot `s` lives in file `s // slots_per_file` at byte offset
   `(s % slots_per_file) * chunk_size`. A slot is backed by disk blocks
   (posix_fallocate) before it is handed out, so a write into it never fails
-  with ENOSPC halfway; a freed slot's blocks go back with PUNCH_HOLE.
+  with ENOSPC halfway; a freed slot's blocks go back with PUNCH_HOLE. The
+  one exception is a slot for a fetched chunk (`backed=False`): its one
+  whole-chunk write in write_runs allocates its blocks, and an ENOSPC there
+  fails the install, which gives the slot back.
 - Data allocations stop short of the last few MiB of the filesystem
   (METADATA_RESERVE_*), so a commit that frees space can always be written.
 - `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
@@ -181,14 +184,14 @@ class ExtentStore:
             raise NoSpace(f"pool disk is full ({avail} bytes left, {reserve} kept for "
                           "metadata): free space by deleting snapshots or volumes")
 
-    def allocate(self, upcoming=1):
-        """A free slot with disk space reserved and a count of one. `upcoming`:
-        how many slots the caller is about to allocate (this one included), so
-        fresh ones are backed with disk in one fallocate rather than several."""
+    def allocate(self, *, backed=True):
+        """A free slot with disk space reserved and a count of one.
+        backed=False: the caller writes the whole slot at once (write_runs),
+        which allocates its blocks; an fallocate first would only add work."""
         self._reserve_space()
         slot = heapq.heappop(self.free) if self.free else self.high_water
         try:
-            fd = self._back_with_disk(slot, upcoming)
+            fd = self._back_with_disk(slot) if backed else self.locate(slot)[0]
         except OSError as exc:
             if slot < self.high_water:
                 heapq.heappush(self.free, slot)
@@ -201,16 +204,14 @@ class ExtentStore:
         self.dirty_fds.add(fd)
         return slot
 
-    def _back_with_disk(self, slot, upcoming=1):
+    def _back_with_disk(self, slot):
         """fallocate the slot; fresh slots past the high-water mark are backed
-        PREALLOC_SLOTS (or `upcoming`, if more) at a time (what a crash leaves
-        unused is punched at open)."""
+        PREALLOC_SLOTS at a time (what a crash leaves unused is punched at open)."""
         fd, offset = self.locate(slot)
         if slot < self.high_water:
             os.posix_fallocate(fd, offset, self.chunk_size)
         elif slot >= self.preallocated:
-            count = min(max(PREALLOC_SLOTS, upcoming),
-                        self.slots_per_file - slot % self.slots_per_file)
+            count = min(PREALLOC_SLOTS, self.slots_per_file - slot % self.slots_per_file)
             os.posix_fallocate(fd, offset, count * self.chunk_size)
             self.preallocated = slot + count
         return fd

@@ -739,12 +739,11 @@ class Pool:
         plan = []
         try:
             todo = [(c, d) for c, d in sorted(fetched.items()) if image.is_cold(c, image.entry(c))]
-            upcoming = sum(d is not None for _, d in todo)
             for chunk, data in todo:
                 if data is None:
                     self._install(image, chunk, ZERO)
                 else:
-                    plan.append((chunk, self.slots.allocate(upcoming - len(plan)), data))
+                    plan.append((chunk, self.slots.allocate(backed=False), data))
         except BaseException:         # e.g. the disk is full: keep nothing half-done
             self.release_install(plan)
             raise

@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -24,6 +25,19 @@ def pool(pool_dir):
     yield p
     if not p.closed:
         p.close()
+
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 6 MiB tmpfs, to fill."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 from s3_helpers import s3_server  # noqa: E402,F401  (the moto S3 server fixture)

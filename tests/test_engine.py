@@ -286,17 +286,6 @@ def test_fsck_cli_exit_codes(pool_dir):
     assert subprocess.run([*rokfs, "fsck", pool_dir]).returncode == 0
 
 
-@pytest.fixture
-def tiny_fs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
-    yield str(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_full_disk_surfaces_enospc_and_keeps_metadata(tiny_fs):
     pool_dir = os.path.join(tiny_fs, "pool")
     with Pool.create(pool_dir, chunk_size=CHUNK) as pool:

@@ -360,6 +360,42 @@ async def test_push_records_its_packs_in_a_few_transactions(tmp_path, s3_server)
     assert inserts == 16 and outside == 0 and sql.count("COMMIT") <= 2
 
 
+
+async def test_hydration_into_a_full_disk_fails_clearly_and_loses_nothing(tmp_path, tiny_fs):
+    """Fetched chunks are written into slots with no fallocate first: a disk
+    that fills up fails the install at the write, and the slots go back."""
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    data = os.urandom(2 * MiB)            # within the space budget taken at the first read
+    await push_new_volume(make_control(tmp_path / "a", remote), "data@s", data)
+    b = make_control(os.path.join(tiny_fs, "pool"), remote)
+    await b.pull("data@s", "copy")
+    dev = b.open_device("copy")
+    assert await dev.pread(0, 4096) == data[:4096]      # on demand, with read-ahead
+    filler = os.path.join(tiny_fs, "filler")
+    with open(filler, "wb") as f:                       # now fill the disk
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"x" * 65536)
+                f.flush()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.run_background)
+        with trio.fail_after(10):
+            while b.hydration_status("copy")["state"] != "failed":
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    status = b.hydration_status("copy")
+    assert "space" in status["error"] and status["chunks_done"] < status["chunks_total"]
+    assert await dev.pread(0, 4096) == data[:4096]      # what was installed still reads
+    os.unlink(filler)
+    dev.close()
+    b.pool.close()
+    with Pool.open(os.path.join(tiny_fs, "pool")) as pool:
+        from rokfs.fsck import fsck
+        assert fsck(pool)["clean"]                      # no slot leaked by the failed install
+    b = Control(Pool.open(os.path.join(tiny_fs, "pool")), {"default": remote})
+    assert await read_volume(b, "copy") == data         # and the rest still comes from the remote
+    b.pool.close()
+
 async def test_installs_run_together_and_a_commit_waits_for_them(tmp_path):
     remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
     a = make_control(tmp_path / "a", remote)
