@@ -46,8 +46,6 @@ class Control:
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
-        self._installs = 0                  # installs between reserve and finish
-        self._installs_idle = None          # set when the last install ends
 
     # -- durability ------------------------------------------------------------
     async def flush(self):
@@ -55,8 +53,6 @@ class Control:
         async with self._commit_lock:
             if self._commits_done >= target:
                 return
-            while self._installs:
-                await self._installs_idle.wait()
             self._commits_started += 1
             batch = self.pool.begin_commit()
             try:
@@ -251,34 +247,19 @@ class Control:
         return got
 
     async def _install(self, image, fetched):
-        """Write fetched chunks into fresh slots on a worker thread, then map
-        them. Slots are reserved under the commit lock and the commit waits
-        for us: a commit in between would record slots no map references."""
-        async with self._commit_lock:
-            plan = self.pool.reserve_install(image, fetched)
-            if not plan:
-                return
-            self._install_started()
+        """Write fetched chunks into taken slots on a worker thread, then map
+        them. Commits go on meanwhile: a taken slot counts for nothing in
+        the metadata until it is mapped (ExtentStore.take/claim)."""
+        plan = self.pool.reserve_install(image, fetched)
+        if not plan:
+            return
         try:
             runs = self.pool.slots.plan_runs([(slot, data) for _, slot, data in plan])
             await trio.to_thread.run_sync(self.pool.slots.write_runs, runs)
         except BaseException:
             self.pool.release_install(plan)
             raise
-        else:
-            self.pool.finish_install(image, plan)
-        finally:
-            self._install_ended()
-
-    def _install_started(self):
-        if not self._installs:
-            self._installs_idle = trio.Event()
-        self._installs += 1
-
-    def _install_ended(self):
-        self._installs -= 1
-        if not self._installs:
-            self._installs_idle.set()
+        self.pool.finish_install(image, plan)
 
     def hydration_status(self, volume):
         vol = self.pool.volume(volume)

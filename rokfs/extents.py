@@ -4,18 +4,19 @@ Invariants:
 - Slot `s` lives in file `s // slots_per_file` at byte offset
   `(s % slots_per_file) * chunk_size`. A slot is backed by disk blocks
   (posix_fallocate) before it is handed out, so a write into it never fails
-  with ENOSPC halfway; a freed slot's blocks go back with PUNCH_HOLE. The
-  one exception is a slot for a fetched chunk (`backed=False`): its one
-  whole-chunk write in write_runs allocates its blocks, and an ENOSPC there
-  fails the install, which gives the slot back.
+  with ENOSPC halfway; a freed slot's blocks go back with PUNCH_HOLE.
 - Data allocations stop short of the last few MiB of the filesystem
   (METADATA_RESERVE_*), so a commit that frees space can always be written.
 - `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
   written in place only when rc == 1 and it is not pinned.
-- Fetched chunks may be written off the event loop (write_runs, a worker
-  thread) into slots allocated for them and not yet in any map; they skip
-  the page cache (O_DIRECT where the filesystem allows) so that a restore
-  neither evicts the user's working set nor pays for fresh cache pages.
+- A fetched chunk goes into a slot that is *taken* (out of the free list,
+  count still 0, no fallocate: its one whole-chunk write allocates the
+  blocks, and an ENOSPC there fails the install) and written off the event
+  loop (write_runs, a worker thread), past the page cache (O_DIRECT where
+  the filesystem allows) so that a restore neither evicts the user's
+  working set nor pays for fresh cache pages. Until `claim` gives it a
+  count of one (when it is mapped) the metadata holds it as free: a commit
+  meanwhile records nothing of it, and a crash leaves it free.
 - A slot whose count dropped since the last commit is *pinned* (another
   owner still references it in the committed metadata) and a slot whose
   count reached zero is *pending*: neither is written or reused until the
@@ -184,14 +185,12 @@ class ExtentStore:
             raise NoSpace(f"pool disk is full ({avail} bytes left, {reserve} kept for "
                           "metadata): free space by deleting snapshots or volumes")
 
-    def allocate(self, *, backed=True):
-        """A free slot with disk space reserved and a count of one.
-        backed=False: the caller writes the whole slot at once (write_runs),
-        which allocates its blocks; an fallocate first would only add work."""
+    def allocate(self):
+        """A free slot with disk space reserved and a count of one."""
         self._reserve_space()
         slot = heapq.heappop(self.free) if self.free else self.high_water
         try:
-            fd = self._back_with_disk(slot) if backed else self.locate(slot)[0]
+            fd = self._back_with_disk(slot)
         except OSError as exc:
             if slot < self.high_water:
                 heapq.heappush(self.free, slot)
@@ -203,6 +202,28 @@ class ExtentStore:
         self.dirty_blocks.add(slot // RC_BLOCK)
         self.dirty_fds.add(fd)
         return slot
+
+    def take(self):
+        """A free slot for a fetched chunk, still counted 0 (see the note at
+        the top): claim() it once mapped, or give_back() it."""
+        self._reserve_space()
+        slot = heapq.heappop(self.free) if self.free else self.high_water
+        if slot >= self.high_water:
+            self.high_water = slot + 1
+            self._grow_rc(self.high_water)
+        return slot
+
+    def claim(self, slot):
+        """A taken slot, now written and mapped, counts one; its data is
+        made durable by the next commit, before the map that names it."""
+        self.rc[slot] = 1
+        self.dirty_blocks.add(slot // RC_BLOCK)
+        self.dirty_fds.add(self.locate(slot)[0])
+
+    def give_back(self, slot):
+        """A taken slot that was never claimed is free again at once: the
+        metadata never counted it."""
+        heapq.heappush(self.free, slot)
 
     def _back_with_disk(self, slot):
         """fallocate the slot; fresh slots past the high-water mark are backed

@@ -726,10 +726,10 @@ class Pool:
     def reserve_install(self, image, fetched):
         """First step of installing fetched chunks ({chunk: bytes, or None for
         zeros}) into `image`: zero chunks go in at once; for the others still
-        cold a slot is allocated, and [(chunk, slot, data)] is returned for the
+        cold a slot is taken, and [(chunk, slot, data)] is returned for the
         caller to write (ExtentStore.plan_runs/write_runs, off the event loop)
-        and then hand to finish_install(). No commit may run in between: the
-        slots are counted but in no map yet."""
+        and then hand to finish_install(). Commits may run in between: a
+        taken slot counts for nothing until it is mapped."""
         if not self._live(image):
             return []
         for data in fetched.values():
@@ -743,7 +743,7 @@ class Pool:
                 if data is None:
                     self._install(image, chunk, ZERO)
                 else:
-                    plan.append((chunk, self.slots.allocate(backed=False), data))
+                    plan.append((chunk, self.slots.take(), data))
         except BaseException:         # e.g. the disk is full: keep nothing half-done
             self.release_install(plan)
             raise
@@ -756,16 +756,17 @@ class Pool:
         installed, live = 0, self._live(image)
         for chunk, slot, _ in plan:
             if live and image.is_cold(chunk, image.entry(chunk)):
+                self.slots.claim(slot)
                 self._install(image, chunk, slot + SLOT_BASE)
                 installed += 1
             else:
-                self.slots.decref(slot)
+                self.slots.give_back(slot)
         return installed
 
     def release_install(self, plan):
         """The writes of `plan` failed: give its slots back."""
         for _, slot, _ in plan:
-            self.slots.decref(slot)
+            self.slots.give_back(slot)
 
     def _install(self, image, chunk, entry):
         leaf_id, leaf = image._own_leaf(chunk // FANOUT)
