@@ -181,7 +181,7 @@ class Control:
             if self._remote_for_spec(base["remote"]) is not store:
                 raise InvalidArgument(f"{image.full_name} is not fully hydrated from another "
                                       "remote; wait for hydration before pushing it here")
-            loc = await store.locate(base["manifest"], chunk)
+            loc = (await store.locate(base["manifest"], [chunk]))[chunk]
             return loc[0] if loc else None
 
         result = await store.push(self.pool, self.remote_state, snap, progress=progress,

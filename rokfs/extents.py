@@ -213,12 +213,14 @@ class ExtentStore:
             self._grow_rc(self.high_water)
         return slot
 
-    def claim(self, slot):
-        """A taken slot, now written and mapped, counts one; its data is
-        made durable by the next commit, before the map that names it."""
-        self.rc[slot] = 1
-        self.dirty_blocks.add(slot // RC_BLOCK)
-        self.dirty_fds.add(self.locate(slot)[0])
+    def claim(self, slots):
+        """Taken slots, now written and mapped, count one; their data is
+        made durable by the next commit, before the map that names them."""
+        for slot in slots:
+            self.rc[slot] = 1
+        self.dirty_blocks.update({slot // RC_BLOCK for slot in slots})
+        self.dirty_fds.update({self.locate(slot)[0]
+                               for slot in {s - s % self.slots_per_file for s in slots}})
 
     def give_back(self, slot):
         """A taken slot that was never claimed is free again at once: the

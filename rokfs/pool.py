@@ -21,6 +21,7 @@ Invariants:
 
 import dataclasses
 import fcntl
+import itertools
 import os
 import time
 
@@ -205,7 +206,17 @@ class Image:
     def cold_chunks(self, start=0, stop=None):
         """Chunks in [start, stop) still to be fetched from the base."""
         stop = min(self.base_chunks if stop is None else stop, self.base_chunks)
-        return [c for c in range(start, stop) if self.is_cold(c, self.entry(c))]
+        return [start + i for i, e in enumerate(self.entries(start, stop)) if e == INHERIT]
+
+    def entries(self, start, stop):
+        """The map entries of chunks [start, stop), leaf by leaf."""
+        out = []
+        for leaf_no in range(start // FANOUT, -(-stop // FANOUT)):
+            first = leaf_no * FANOUT
+            lo, hi = max(start, first) - first, min(stop, first + FANOUT) - first
+            leaf = self._leaf(leaf_no)
+            out.extend(leaf[lo:hi] if leaf is not None else [INHERIT] * (hi - lo))
+        return out
 
     def cold_count(self):
         """How many chunks are still cold, without visiting every chunk: the
@@ -726,23 +737,23 @@ class Pool:
     def reserve_install(self, image, fetched):
         """First step of installing fetched chunks ({chunk: bytes, or None for
         zeros}) into `image`: zero chunks go in at once; for the others still
-        cold a slot is taken, and [(chunk, slot, data)] is returned for the
-        caller to write (ExtentStore.plan_runs/write_runs, off the event loop)
-        and then hand to finish_install(). Commits may run in between: a
-        taken slot counts for nothing until it is mapped."""
-        if not self._live(image):
+        cold a slot is taken, and [(chunk, slot, data)] (in chunk order) is
+        returned for the caller to write (ExtentStore.plan_runs/write_runs,
+        off the event loop) and then hand to finish_install(). Commits may
+        run in between: a taken slot counts for nothing until it is mapped."""
+        if not self._live(image) or not fetched:
             return []
         for data in fetched.values():
             if data is not None and len(data) != self.chunk_size:
                 raise InvalidArgument(f"chunk of {len(data)} bytes, pool chunks are "
                                       f"{self.chunk_size}")
+        cold = set(image.cold_chunks(min(fetched), max(fetched) + 1))
+        todo = [(c, d) for c, d in sorted(fetched.items()) if c in cold]
+        self._install(image, [(c, ZERO) for c, d in todo if d is None])
         plan = []
         try:
-            todo = [(c, d) for c, d in sorted(fetched.items()) if image.is_cold(c, image.entry(c))]
             for chunk, data in todo:
-                if data is None:
-                    self._install(image, chunk, ZERO)
-                else:
+                if data is not None:
                     plan.append((chunk, self.slots.take(), data))
         except BaseException:         # e.g. the disk is full: keep nothing half-done
             self.release_install(plan)
@@ -751,27 +762,31 @@ class Pool:
 
     def finish_install(self, image, plan):
         """Map the written slots of `plan` into `image` where the chunk is still
-        cold; a write that got there first wins and the slot is released.
+        cold; a write that got there first wins and the slot is given back.
         Durable at the next commit. Returns how many were installed."""
-        installed, live = 0, self._live(image)
+        cold = set(image.cold_chunks(plan[0][0], plan[-1][0] + 1)) \
+            if plan and self._live(image) else set()
+        won = [(chunk, slot) for chunk, slot, _ in plan if chunk in cold]
         for chunk, slot, _ in plan:
-            if live and image.is_cold(chunk, image.entry(chunk)):
-                self.slots.claim(slot)
-                self._install(image, chunk, slot + SLOT_BASE)
-                installed += 1
-            else:
+            if chunk not in cold:
                 self.slots.give_back(slot)
-        return installed
+        self.slots.claim([slot for _, slot in won])
+        self._install(image, [(chunk, slot + SLOT_BASE) for chunk, slot in won])
+        return len(won)
 
     def release_install(self, plan):
         """The writes of `plan` failed: give its slots back."""
         for _, slot, _ in plan:
             self.slots.give_back(slot)
 
-    def _install(self, image, chunk, entry):
-        leaf_id, leaf = image._own_leaf(chunk // FANOUT)
-        image._set_entry(leaf_id, leaf, chunk, entry)
-        if isinstance(image, Snapshot):
+    def _install(self, image, entries):
+        """Set cold chunks' entries [(chunk, entry)], in chunk order."""
+        for leaf_no, group in itertools.groupby(entries, key=lambda e: e[0] // FANOUT):
+            leaf_id, leaf = image._own_leaf(leaf_no)
+            for chunk, entry in group:
+                leaf[chunk % FANOUT] = entry
+            self.nodes.changed(leaf_id)
+        if entries and isinstance(image, Snapshot):
             self._changed(image)
 
     def _live(self, image):

@@ -349,6 +349,21 @@ def test_installed_chunks_read_back_and_survive_reopen(pool_dir):
         assert fsck(pool)["clean"]
 
 
+
+def test_cold_chunks_across_leaves_match_the_entries_one_by_one(pool):
+    from rokfs.extentmap import FANOUT
+    vol = pool.create_volume("copy", 3 * FANOUT * CHUNK, base="remote-snap",
+                             base_chunks=2 * FANOUT + 5)
+    fetched = {c: os.urandom(CHUNK) for c in (FANOUT - 3, FANOUT, FANOUT + 1, 2 * FANOUT + 2)}
+    assert _install(pool, vol, {**fetched, 5: None}) == 4
+    vol.pwrite((FANOUT + 7) * CHUNK, b"w" * CHUNK)    # a whole-chunk write: never fetched
+    for start, stop in [(0, 3 * FANOUT), (FANOUT - 10, FANOUT + 10), (FANOUT, FANOUT),
+                        (2 * FANOUT, 3 * FANOUT), (7, 9)]:
+        one_by_one = [c for c in range(start, min(stop, vol.base_chunks))
+                      if vol.is_cold(c, vol.entry(c))]
+        assert vol.cold_chunks(start, stop) == one_by_one
+    assert vol.cold_count() == len(vol.cold_chunks())
+
 def test_install_loses_to_a_write_that_got_there_first(pool):
     vol = pool.create_volume("copy", 4 * CHUNK, base="remote-snap", base_chunks=4)
     plan = pool.reserve_install(vol, {0: b"r" * CHUNK, 1: b"r" * CHUNK})

@@ -103,10 +103,10 @@ def test_incompressible_chunks_open_without_a_copy_and_are_still_verified():
     from rokfs.remote.chunks import stored_content
     data = os.urandom(32768)
     h, frame = chunk_hash(data), compress(data)
-    view = stored_content(frame)
+    view = stored_content(frame, 32768)
     assert view is not None and view.obj is frame and view == data   # lz4 stored it as is
     assert open_chunk(frame, h, 32768) == data
-    assert stored_content(compress(b"ab" * 16384)) is None           # compressed: decoded
+    assert stored_content(compress(b"ab" * 16384), 32768) is None           # compressed: decoded
     flipped = bytearray(frame)
     flipped[-100] ^= 1                                               # inside the stored bytes
     with pytest.raises(errors.Corrupt, match="does not match"):

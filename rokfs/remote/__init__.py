@@ -16,6 +16,7 @@ Invariants:
 
 import contextlib
 import functools
+import itertools
 import os
 import time
 
@@ -136,22 +137,24 @@ class RemoteStore:
             del self._loading[key]
             load.done.set()
 
-    async def locate(self, manifest, chunk):
-        """(hash, pack, offset, length) of a manifest chunk, or None for zeros."""
-        seg = await self.segment(manifest["segments"][chunk // SEGMENT_CHUNKS])
-        entry = seg["chunks"][chunk % SEGMENT_CHUNKS]
-        if entry is None:
-            return None
-        h, pack, offset, length = entry
-        return h, seg["packs"][pack], offset, length
+    async def locate(self, manifest, chunks):
+        """{chunk: (hash, pack, offset, length), or None for zeros} of manifest chunks."""
+        out = {}
+        for seg_no, group in itertools.groupby(sorted(set(chunks)),
+                                               key=lambda c: c // SEGMENT_CHUNKS):
+            seg = await self.segment(manifest["segments"][seg_no])
+            packs, entries = seg["packs"], seg["chunks"]
+            for c in group:
+                e = entries[c % SEGMENT_CHUNKS]
+                out[c] = None if e is None else (e[0], packs[e[1]], e[2], e[3])
+        return out
 
     async def fetch(self, manifest, chunks, chunk_size, *, on_demand=False, required=None):
         """{chunk: bytes or None (zeros)} for manifest chunks, verified. A chunk
         that fails verification raises if it is `required` (default: all),
         else it is left out (read-ahead)."""
         out, wanted = {}, []
-        for c in sorted(set(chunks)):
-            loc = await self.locate(manifest, c)
+        for c, loc in (await self.locate(manifest, chunks)).items():
             if loc is None:
                 out[c] = None
             else:

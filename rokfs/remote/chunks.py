@@ -22,7 +22,9 @@ Invariants:
   looks for push locks: on a consistent store at least one sees the other.
 """
 
+import functools
 import json
+import os
 import struct
 import threading
 import time
@@ -36,7 +38,6 @@ from ..errors import AlreadyExists, Busy, Corrupt, InvalidArgument, NotFound
 
 FORMAT = 1
 PACK_MAGIC = b"RKPK1\n"
-LZ4_MAGIC = b"\x04\x22\x4d\x18"     # an lz4 frame starts with 0x184D2204, little-endian
 SEGMENT_CHUNKS = 16384
 PACK_CHUNKS = 128              # 4 MiB packs at 32 KiB chunks
 PACK_BYTES = 8 << 20           # cap for big chunk sizes; 64 KiB chunks fill by count
@@ -78,32 +79,31 @@ def decompress(frame):
         context.reset()
 
 
-def stored_content(frame):
-    """The content of a frame made of one uncompressed block (lz4's choice for
-    data that does not compress), as a view into `frame` with no copy; None
-    for any other frame. Header and block checksums are not checked here:
-    the chunk's hash is (open_chunk)."""
+@functools.lru_cache(maxsize=8)
+def _stored_prefix(size):
+    """What lz4 writes before a stored (incompressible) chunk of `size`
+    bytes (frame header and block size), learned from lz4 itself; None if
+    it does not store such a chunk as one block."""
+    frame = compress(os.urandom(size))
+    prefix = frame[:-size - 4]
+    return prefix if frame.endswith(b"\0\0\0\0") and len(prefix) <= 23 else None
+
+
+def stored_content(frame, size):
+    """The content of a frame that holds `size` bytes stored as they are
+    (lz4's choice for data that does not compress), as a view into `frame`
+    with no copy; None for any other frame (decompress it)."""
+    prefix = _stored_prefix(size)
     view = memoryview(frame)
-    if len(view) < 7 or view[:4] != LZ4_MAGIC:
+    if prefix is None or len(view) != len(prefix) + size + 4 or view[:len(prefix)] != prefix:
         return None
-    flags = view[4]
-    pos = 7 + 8 * bool(flags & 0x08) + 4 * bool(flags & 0x01)   # content size, dict id
-    if pos + 4 > len(view):
-        return None
-    (block,) = struct.unpack_from("<I", view, pos)
-    size, pos = block & 0x7FFFFFFF, pos + 4
-    if not block & 0x80000000 or size == 0:
-        return None
-    end = pos + size + 4 * bool(flags & 0x10)                   # block checksum
-    if view[end:end + 4] != b"\0\0\0\0" or end + 4 + 4 * bool(flags & 0x04) != len(view):
-        return None                                             # not one block alone
-    return view[pos:pos + size]
+    return view[len(prefix):len(prefix) + size]
 
 
 def open_chunk(frame, want_hash, chunk_size):
     """Decompress and verify one chunk; Corrupt if it is not what the hash says.
     Stored (incompressible) chunks come back as a view into `frame`."""
-    data = stored_content(frame)
+    data = stored_content(frame, chunk_size)
     try:
         if data is None:
             data = decompress(frame)
