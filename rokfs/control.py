@@ -184,10 +184,10 @@ class Control:
             loc = (await store.locate(base["manifest"], [chunk]))[chunk]
             return loc[0] if loc else None
 
-        result = await store.push(self.pool, self.remote_state, snap, progress=progress,
-                                  grace=grace_seconds, base_entry=base_entry)
-        await self.flush()      # the slot hash cache
-        return result
+        # The hashes cached for the snapshot's slots are committed with the
+        # next commit: a cache, not worth an fsync of its own.
+        return await store.push(self.pool, self.remote_state, snap, progress=progress,
+                                grace=grace_seconds, base_entry=base_entry)
 
     async def pull(self, remote_snapshot, new_volume, *, remote="default"):
         names.check_name(new_volume)

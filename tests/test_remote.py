@@ -255,7 +255,7 @@ async def test_slot_hash_cache_follows_the_slots(tmp_path):
     await a.snapshot("data@one")
     await a.push("data@one")
     slot = a.pool.snapshot("data@one").entry(0) - 2
-    assert a.pool.slot_hashes([slot])                     # cached, committed
+    assert a.pool.slot_hashes([slot])                     # cached (committed at the next commit)
     await dev.pwrite(0, b"\2" * cs)                       # CoW: the snapshot keeps the slot
     await a.delete_snapshot("data@one")                   # now the slot is freed
     await a.flush()
