@@ -286,6 +286,35 @@ async def test_volume_deleted_during_a_fetch_is_left_alone(tmp_path):
     assert fsck(b.pool)["clean"]
 
 
+
+async def test_a_volume_of_several_segments_round_trips(tmp_path):
+    """Segments are written all at once: each must land in its place."""
+    from rokfs.remote.chunks import SEGMENT_CHUNKS
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    a = make_control(tmp_path / "a", remote)
+    cs = a.pool.chunk_size
+    size = 3 * SEGMENT_CHUNKS * cs - cs                  # three segments, the last one short
+    await a.create_volume("big", size)
+    dev = a.open_device("big")
+    marks = {seg * SEGMENT_CHUNKS * cs + 5 * cs: os.urandom(cs) for seg in range(3)}
+    marks[size - cs] = os.urandom(cs)
+    for offset, data in marks.items():
+        await dev.pwrite(offset, data)
+    dev.close()
+    await a.snapshot("big@s")
+    first = await a.push("big@s")
+    assert first["manifest_written"] and first["uploaded_chunks"] == 4
+    assert len(remote.chunks.get_manifest("big@s")["segments"]) == 3
+    again = await a.push("big@s")
+    assert not again["manifest_written"] and again["uploaded_chunks"] == 0
+    b = make_control(tmp_path / "b", remote)
+    await b.pull("big@s", "copy")
+    dev = b.open_device("copy")
+    for offset, data in marks.items():
+        assert await dev.pread(offset, cs) == data
+        assert await dev.pread(offset - cs, cs) == bytes(cs)
+    dev.close()
+
 async def test_segment_is_fetched_once_for_concurrent_callers(tmp_path, s3_server):
     remote = open_remote(s3_spec(s3_server))
     a = make_control(tmp_path / "a", remote)

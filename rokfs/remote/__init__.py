@@ -362,25 +362,36 @@ class _PushJob:
         self.state.add_packs(self.remote.url, packs)
 
     async def write_manifest(self):
-        segments = []
-        for first in range(0, len(self.hashes), SEGMENT_CHUNKS):
-            seg = self._segment(self.hashes[first:first + SEGMENT_CHUNKS])
-            key, size = await self.remote.run(self.remote.chunks.put_segment, seg)
-            segments.append(key)
-            self.uploaded_bytes += size
+        """The segments, all at once and together with reading the manifest
+        already there (if any), then the manifest: last."""
         snap, chunks = self.snap, self.remote.chunks
-        parent = self.state.base(snap.base)["name"] if snap.base else None
-        manifest = new_manifest(snap.full_name, snap.size, self.cs, snap.labels, parent,
-                                segments, snap.nchunks)
-        try:
-            old = await self.remote.run(chunks.get_manifest, snap.full_name)
-        except NotFound:
-            old = None
-        if old is not None:
-            if old["segments"] == segments and old["size"] == snap.size:
+        firsts = range(0, len(self.hashes), SEGMENT_CHUNKS)
+        segments, old = [None] * len(firsts), []
+
+        async def put_segment(i, first):
+            seg = self._segment(self.hashes[first:first + SEGMENT_CHUNKS])
+            segments[i], size = await self.remote.run(chunks.put_segment, seg)
+            self.uploaded_bytes += size
+
+        async def get_old():
+            try:
+                old.append(await self.remote.run(chunks.get_manifest, snap.full_name))
+            except NotFound:
+                pass
+
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(get_old)
+                for i, first in enumerate(firsts):
+                    nursery.start_soon(put_segment, i, first)
+        if old:
+            if old[0]["segments"] == segments and old[0]["size"] == snap.size:
                 return False    # already pushed: nothing to write
             raise AlreadyExists(f"{snap.full_name} already exists on {self.remote.url} "
                                 "with other content; delete it there first")
+        parent = self.state.base(snap.base)["name"] if snap.base else None
+        manifest = new_manifest(snap.full_name, snap.size, self.cs, snap.labels, parent,
+                                segments, snap.nchunks)
         self.uploaded_bytes += await self.remote.run(chunks.put_manifest, manifest)
         return True
 
