@@ -315,6 +315,67 @@ async def test_a_volume_of_several_segments_round_trips(tmp_path):
         assert await dev.pread(offset - cs, cs) == bytes(cs)
     dev.close()
 
+
+HYDRATE_CHILD = """
+import sys, time, trio
+from rokfs.control import Control
+from rokfs.extents import ExtentStore
+from rokfs.pool import Pool
+from rokfs.remote import open_remote
+real_write_runs = ExtentStore.write_runs
+
+def slow_write_runs(runs):                      # a slow disk: installs stay in flight
+    print("WRITING", flush=True)
+    time.sleep(0.5)
+    real_write_runs(runs)
+ExtentStore.write_runs = staticmethod(slow_write_runs)
+
+async def main(pool_dir, remote_dir):
+    control = Control(Pool.create(pool_dir), {"default": open_remote(remote_dir)})
+    await control.pull("data@s", "copy")
+    await control.fetch_chunks(control.pool.volume("copy"), [0])   # one chunk installed
+    await control.flush()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run_background)
+        while True:                             # commits keep going, as an NBD client's
+            await control.flush()
+            print("COMMITTED", flush=True)
+            await trio.sleep(0.01)
+
+trio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+async def test_kill9_while_fetched_chunks_are_being_written_leaves_a_consistent_pool(tmp_path):
+    """Commits run while installs are in flight; a crash right after one
+    leaves a pool that fsck finds clean and that reads the right data."""
+    import signal
+    import sys
+    remote_dir = str(tmp_path / "remote")
+    data = os.urandom(8 * MiB)
+    await push_new_volume(make_control(tmp_path / "a", open_remote(remote_dir)), "data@s", data)
+    pool_dir = str(tmp_path / "b")
+    child = subprocess.Popen([sys.executable, "-c", HYDRATE_CHILD, pool_dir, remote_dir],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        with trio.fail_after(30):
+            while await trio.to_thread.run_sync(child.stdout.readline) != "WRITING\n":
+                pass
+            commits = 0
+            while commits < 2:        # the second surely began after the write did
+                commits += await trio.to_thread.run_sync(child.stdout.readline) == "COMMITTED\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    from rokfs.fsck import fsck
+    with Pool.open(pool_dir) as pool:
+        report = fsck(pool)
+        assert report["clean"], report["problems"]
+        assert 0 < pool.volume("copy").cold_count() < len(data) // pool.chunk_size
+    b = Control(Pool.open(pool_dir), {"default": open_remote(remote_dir)})
+    assert await read_volume(b, "copy") == data         # the rest comes from the remote
+    b.pool.close()
+
 async def test_segment_is_fetched_once_for_concurrent_callers(tmp_path, s3_server):
     remote = open_remote(s3_spec(s3_server))
     a = make_control(tmp_path / "a", remote)
