@@ -15,6 +15,7 @@ Invariants:
 """
 
 import contextlib
+import copy
 import functools
 import itertools
 import os
@@ -123,7 +124,7 @@ class RemoteStore:
                 return await self._load_segment(key)
             await load.done.wait()
             if load.error is not None:
-                raise type(load.error)(str(load.error)) from load.error
+                raise copy.copy(load.error) from load.error   # same class, args, attributes
 
     async def _load_segment(self, key):
         self._loading[key] = load = _Load()
