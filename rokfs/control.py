@@ -10,10 +10,12 @@ Invariants:
   worker thread while the loop keeps serving I/O.
 - A flush is satisfied by any commit that *started* after the flush was
   requested (group commit): concurrent flushes share one fsync.
-- No commit runs while fetched chunks are being installed (their slots are
-  counted but in no map yet): an install starts under the commit lock and
-  a commit, holding the lock, first waits for the installs in flight to end.
-  Installs run concurrently with each other.
+- Fetched chunks are installed concurrently with each other and with
+  commits: their slots are taken, counting for nothing in the metadata
+  until they are mapped (ExtentStore.take/claim), so a commit or a crash in
+  between leaves them free.
+- `push` changes nothing the user sees in the pool; the hashes it caches for
+  frozen slots go with the next commit.
 - Devices (`open_device`) are the callback table of the protocol adapters:
   pread / pwrite / trim / write_zeroes / flush / cache / extents.
 """
