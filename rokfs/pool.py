@@ -16,7 +16,8 @@ Invariants:
 - Snapshots are never written. A snapshot's content can therefore change
   only if its slots are overwritten, which the invariant above forbids.
 - All methods run on one thread (the daemon's event loop). Only
-  `write_commit(batch)` may run on a worker thread, one at a time.
+  `write_commit(batch)` may run on a worker thread, one at a time, and the
+  writes of fetched chunks into taken slots (`ExtentStore.write_runs`).
 """
 
 import dataclasses
