@@ -1,11 +1,8 @@
 """Property test: random sequences of engine operations against a pure
 in-memory model; every volume and snapshot must read exactly as the model."""
 
-import random
-
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize,
-                                 precondition, rule)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from rokfs.fsck import fsck
 from rokfs.pool import Pool

@@ -15,7 +15,6 @@ from s3_helpers import make_bucket, moto_server  # noqa: F401  (fixture)
 
 from rokfs import errors
 from rokfs.client import Client
-from rokfs.control import Control
 
 
 
