@@ -84,9 +84,12 @@ def _stored_prefix(size):
     """What lz4 writes before a stored (incompressible) chunk of `size`
     bytes (frame header and block size), learned from lz4 itself; None if
     it does not store such a chunk as one block."""
-    frame = compress(os.urandom(size))
+    data = os.urandom(size)
+    frame = compress(data)
     prefix = frame[:-size - 4]
-    return prefix if frame.endswith(b"\0\0\0\0") and len(prefix) <= 23 else None
+    stored = 7 <= len(prefix) <= 23 and frame[len(prefix):-4] == data \
+        and frame.endswith(b"\0\0\0\0")
+    return prefix if stored else None
 
 
 def stored_content(frame, size):
