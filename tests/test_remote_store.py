@@ -72,6 +72,15 @@ def test_pack_round_trip_and_ranged_reads(remote):
         assert open_chunk(frame, h, 4096) == data
 
 
+
+def test_the_header_of_a_full_pack_is_read_with_one_request(remote):
+    from rokfs.remote.chunks import PACK_CHUNKS
+    items = [(chunk_hash(d), compress(d)) for d in (os.urandom(4096) for _ in range(PACK_CHUNKS))]
+    key, _, entries = remote.chunks.put_pack(items)
+    before = remote.objects.requests
+    assert remote.chunks.pack_entries(key) == entries
+    assert remote.objects.requests - before == 1
+
 def test_corrupt_chunk_is_rejected(remote):
     data = os.urandom(4096)
     key, _, [(h, off, length)] = remote.chunks.put_pack([(chunk_hash(data), compress(data))])

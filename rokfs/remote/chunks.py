@@ -41,7 +41,7 @@ PACK_MAGIC = b"RKPK1\n"
 SEGMENT_CHUNKS = 16384
 PACK_CHUNKS = 128              # 4 MiB packs at 32 KiB chunks
 PACK_BYTES = 8 << 20           # cap for big chunk sizes; 64 KiB chunks fill by count
-HEADER_PROBE = 8192
+HEADER_PROBE = 16384            # one ranged GET holds the header of a full pack (~10.6 KB)
 CLOCK_SLACK = 1.0   # S3's LastModified has whole seconds: a lock is stale only after grace + this
 
 
