@@ -785,8 +785,7 @@ class Pool:
         for leaf_no, group in itertools.groupby(entries, key=lambda e: e[0] // FANOUT):
             leaf_id, leaf = image._own_leaf(leaf_no)
             for chunk, entry in group:
-                leaf[chunk % FANOUT] = entry
-            self.nodes.changed(leaf_id)
+                image._set_entry(leaf_id, leaf, chunk, entry)
         if entries and isinstance(image, Snapshot):
             self._changed(image)
 
