@@ -186,18 +186,15 @@ class ExtentStore:
                           "metadata): free space by deleting snapshots or volumes")
 
     def allocate(self):
-        """A free slot with disk space reserved and a count of one."""
-        self._reserve_space()
-        slot = heapq.heappop(self.free) if self.free else self.high_water
+        """A free slot with disk space reserved, backed by disk blocks, and a
+        count of one: a taken slot, backed and counted at once."""
+        fresh = not self.free             # take() goes past the high-water mark only then
+        slot = self.take()
         try:
-            fd = self._back_with_disk(slot)
+            fd = self._back_with_disk(slot, fresh)
         except OSError as exc:
-            if slot < self.high_water:
-                heapq.heappush(self.free, slot)
+            self.give_back(slot)
             raise from_os_error(exc, "allocating a chunk slot") from exc
-        if slot >= self.high_water:
-            self.high_water = slot + 1
-            self._grow_rc(self.high_water)
         self.rc[slot] = 1
         self.dirty_blocks.add(slot // RC_BLOCK)
         self.dirty_fds.add(fd)
@@ -227,11 +224,12 @@ class ExtentStore:
         metadata never counted it."""
         heapq.heappush(self.free, slot)
 
-    def _back_with_disk(self, slot):
-        """fallocate the slot; fresh slots past the high-water mark are backed
-        PREALLOC_SLOTS at a time (what a crash leaves unused is punched at open)."""
+    def _back_with_disk(self, slot, fresh):
+        """fallocate the slot; `fresh` slots (from past the high-water mark)
+        are backed PREALLOC_SLOTS at a time (what a crash leaves unused is
+        punched at open)."""
         fd, offset = self.locate(slot)
-        if slot < self.high_water:
+        if not fresh:
             os.posix_fallocate(fd, offset, self.chunk_size)
         elif slot >= self.preallocated:
             count = min(PREALLOC_SLOTS, self.slots_per_file - slot % self.slots_per_file)
