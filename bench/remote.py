@@ -94,7 +94,7 @@ async def push_round(tmp, spec, data, concurrency, round_no):
     for off in range(0, len(data), 4 * MiB):
         await dev.pwrite(off, data[off:off + 4 * MiB])
     dev.close()
-    await control.snapshot("data@s")
+    await control.create_snapshot("data@s")
     before = remote.objects.requests
     t0 = time.perf_counter()
     result = await control.push("data@s")
@@ -131,7 +131,7 @@ async def first_read(tmp, spec, size, tag):
     await dev.pwrite(size - MiB, os.urandom(MiB))
     tail = await dev.pread(size - 4096, 4096)
     dev.close()
-    await control.snapshot(f"big@{tag}")
+    await control.create_snapshot(f"big@{tag}")
     await control.push(f"big@{tag}")
     src.close()
     dst = Pool.create(os.path.join(tmp, f"dst-{tag}"))

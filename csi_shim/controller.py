@@ -185,7 +185,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 if not naming.is_volume_id(volume):
                     raise not_found(f"source volume {volume!r} does not exist")
                 try:
-                    info = self.client.snapshot(f"{volume}@{snap}",
+                    info = self.client.create_snapshot(f"{volume}@{snap}",
                                                 labels={SNAPSHOT_NAME_LABEL: csi_name})
                 except AlreadyExists:
                     info = self.client.snapshot_info(f"{volume}@{snap}")

@@ -45,7 +45,7 @@ import trio
 
 from rokfs.control import Control
 from rokfs.errors import RokfsError
-from rokfs.extents import pread_full
+from rokfs.fileio import pread_full
 
 from . import protocol as P
 

@@ -112,7 +112,7 @@ class Client:
             while name in taken:
                 n += 1
                 name = f"{stem[:58]}-{n}"
-            self.snapshot(f"{volume}@{name}", {**labels, "phase": phase})
+            self.create_snapshot(f"{volume}@{name}", {**labels, "phase": phase})
 
 
 def _safe_name(text):

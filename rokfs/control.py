@@ -92,18 +92,18 @@ class Control:
 
     def stat(self, name):
         """Cheap facts about a volume or snapshot (no map walk), for listings."""
-        image = self.pool.image(name)
+        image = self.pool.get_image(name)
         return {"id": image.id, "name": image.full_name, "size": image.size,
                 "read_only": image.read_only, "created": image.created}
 
     def volume_info(self, name):
-        return self.pool.volume(name).info()
+        return self.pool.get_volume(name).info()
 
     def list_volumes(self):
         return [v.info() for v in self.pool.list_volumes()]
 
     # -- snapshots -----------------------------------------------------------------
-    async def snapshot(self, full_name, labels=None):
+    async def create_snapshot(self, full_name, labels=None):
         start = time.perf_counter()
         snap = self.pool.create_snapshot(full_name, labels)
         await self.flush()
@@ -121,7 +121,7 @@ class Control:
         return snap.info()
 
     def snapshot_info(self, full_name):
-        return self.pool.snapshot(full_name).info()
+        return self.pool.get_snapshot(full_name).info()
 
     def list_snapshots(self, volume=None, labels=None):
         want = names.check_labels(labels)
@@ -142,7 +142,7 @@ class Control:
 
     def open_device(self, name, front="nbd"):
         """A Device for volume or snapshot `name`; `front` labels its metrics."""
-        return Device(self, self.pool.image(name), front)
+        return Device(self, self.pool.get_image(name), front)
 
     # -- remotes ------------------------------------------------------------------
     @property
@@ -175,7 +175,7 @@ class Control:
         return store
 
     async def push(self, full_name, *, remote="default", progress=None, grace_seconds=3600):
-        snap = self.pool.snapshot(full_name)
+        snap = self.pool.get_snapshot(full_name)
         store = self.remote(remote)
 
         async def base_entry(image, chunk):
@@ -200,7 +200,7 @@ class Control:
             raise InvalidArgument(f"{remote_snapshot} has {manifest['chunk_size']}-byte chunks, "
                                   f"this pool uses {self.pool.chunk_size}")
         if new_volume in {v.name for v in self.pool.list_volumes()}:
-            self.pool.volume(new_volume)
+            self.pool.get_volume(new_volume)
             from .errors import AlreadyExists
             raise AlreadyExists(f"volume {new_volume!r} already exists")
         base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
@@ -264,7 +264,7 @@ class Control:
         self.pool.finish_install(image, plan)
 
     def hydration_status(self, volume):
-        vol = self.pool.volume(volume)
+        vol = self.pool.get_volume(volume)
         h = self._hydration.get(vol.id)
         if h is None:
             total = vol.base_chunks

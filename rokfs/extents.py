@@ -33,6 +33,7 @@ import threading
 from array import array
 
 from .errors import Corrupt, NoSpace, from_os_error
+from .fileio import pread_full, pwrite_full
 
 RC_BLOCK = 4096                    # slot refcounts are persisted in blocks of this many slots
 METADATA_RESERVE_MIN = 2 << 20     # disk space data allocations leave for metadata
@@ -380,23 +381,3 @@ def _write_direct(fd, pieces, offset):
     finally:
         view.release()
     return True
-
-
-def pread_full(fd, view, offset):
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            view[done:] = bytes(len(view) - done)
-            return
-        done += n
-
-
-def pwrite_full(fd, data, offset):
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        try:
-            done += os.pwrite(fd, view[done:], offset + done)
-        except OSError as exc:
-            raise from_os_error(exc, "writing chunk data") from exc

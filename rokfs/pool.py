@@ -30,7 +30,8 @@ from . import names
 from .errors import (AlreadyExists, Busy, Corrupt, InvalidArgument, NotEmpty, NotFound,
                      OutOfRange, RokfsError)
 from .extentmap import FANOUT, INHERIT, LEAF, MAX_CHUNKS, SLOT_BASE, ZERO, MapNodes
-from .extents import ExtentStore, pread_full
+from .extents import ExtentStore
+from .fileio import pread_full
 from .store import FORMAT_VERSION, MetaStore
 
 DEFAULT_CHUNK_SIZE = 32 * 1024
@@ -596,23 +597,23 @@ class Pool:
         self._volumes[vol.name] = vol
         self._volumes_by_id[vol.id] = vol
 
-    def volume(self, name):
+    def get_volume(self, name):
         names.check_name(name)
         vol = self._volumes.get(name)
         if vol is None:
             raise NotFound(f"no volume named {name!r}")
         return vol
 
-    def snapshot(self, full_name):
+    def get_snapshot(self, full_name):
         vol_name, snap_name = names.split_snapshot(full_name)
-        snap = self._snapshots.get((self.volume(vol_name).id, snap_name))
+        snap = self._snapshots.get((self.get_volume(vol_name).id, snap_name))
         if snap is None:
             raise NotFound(f"no snapshot named {full_name!r}")
         return snap
 
-    def image(self, name):
+    def get_image(self, name):
         """A volume ('data') or a snapshot ('data@snap')."""
-        return self.snapshot(name) if "@" in str(name) else self.volume(name)
+        return self.get_snapshot(name) if "@" in str(name) else self.get_volume(name)
 
     def list_volumes(self):
         return sorted(self._volumes.values(), key=lambda v: v.name)
@@ -620,7 +621,7 @@ class Pool:
     def list_snapshots(self, volume=None):
         snaps = self._snapshots.values()
         if volume is not None:
-            vol_id = self.volume(volume).id
+            vol_id = self.get_volume(volume).id
             snaps = [s for s in snaps if s.volume_id == vol_id]
         return sorted(snaps, key=lambda s: (s.volume.name, s.created, s.name))
 
@@ -646,7 +647,7 @@ class Pool:
         return vol
 
     def delete_volume(self, name, *, recursive=False, force=False):
-        vol = self.volume(name)
+        vol = self.get_volume(name)
         snaps = self.list_snapshots(name)
         if snaps and not recursive:
             raise NotEmpty(f"volume {name!r} has {len(snaps)} snapshots; delete them "
@@ -665,7 +666,7 @@ class Pool:
         self._verb_done()
 
     def rename_volume(self, old, new):
-        vol = self.volume(old)
+        vol = self.get_volume(old)
         names.check_name(new)
         if new in self._volumes:
             raise AlreadyExists(f"volume {new!r} already exists")
@@ -677,7 +678,7 @@ class Pool:
         return vol
 
     def resize_volume(self, name, size, *, force=False):
-        vol = self.volume(name)
+        vol = self.get_volume(name)
         vol.resize(size, force=force)
         self._verb_done()
         return vol
@@ -685,7 +686,7 @@ class Pool:
     def create_snapshot(self, full_name, labels=None):
         vol_name, snap_name = names.split_snapshot(full_name)
         labels = names.check_labels(labels)
-        vol = self.volume(vol_name)
+        vol = self.get_volume(vol_name)
         if (vol.id, snap_name) in self._snapshots:
             raise AlreadyExists(f"snapshot {full_name!r} already exists")
         snap = Snapshot(self, {"id": self._new_id(), "volume_id": vol.id, "name": snap_name,
@@ -700,7 +701,7 @@ class Pool:
         return snap
 
     def delete_snapshot(self, full_name):
-        self._drop_snapshot(_refuse_busy(self.snapshot(full_name)))
+        self._drop_snapshot(_refuse_busy(self.get_snapshot(full_name)))
         self._verb_done()
 
     def _drop_snapshot(self, snap):
@@ -710,7 +711,7 @@ class Pool:
         self._deleted_snapshots.add(snap.id)
 
     def set_labels(self, full_name, labels, *, replace=False):
-        snap = self.snapshot(full_name)
+        snap = self.get_snapshot(full_name)
         labels = names.check_labels(labels)
         snap.labels = labels if replace else {**snap.labels, **labels}
         self._changed(snap)
@@ -719,7 +720,7 @@ class Pool:
 
     def clone(self, source, new_name):
         """A new writable volume with the content of a snapshot or volume."""
-        src = self.image(source)
+        src = self.get_image(source)
         names.check_name(new_name)
         if new_name in self._volumes:
             raise AlreadyExists(f"volume {new_name!r} already exists")

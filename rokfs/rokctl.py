@@ -111,7 +111,7 @@ def volume_info(c, a):
 
 
 def snapshot_create(c, a):
-    _show(a, c.snapshot(a.name, parse_labels(a.label)), _one(SNAPSHOT_COLUMNS))
+    _show(a, c.create_snapshot(a.name, parse_labels(a.label)), _one(SNAPSHOT_COLUMNS))
 
 
 def snapshot_ls(c, a):

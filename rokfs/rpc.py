@@ -40,7 +40,7 @@ VERBS = {
     "clone": ("source", "new_name"),
     "volume_info": ("name",),
     "list_volumes": (),
-    "snapshot": ("full_name", "labels"),
+    "create_snapshot": ("full_name", "labels"),
     "delete_snapshot": ("full_name",),
     "set_labels": ("full_name", "labels", "replace"),
     "snapshot_info": ("full_name",),

@@ -170,7 +170,7 @@ def pool_with_volumes(path, volumes=(("data", 64 << 20),), snapshots=(), chunk_s
             for name, size in volumes:
                 await ctl.create_volume(name, size)
             for snap in snapshots:
-                await ctl.snapshot(snap, labels={})
+                await ctl.create_snapshot(snap, labels={})
         finally:
             pool.close()
 

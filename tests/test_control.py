@@ -19,7 +19,7 @@ async def test_verbs_are_durable_when_they_return(control, pool_dir):
     await control.create_volume("data", 1 << 20)
     dev = control.open_device("data")
     await dev.pwrite(0, b"flushed", fua=True)
-    await control.snapshot("data@s", {"run": "42"})
+    await control.create_snapshot("data@s", {"run": "42"})
     await control.clone("data@s", "copy")
     await control.set_labels("data@s", {"step": "1"})
     dev.close()
@@ -29,9 +29,9 @@ async def test_verbs_are_durable_when_they_return(control, pool_dir):
     os.close(control.pool._lock_fd)
     control.pool.closed = True
     with Pool.open(pool_dir) as pool:
-        assert pool.volume("data").pread(0, 7) == b"flushed"
-        assert pool.snapshot("data@s").labels == {"run": "42", "step": "1"}
-        assert pool.volume("copy").pread(0, 7) == b"flushed"
+        assert pool.get_volume("data").pread(0, 7) == b"flushed"
+        assert pool.get_snapshot("data@s").labels == {"run": "42", "step": "1"}
+        assert pool.get_volume("copy").pread(0, 7) == b"flushed"
 
 
 async def test_concurrent_flushes_share_commits(control):
@@ -47,7 +47,7 @@ async def test_concurrent_flushes_share_commits(control):
 
 async def test_snapshot_device_is_read_only(control):
     await control.create_volume("data", 1 << 20)
-    await control.snapshot("data@s")
+    await control.create_snapshot("data@s")
     snap = control.open_device("data@s")
     assert snap.read_only
     for call in (snap.pwrite(0, b"x"), snap.trim(0, 4096), snap.write_zeroes(0, 4096)):
@@ -69,9 +69,9 @@ async def test_open_device_blocks_delete_and_dies_with_force(control):
 
 async def test_list_snapshots_by_label_and_exports(control):
     await control.create_volume("data", 1 << 20)
-    await control.snapshot("data@pre", {"run": "42", "phase": "pre"})
-    await control.snapshot("data@post", {"run": "42", "phase": "post"})
-    await control.snapshot("data@other", {"run": "7"})
+    await control.create_snapshot("data@pre", {"run": "42", "phase": "pre"})
+    await control.create_snapshot("data@post", {"run": "42", "phase": "post"})
+    await control.create_snapshot("data@other", {"run": "7"})
     names = [s["name"] for s in control.list_snapshots(labels={"run": "42"})]
     assert names == ["data@pre", "data@post"]
     exports = {name: ro for name, _, ro, _ in control.list_exports()}

@@ -89,8 +89,8 @@ def test_kill9_at_random_point(tmp_path, point):
         report = fsck(pool)
         assert report["clean"], report["problems"]
         for name, upto in snaps.items():
-            check_snapshot(pool.snapshot(f"v@{name}"), seed, upto)
+            check_snapshot(pool.get_snapshot(f"v@{name}"), seed, upto)
         for snap in pool.list_snapshots("v"):      # unacknowledged ones must be whole too
             check_snapshot(snap, seed, int(snap.name[1:]))
         # writes issued after the last ack may have landed: bound them generously
-        check_volume(pool.volume("v"), seed, flushed, flushed + 100000)
+        check_volume(pool.get_volume("v"), seed, flushed, flushed + 100000)

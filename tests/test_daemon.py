@@ -69,7 +69,7 @@ def test_sigterm_during_heavy_writes_keeps_flushed_data(tmp_path):
     last_flushed = int((lines + rest)[-1])
     assert '"event": "shutdown"' in log
     with Pool.open(str(tmp_path / "pool")) as pool:
-        vol = pool.volume("data")
+        vol = pool.get_volume("data")
         for block in range(max(0, (last_flushed - 200) * 16), (last_flushed + 1) * 16):
             got = int.from_bytes(vol.pread((block % 4096) * 4096, 8), "little")
             assert got >= block, (block, got)     # flushed, or overwritten later

@@ -69,7 +69,7 @@ def test_clone_from_snapshot_and_from_volume(pool):
     assert vol.pread(0, 8) == b"changed!"
     assert from_vol.pread(0, 8) == b"changed!"
     assert from_snap.pread(0, 8) == b"clone-1!"
-    assert pool.snapshot("data@s").pread(0, 8) == b"original"
+    assert pool.get_snapshot("data@s").pread(0, 8) == b"original"
     assert from_snap.origin == "data@s"
 
 
@@ -90,16 +90,16 @@ def test_status_counts_exclusive_and_shared(pool):
     usage = vol.usage()
     assert usage["allocated"] == 4 * CHUNK
     assert usage["exclusive"] == CHUNK and usage["shared"] == 3 * CHUNK
-    assert pool.snapshot("data@s").usage()["exclusive"] == CHUNK
+    assert pool.get_snapshot("data@s").usage()["exclusive"] == CHUNK
 
 
 def test_rename_keeps_snapshots(pool):
     pool.create_volume("a", 1 << 20).pwrite(0, b"hi")
     pool.create_snapshot("a@s")
     pool.rename_volume("a", "b")
-    assert pool.snapshot("b@s").pread(0, 2) == b"hi"
+    assert pool.get_snapshot("b@s").pread(0, 2) == b"hi"
     with pytest.raises(errors.NotFound):
-        pool.volume("a")
+        pool.get_volume("a")
 
 
 def test_reopen_keeps_everything(pool_dir):
@@ -107,8 +107,8 @@ def test_reopen_keeps_everything(pool_dir):
         pool.create_volume("data", 1 << 20).pwrite(77, b"persist")
         pool.create_snapshot("data@s", {"k": "v"})
     with Pool.open(pool_dir) as pool:
-        assert pool.volume("data").pread(77, 7) == b"persist"
-        assert pool.snapshot("data@s").labels == {"k": "v"}
+        assert pool.get_volume("data").pread(77, 7) == b"persist"
+        assert pool.get_snapshot("data@s").labels == {"k": "v"}
         assert fsck(pool)["clean"]
 
 
@@ -146,9 +146,9 @@ def test_duplicates_and_missing_names(pool):
     with pytest.raises(errors.AlreadyExists):
         pool.create_snapshot("data@s")
     with pytest.raises(errors.NotFound):
-        pool.volume("nope")
+        pool.get_volume("nope")
     with pytest.raises(errors.NotFound):
-        pool.snapshot("data@nope")
+        pool.get_snapshot("data@nope")
     with pytest.raises(errors.NotFound):
         pool.clone("nope@s", "c")
 
@@ -300,7 +300,7 @@ def test_full_disk_surfaces_enospc_and_keeps_metadata(tiny_fs):
         pool.create_volume("next", 1 << 20).pwrite(0, b"after")
     with Pool.open(pool_dir) as pool:
         assert fsck(pool)["clean"]
-        assert pool.volume("next").pread(0, 5) == b"after"
+        assert pool.get_volume("next").pread(0, 5) == b"after"
 
 
 def test_cli_create_snapshot_status(tmp_path):
@@ -344,7 +344,7 @@ def test_installed_chunks_read_back_and_survive_reopen(pool_dir):
         assert vol.pread(3 * CHUNK, CHUNK) == bytes(CHUNK)
         pool.commit()
     with Pool.open(pool_dir) as pool:
-        vol = pool.volume("copy")
+        vol = pool.get_volume("copy")
         assert vol.pread(0, 3 * CHUNK) == chunks[0] + chunks[1] + chunks[2]
         assert fsck(pool)["clean"]
 
@@ -412,11 +412,11 @@ def test_a_commit_during_an_install_records_nothing_of_it(pool_dir, monkeypatch)
         pool.commit()                              # between the write and the map
         assert fsck(pool)["clean"]
     with Pool.open(pool_dir) as pool:              # as after a crash at that point
-        vol = pool.volume("copy")
+        vol = pool.get_volume("copy")
         assert vol.cold_chunks() == [0, 1, 2, 3] and pool.slots.used_slots() == 0
         assert fsck(pool)["clean"]
         assert _install(pool, vol, data) == 2      # the install is simply done again
         pool.commit()
     with Pool.open(pool_dir) as pool:
-        assert pool.volume("copy").pread(0, 2 * CHUNK) == data[0] + data[1]
+        assert pool.get_volume("copy").pread(0, 2 * CHUNK) == data[0] + data[1]
         assert fsck(pool)["clean"]

@@ -45,7 +45,7 @@ class PoolModel(RuleBasedStateMachine):
     def check_all(self):
         for name, data in self.model.items():
             self.check_extents(name)
-            image = self.pool.image(name)
+            image = self.pool.get_image(name)
             assert image.size == len(data)
             assert bytes(image.pread(0, len(data))) == bytes(data), name
 
@@ -68,7 +68,7 @@ class PoolModel(RuleBasedStateMachine):
         length = min(length, size)
         offset = data.draw(st.integers(0, size - length))
         payload = (PATTERN[fill:] + PATTERN * (length // 256 + 1))[:length]
-        self.pool.volume(name).pwrite(offset, payload)
+        self.pool.get_volume(name).pwrite(offset, payload)
         self.model[name][offset:offset + length] = payload
 
     @precondition(lambda self: self.volumes())
@@ -79,7 +79,7 @@ class PoolModel(RuleBasedStateMachine):
         size = len(self.model[name])
         length = min(length, size)
         offset = data.draw(st.integers(0, size - length))
-        vol = self.pool.volume(name)
+        vol = self.pool.get_volume(name)
         if trim:
             vol.trim(offset, length)
         else:
@@ -153,7 +153,7 @@ class PoolModel(RuleBasedStateMachine):
             return
         offset = data.draw(st.integers(0, size - 1))
         length = data.draw(st.integers(0, min(size - offset, 6 * CHUNK)))
-        got = self.pool.image(name).pread(offset, length)
+        got = self.pool.get_image(name).pread(offset, length)
         assert bytes(got) == bytes(self.model[name][offset:offset + length])
 
     @precondition(lambda self: self.model)
@@ -165,7 +165,7 @@ class PoolModel(RuleBasedStateMachine):
     def check_extents(self, name):
         data = self.model[name]
         if True:
-            image = self.pool.image(name)
+            image = self.pool.get_image(name)
             for offset, length, flags in image.extents(0, image.size):
                 if flags:
                     assert data[offset:offset + length] == bytes(length), (name, offset, length)

@@ -133,7 +133,7 @@ def test_fsync_makes_writes_durable(tmp_path):
         d.proc.wait()
     from rokfs.pool import Pool
     with Pool.open(str(tmp_path / "pool")) as pool:
-        assert bytes(pool.volume("dur").pread(4096, 700)) == b"durable" * 100
+        assert bytes(pool.get_volume("dur").pread(4096, 700)) == b"durable" * 100
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigint", "fusermount"])

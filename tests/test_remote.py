@@ -37,7 +37,7 @@ async def push_new_volume(control, snapshot, data, labels=None):
     volume = snapshot.split("@")[0]
     await control.create_volume(volume, len(data))
     await write_volume(control, volume, data)
-    await control.snapshot(snapshot, labels)
+    await control.create_snapshot(snapshot, labels)
     return await control.push(snapshot)
 
 
@@ -102,7 +102,7 @@ async def test_round_trip_ext4_through_s3(tmp_path):
         dev = b.open_device("restored")
         assert await dev.pread(0, 4096) == image[:4096]          # before any hydration
         dev.close()
-        assert b.pool.volume("restored").cold_chunks()            # still partly cold
+        assert b.pool.get_volume("restored").cold_chunks()            # still partly cold
         restored = await read_volume(b, "restored")
         assert restored == image
         out = tmp_path / "restored.img"
@@ -110,12 +110,12 @@ async def test_round_trip_ext4_through_s3(tmp_path):
         assert mount_and_hash(out, tmp_path / "mnt") == want
 
         await hydrate_all(b, "restored")
-        assert b.pool.volume("restored").base is None
+        assert b.pool.get_volume("restored").base is None
         server.stop()                                             # remote gone
         assert await read_volume(b, "restored") == image
         b.pool.close()
         with Pool.open(str(tmp_path / "b")) as pool:              # and after reopening
-            vol = pool.volume("restored")
+            vol = pool.get_volume("restored")
             assert vol.base is None and bytes(vol.pread(0, len(image))) == image
         a.pool.close()
     finally:
@@ -148,7 +148,7 @@ async def test_incremental_push_and_clone_dedup(tmp_path, remote_spec):
     for c in range(50, nchunks, 100):
         await dev.pwrite(c * cs, os.urandom(cs))
     dev.close()
-    await a.snapshot("other@x")
+    await a.create_snapshot("other@x")
     await a.push("other@x")
     assert remote.chunks.usage() <= 1.02 * one_copy
 
@@ -157,7 +157,7 @@ async def test_incremental_push_and_clone_dedup(tmp_path, remote_spec):
     for c in changed:
         await dev.pwrite(c * cs + 100, os.urandom(200))
     dev.close()
-    await a.snapshot("data@two")
+    await a.create_snapshot("data@two")
     second = await a.push("data@two")
     assert second["uploaded_chunks"] == len(changed)
     assert second["uploaded_bytes"] <= 0.015 * size
@@ -180,13 +180,13 @@ async def test_zero_chunks_are_never_stored_and_trim_skips_fetch(tmp_path, remot
     await dev.pwrite(9 * cs, b"\2" * cs)
     await dev.pwrite(10 * cs, b"\3" * cs)
     dev.close()
-    await a.snapshot("data@s")
+    await a.create_snapshot("data@s")
     result = await a.push("data@s")
     assert result["uploaded_chunks"] == 3
 
     b = make_control(tmp_path / "b", remote)
     await b.pull("data@s", "r")
-    vol = b.pool.volume("r")
+    vol = b.pool.get_volume("r")
     before = remote.objects.requests
     dev = b.open_device("r")
     await dev.trim(9 * cs, cs)                          # never fetch
@@ -224,7 +224,7 @@ async def test_gc_keeps_live_and_young_objects(tmp_path, remote_spec):
     dev = a.open_device("data")
     await dev.pwrite(0, os.urandom(128 * cs))
     dev.close()
-    await a.snapshot("data@two")
+    await a.create_snapshot("data@two")
     await a.push("data@two")
     used = remote.chunks.usage()
     assert (await a.gc_remote(grace_seconds=0))["deleted_objects"] == 0
@@ -238,7 +238,7 @@ async def test_gc_keeps_live_and_young_objects(tmp_path, remote_spec):
     assert await read_volume(b, "r") == await read_volume(a, "data")
     # a push after gc does not trust chunks the gc removed
     await a.delete_snapshot("data@one")
-    await a.snapshot("data@three")
+    await a.create_snapshot("data@three")
     await a.push("data@three")
     c = make_control(tmp_path / "c", remote)
     await c.pull("data@three", "r")
@@ -252,9 +252,9 @@ async def test_slot_hash_cache_follows_the_slots(tmp_path):
     await a.create_volume("data", 4 * cs)
     dev = a.open_device("data")
     await dev.pwrite(0, b"\1" * cs)
-    await a.snapshot("data@one")
+    await a.create_snapshot("data@one")
     await a.push("data@one")
-    slot = a.pool.snapshot("data@one").entry(0) - 2
+    slot = a.pool.get_snapshot("data@one").entry(0) - 2
     assert a.pool.slot_hashes([slot])                     # cached (committed at the next commit)
     await dev.pwrite(0, b"\2" * cs)                       # CoW: the snapshot keeps the slot
     await a.delete_snapshot("data@one")                   # now the slot is freed
@@ -262,7 +262,7 @@ async def test_slot_hash_cache_follows_the_slots(tmp_path):
     assert a.pool.slot_hashes([slot]) == {}
     await dev.pwrite(cs, b"\3" * cs)                      # may reuse that slot
     dev.close()
-    await a.snapshot("data@two")
+    await a.create_snapshot("data@two")
     await a.push("data@two")
     b = make_control(tmp_path / "b", remote)
     await b.pull("data@two", "r")
@@ -276,7 +276,7 @@ async def test_volume_deleted_during_a_fetch_is_left_alone(tmp_path):
     await push_new_volume(a, "data@s", os.urandom(8 * cs))
     b = make_control(tmp_path / "b", remote)
     await b.pull("data@s", "r")
-    vol = b.pool.volume("r")
+    vol = b.pool.get_volume("r")
     used = b.pool.slots.used_slots()
     await b.delete_volume("r")
     assert await b.fetch_chunks(vol, [0, 1])            # fetched, but not installed
@@ -301,7 +301,7 @@ async def test_a_volume_of_several_segments_round_trips(tmp_path):
     for offset, data in marks.items():
         await dev.pwrite(offset, data)
     dev.close()
-    await a.snapshot("big@s")
+    await a.create_snapshot("big@s")
     first = await a.push("big@s")
     assert first["manifest_written"] and first["uploaded_chunks"] == 4
     assert len(remote.chunks.get_manifest("big@s")["segments"]) == 3
@@ -333,7 +333,7 @@ ExtentStore.write_runs = staticmethod(slow_write_runs)
 async def main(pool_dir, remote_dir):
     control = Control(Pool.create(pool_dir), {"default": open_remote(remote_dir)})
     await control.pull("data@s", "copy")
-    await control.fetch_chunks(control.pool.volume("copy"), [0])   # one chunk installed
+    await control.fetch_chunks(control.pool.get_volume("copy"), [0])   # one chunk installed
     await control.flush()
     async with trio.open_nursery() as nursery:
         await nursery.start(control.run_background)
@@ -371,7 +371,7 @@ async def test_kill9_while_fetched_chunks_are_being_written_leaves_a_consistent_
     with Pool.open(pool_dir) as pool:
         report = fsck(pool)
         assert report["clean"], report["problems"]
-        assert 0 < pool.volume("copy").cold_count() < len(data) // pool.chunk_size
+        assert 0 < pool.get_volume("copy").cold_count() < len(data) // pool.chunk_size
     b = Control(Pool.open(pool_dir), {"default": open_remote(remote_dir)})
     assert await read_volume(b, "copy") == data         # the rest comes from the remote
     b.pool.close()
@@ -495,7 +495,7 @@ async def test_installs_run_together_and_a_commit_does_not_wait_for_them(tmp_pat
     await push_new_volume(a, "data@s", data)
     b = make_control(tmp_path / "b", remote)
     await b.pull("data@s", "r")
-    vol = b.pool.volume("r")
+    vol = b.pool.get_volume("r")
     import threading
     release, writing = threading.Event(), []
     real_write = b.pool.slots.write_runs

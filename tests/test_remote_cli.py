@@ -37,7 +37,7 @@ def test_push_pull_ls_rm_gc(tmp_path, s3_server):
                 "--remote", url)
     assert "hydrate copy" in out.stderr and "0B still on the remote" in out.stdout
     with Pool.open(b) as pool:
-        vol = pool.volume("copy")
+        vol = pool.get_volume("copy")
         assert vol.base is None and bytes(vol.pread(0, len(data))) == data
 
     bad = rokfs("pull", "nope@x", "--as", "c2", "--pool", b, "--remote", url, check=False)

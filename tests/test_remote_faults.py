@@ -26,7 +26,7 @@ async def test_server_killed_mid_push_then_resume(tmp_path):
         data = os.urandom(32 * MiB)
         await a.create_volume("data", len(data))
         await write_volume(a, "data", data)
-        await a.snapshot("data@s")
+        await a.create_snapshot("data@s")
 
         def kill_at_half(done, total):
             if done >= total // 2 and server.server:
@@ -85,7 +85,7 @@ async def test_corrupted_object_is_detected_on_pull(tmp_path, s3_server):
             nursery.cancel_scope.cancel()
     status = b.hydration_status("r")
     assert status["state"] == "failed" and "hash" in status["error"]
-    assert b.pool.volume("r").is_cold(3, b.pool.volume("r").entry(3))   # never served
+    assert b.pool.get_volume("r").is_cold(3, b.pool.get_volume("r").entry(3))   # never served
 
 
 async def test_flaky_network_is_retried(tmp_path, s3_server):

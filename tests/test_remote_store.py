@@ -191,7 +191,7 @@ async def test_a_long_push_keeps_its_lock_fresh(remote, tmp_path):
     dev = control.open_device("data")
     await dev.pwrite(0, os.urandom(256 * cs))
     dev.close()
-    await control.snapshot("data@s")
+    await control.create_snapshot("data@s")
     put = remote.objects.put
 
     def slow_put(key, data):

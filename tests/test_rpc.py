@@ -30,7 +30,7 @@ class StandIn(Control):
             except trio.Cancelled:
                 self.push_cancelled = True
                 raise
-        snap = self.pool.snapshot(full_name)
+        snap = self.pool.get_snapshot(full_name)
         total = snap.size
         for done in range(0, total + 1, total // 4):
             progress(done, total)

@@ -45,7 +45,7 @@ def _words(value, what, low, high):
 async def set_snapshot(control, node, value):
     """'SNAP [key=value ...]'"""
     snap, *labels = _words(value, "snapshot", 1, 64)
-    await control.snapshot(f"{node.name}@{snap}", parse_labels(labels))
+    await control.create_snapshot(f"{node.name}@{snap}", parse_labels(labels))
 
 
 async def set_clone(control, node, value):

@@ -1,0 +1,31 @@
+"""Whole reads and writes at an offset of a file descriptor.
+
+Shared vocabulary: the engine reads and writes extent files with these, and
+protocol adapters read the file pieces of a read plan with `pread_full`.
+A short read past the end of a file yields zeros (sparse extent files end
+where their last written slot ends); a failed write is a RokfsError.
+"""
+
+import os
+
+from .errors import from_os_error
+
+
+def pread_full(fd, view, offset):
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            view[done:] = bytes(len(view) - done)
+            return
+        done += n
+
+
+def pwrite_full(fd, data, offset):
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        try:
+            done += os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            raise from_os_error(exc, "writing chunk data") from exc
