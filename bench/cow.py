@@ -89,7 +89,7 @@ def cow_ratio(tmp, chunk_size, count, rep):
             before, after = pool.create_volume("before", SIZE), pool.create_volume("after", SIZE)
             prefill(before)
             prefill(after)
-            pool.flush()
+            pool.commit()
             pool.create_snapshot("after@s")
             return interleaved_writes(before, after, count, seed=rep)
     finally:
@@ -109,7 +109,7 @@ def sequential(tmp, rep):
     with Pool.create(os.path.join(tmp, f"seq-{rep}")) as pool:
         vol = pool.create_volume("v", SIZE)
         eng_w = SIZE / timed(lambda: [vol.pwrite(o, block) for o in range(0, SIZE, MIB)])
-        pool.flush()
+        pool.commit()
         eng_r = SIZE / timed(lambda: [vol.pread(o, MIB) for o in range(0, SIZE, MIB)])
     shutil.rmtree(os.path.join(tmp, f"seq-{rep}"))
     return plain_w, eng_w, plain_r, eng_r

@@ -61,7 +61,7 @@ def main():
             fill_with_data(small, 1 << 30)
             big = pool.create_volume("big", 1 << 40)
             map_metadata_only(pool, big, 1 << 20)
-            pool.flush()
+            pool.commit()
             results = {"small": [], "big": []}
             rounds = 4          # interleave rounds so noise hits both alike
             for r in range(rounds):

@@ -17,7 +17,13 @@ Invariants:
 - `push` changes nothing the user sees in the pool; the hashes it caches for
   frozen slots go with the next commit.
 - Devices (`open_device`) are the callback table of the protocol adapters:
-  pread / pwrite / trim / write_zeroes / flush / cache / extents.
+  pread / pwrite / trim / write_zeroes / flush / cache / extents. A Device
+  holds its image (image.py's lifecycle) from open to close, as a push
+  holds its snapshot and a hydrator its volume; a delete the holders block
+  is refused (Busy) unless deferred, and whatever `close` frees is
+  committed right after.
+- The engine's NeedsChunks never leaves this module: every verb and device
+  call that can meet a cold chunk fetches it and retries (`_hydrating`).
 """
 
 import logging
@@ -26,25 +32,24 @@ import time
 import trio
 
 from . import names
-from .errors import InvalidArgument, NotFound, ReadOnly, RokfsError
-from .pool import NeedsChunks, Volume
+from .errors import AlreadyExists, InvalidArgument, NotFound, ReadOnly, RokfsError, single_errors
+from .image import LIVE, NeedsChunks
 from .stats import Counters
 
 log = logging.getLogger("rokfs.control")
 HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHUNKS)
 HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
+HOLDER_OF_FRONT = {"nbd": "NBD connection", "fuse": "FUSE handle"}
 
 
 class Control:
-    def __init__(self, pool, remotes=None, *, hydrate_concurrency=None):
+    def __init__(self, pool, remotes=None):
         self.pool = pool
         self.remotes = dict(remotes or {})
         self.counters = Counters()
         self._remote_state = None
         self._hydration = {}
-        self._hydrate_concurrency = hydrate_concurrency
-        self._bases_changed = trio.Event() if _in_trio() else None
-        pool.autocommit = False
+        self._bases_changed = None      # a trio.Event while run_background runs
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
@@ -56,14 +61,46 @@ class Control:
             if self._commits_done >= target:
                 return
             self._commits_started += 1
-            batch = self.pool.begin_commit()
+            commits = self.pool.commits
+            batch = commits.begin()
             try:
-                await trio.to_thread.run_sync(self.pool.write_commit, batch)
+                await trio.to_thread.run_sync(commits.write, batch)
             except BaseException:
-                self.pool.abort_commit(batch)
+                commits.abort(batch)
                 raise
-            self.pool.end_commit(batch)
+            commits.end(batch)
             self._commits_done = self._commits_started
+
+    async def _flush_in_background(self):
+        try:
+            await self.flush()
+        except RokfsError as exc:       # the next flush carries the change
+            log.warning("event=background_flush_failed error=%s", exc)
+
+    def _flush_soon(self):
+        """Commit what a release freed, without making the caller wait."""
+        try:
+            trio.lowlevel.spawn_system_task(self._flush_in_background)
+        except RuntimeError:            # no trio loop: the next commit carries it
+            pass
+
+    async def _hydrating(self, op, *args, **kwargs):
+        """Run engine call `op`; when it meets cold chunks, fetch them and
+        run it again."""
+        while True:
+            try:
+                return op(*args, **kwargs)
+            except NeedsChunks as need:
+                await self.fetch_chunks(need.image, need.chunks)
+
+    # -- holders ---------------------------------------------------------------
+    def hold(self, image, holder):
+        self.pool.hold(image, holder)
+
+    def release(self, image, holder):
+        if self.pool.release(image, holder):
+            log.info("event=image_freed image=%s", image.full_name)
+            self._flush_soon()
 
     # -- volumes ---------------------------------------------------------------
     async def create_volume(self, name, size):
@@ -71,8 +108,10 @@ class Control:
         await self.flush()
         return vol.info()
 
-    async def delete_volume(self, name, *, recursive=False, force=False):
-        self.pool.delete_volume(name, recursive=recursive, force=force)
+    async def delete_volume(self, name, *, recursive=False, defer=False):
+        """Delete a volume (and its snapshots if `recursive`); refused while
+        held unless `defer` (freed when the last holder closes)."""
+        self.pool.delete_volume(name, recursive=recursive, defer=defer)
         await self.flush()
 
     async def rename_volume(self, old, new):
@@ -81,7 +120,7 @@ class Control:
         return vol.info()
 
     async def resize_volume(self, name, size, *, force=False):
-        vol = self.pool.resize_volume(name, size, force=force)
+        vol = await self._hydrating(self.pool.resize_volume, name, size, force=force)
         await self.flush()
         return vol.info()
 
@@ -92,9 +131,7 @@ class Control:
 
     def stat(self, name):
         """Cheap facts about a volume or snapshot (no map walk), for listings."""
-        image = self.pool.get_image(name)
-        return {"id": image.id, "name": image.full_name, "size": image.size,
-                "read_only": image.read_only, "created": image.created}
+        return _stat_of(self.pool.get_image(name))
 
     def volume_info(self, name):
         return self.pool.get_volume(name).info()
@@ -111,8 +148,10 @@ class Control:
         self.counters.snapshot_latency.observe(time.perf_counter() - start)
         return snap.info()
 
-    async def delete_snapshot(self, full_name):
-        self.pool.delete_snapshot(full_name)
+    async def delete_snapshot(self, full_name, *, defer=False):
+        """Delete a snapshot; refused while held unless `defer` (hidden at
+        once, freed when the last holder closes)."""
+        self.pool.delete_snapshot(full_name, defer=defer)
         await self.flush()
 
     async def set_labels(self, full_name, labels, *, replace=False):
@@ -142,7 +181,7 @@ class Control:
 
     def open_device(self, name, front="nbd"):
         """A Device for volume or snapshot `name`; `front` labels its metrics."""
-        return Device(self, self.pool.get_image(name), front)
+        return Device(self, self.pool.get_image(name), HOLDER_OF_FRONT.get(front, front), front)
 
     # -- remotes ------------------------------------------------------------------
     @property
@@ -176,6 +215,13 @@ class Control:
 
     async def push(self, full_name, *, remote="default", progress=None, grace_seconds=3600):
         snap = self.pool.get_snapshot(full_name)
+        self.hold(snap, "push")
+        try:
+            return await self._push(snap, remote, progress, grace_seconds)
+        finally:
+            self.release(snap, "push")
+
+    async def _push(self, snap, remote, progress, grace_seconds):
         store = self.remote(remote)
 
         async def base_entry(image, chunk):
@@ -200,8 +246,6 @@ class Control:
             raise InvalidArgument(f"{remote_snapshot} has {manifest['chunk_size']}-byte chunks, "
                                   f"this pool uses {self.pool.chunk_size}")
         if new_volume in {v.name for v in self.pool.list_volumes()}:
-            self.pool.get_volume(new_volume)
-            from .errors import AlreadyExists
             raise AlreadyExists(f"volume {new_volume!r} already exists")
         base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
         vol = self.pool.create_volume(new_volume, manifest["size"], base=base_id,
@@ -292,15 +336,24 @@ class Control:
 
     async def _hydrate_volume(self, vol, running):
         try:
-            while vol.base and not getattr(vol, "deleted", False):
+            while vol.base and vol.live:
                 try:
-                    await self._hydrate_pass(vol)
+                    await self._hydrate_held(vol)
                 except RokfsError as exc:
                     self._hydration[vol.id].update(state="failed", error=str(exc))
                     log.warning("event=hydrate_failed volume=%s error=%s", vol.name, exc)
                     await trio.sleep(5)
         finally:
             running.discard(vol.id)
+
+    async def _hydrate_held(self, vol):
+        """One pass, holding the volume ("hydrator": a delete does not wait
+        for it; the pass stops at its next window and lets go)."""
+        self.hold(vol, "hydrator")
+        try:
+            await self._hydrate_pass(vol)
+        finally:
+            self.release(vol, "hydrator")
 
     async def _hydrate_pass(self, vol):
         base = self.remote_state.base(vol.base)
@@ -312,14 +365,14 @@ class Control:
         started, start_done = time.monotonic(), status["chunks_done"]
         # twice the remote's request limit in windows, so that while some
         # windows install their chunks the remote still has every slot busy
-        limit = trio.Semaphore(self._hydrate_concurrency or 2 * store.concurrency)
+        limit = trio.Semaphore(2 * store.concurrency)
         since_flush = [0]
 
         async def window(first):
             try:
                 while store.on_demand:          # user reads go first
                     await trio.sleep(0.005)
-                if getattr(vol, "deleted", False) or vol.base is None:
+                if not vol.live or vol.base is None:
                     return
                 cold = vol.cold_chunks(first, first + HYDRATE_WINDOW)
                 if cold:
@@ -336,13 +389,12 @@ class Control:
             finally:
                 limit.release()
 
-        from .remote import single_errors
         async with single_errors():
             async with trio.open_nursery() as nursery:
                 for first in range(0, total, HYDRATE_WINDOW):
                     await limit.acquire()
                     nursery.start_soon(window, first)
-        if getattr(vol, "deleted", False):
+        if not vol.live:
             return
         if not vol.cold_count():
             self.pool.drop_base(vol)
@@ -351,19 +403,20 @@ class Control:
             log.info("event=hydrated volume=%s chunks=%d", vol.name, total)
 
 
-def _in_trio():
-    try:
-        trio.lowlevel.current_task()
-        return True
-    except RuntimeError:
-        return False
+def _stat_of(image):
+    return {"id": image.id, "name": image.full_name, "size": image.size,
+            "read_only": image.read_only, "created": image.created}
 
 
 class Device:
-    """An open volume or snapshot: the callback table protocol adapters use."""
+    """An open volume or snapshot: the callback table protocol adapters use.
+    Holds its image (as `holder`) from open to close: a DELETING image stays
+    readable, with its own bytes, until its last Device closes."""
 
-    def __init__(self, control, image, front="nbd"):
+    def __init__(self, control, image, holder, front):
+        control.hold(image, holder)
         self.control = control
+        self.holder = holder
         self.io = control.counters.image_io(image.full_name)
         self.latency = control.counters.front_latency(front)
         self.image = image
@@ -371,36 +424,33 @@ class Device:
         self.read_only = image.read_only
         self.chunk_size = control.pool.chunk_size
         self.closed = False
-        if isinstance(image, Volume):
-            image.open_count += 1
 
     @property
     def size(self):
         return self.image.size
 
-    def close(self):
-        if not self.closed and isinstance(self.image, Volume):
-            self.image.open_count -= 1
-        self.closed = True
+    def stat(self):
+        """Control.stat of the open image, also once it is deleted (deferred)."""
+        return _stat_of(self.image)
 
-    def _live(self):
-        if getattr(self.image, "deleted", False) or self.closed:
-            raise NotFound(f"{self.name} has been deleted or closed")
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.control.release(self.image, self.holder)
+
+    def _open(self):
+        if self.closed:
+            raise NotFound(f"{self.name} has been closed")
         return self.image
 
     def _writable(self):
-        image = self._live()
+        image = self._open()
         if self.read_only:
             raise ReadOnly(f"{self.name} is a read-only snapshot")
         return image
 
     async def _with_hydration(self, op, *args):
-        while True:
-            try:
-                return op(*args)
-            except NeedsChunks as need:
-                await self.control.fetch_chunks(need.image, need.chunks)
-
+        return await self.control._hydrating(op, *args)
     def _count(self, op, nbytes, start, ops=1):
         """Plain integer bumps: no lock, no prometheus call on the I/O path."""
         counts = self.io[op]
@@ -410,7 +460,7 @@ class Device:
 
     async def pread(self, offset, length):
         start = time.perf_counter()
-        data = await self._with_hydration(self._live().pread, offset, length)
+        data = await self._with_hydration(self._open().pread, offset, length)
         self._count("read", length, start)
         return data
 
@@ -419,7 +469,7 @@ class Device:
         the bytes: for adapters that send file data without copying it. The
         plan holds only until the caller's next checkpoint."""
         start = time.perf_counter()
-        plan = await self._with_hydration(self._live().read_plan, offset, length)
+        plan = await self._with_hydration(self._open().read_plan, offset, length)
         self._count("read", length, start)
         return plan
 
@@ -448,13 +498,13 @@ class Device:
 
     async def flush(self):
         start = time.perf_counter()
-        self._live()
+        self._open()
         await self.control.flush()
         self._count("flush", 0, start)
 
     async def cache(self, offset, length):
         self._count("cache", length, time.perf_counter())
-        image = self._live()
+        image = self._open()
         image._check_range(offset, length)
         cold = [c for c, _, _ in image.spans(offset, length)
                 if image.is_cold(c, image.entry(c))]
@@ -462,4 +512,4 @@ class Device:
             await self.control.fetch_chunks(image, cold)
 
     async def extents(self, offset, length):
-        return self._live().extents(offset, length)
+        return self._open().extents(offset, length)

@@ -7,6 +7,7 @@ status for the control API and CSI. Nothing below the adapters knows about
 any of those.
 """
 
+import contextlib as _contextlib
 import errno as _errno
 
 
@@ -77,3 +78,24 @@ def from_os_error(exc: OSError, what: str) -> RokfsError:
     """Wrap an OSError from the local disk into the rokfs vocabulary."""
     cls = NoSpace if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else RokfsError
     return cls(f"{what}: {exc.strerror or exc}", errno=exc.errno or _errno.EIO)
+
+
+def first_leaf(exc):
+    """The error a (nested) exception group stands for: its first rokfs
+    error, else its first leaf; `exc` itself if it is no group."""
+    while isinstance(exc, BaseExceptionGroup):
+        ours = [e for e in exc.exceptions if isinstance(first_leaf(e), RokfsError)]
+        exc = (ours or exc.exceptions)[0]
+    return exc
+
+
+@_contextlib.asynccontextmanager
+async def single_errors():
+    """Report the first rokfs error of a nursery as itself, not as a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first = first_leaf(group)
+        if isinstance(first, RokfsError):
+            raise first from group
+        raise

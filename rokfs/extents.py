@@ -81,6 +81,7 @@ class ExtentStore:
         self.free = [s for s in range(self.high_water) if self.rc[s] == 0]
         heapq.heapify(self.free)
         self.fds = {}
+        self._open_lock = threading.Lock()
         self.direct_fds = {}          # file index -> O_DIRECT fd, or None if refused
         self.dirty_blocks = set()
         self.dirty_fds = set()
@@ -113,6 +114,11 @@ class ExtentStore:
         return os.path.join(self.directory, f"ext-{index:05d}.dat")
 
     def _open_file(self, index):
+        with self._open_lock:           # read_frozen may open files from a worker thread
+            fd = self.fds.get(index)
+            return fd if fd is not None else self._open_new_file(index)
+
+    def _open_new_file(self, index):
         path = self._file_path(index)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -148,7 +154,7 @@ class ExtentStore:
         return -1
 
     def set_count(self, slot, count):
-        """Set a slot's count outright (fsck repair, metadata-only bench maps)."""
+        """Set a slot's count outright (fsck repair)."""
         self._grow_rc(slot + 1)
         self.rc[slot] = count
         self.dirty_blocks.add(slot // RC_BLOCK)
@@ -219,6 +225,20 @@ class ExtentStore:
         self.dirty_blocks.update({slot // RC_BLOCK for slot in slots})
         self.dirty_fds.update({self.locate(slot)[0]
                                for slot in {s - s % self.slots_per_file for s in slots}})
+
+    def add_counted(self, count):
+        """`count` fresh slots past the high-water mark, counted one each and
+        never written (metadata-only maps); returns the first."""
+        first = self.high_water
+        self.high_water += count
+        self._grow_rc(self.high_water)
+        self.rc[first:self.high_water] = array("i", [1]) * count
+        self.dirty_blocks.update(range(first // RC_BLOCK, (self.high_water - 1) // RC_BLOCK + 1))
+        return first
+
+    def reset_free(self, free):
+        """The free list is exactly `free` (fsck repair, after a commit)."""
+        self.free = sorted(free)
 
     def give_back(self, slot):
         """A taken slot that was never claimed is free again at once: the

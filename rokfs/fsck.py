@@ -18,7 +18,7 @@ from .extentmap import LEAF, SLOT_BASE
 
 def _expected_counts(pool, problems):
     node_refs, slot_refs = Counter(), Counter()
-    images = [*pool.list_volumes(), *pool.list_snapshots()]
+    images = pool.images()          # DELETING ones too: their roots hold references
     seen = set()
     stack = []
     for image in images:
@@ -102,5 +102,5 @@ def _repair(pool, node_refs, slot_refs):
             free.append(slot)
     pool.forget_slot_hashes(free)
     pool.commit()
-    slots.free = sorted(free)
+    slots.reset_free(free)
     slots.punch(free)

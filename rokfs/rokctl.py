@@ -93,8 +93,8 @@ def volume_ls(c, a):
 
 
 def volume_rm(c, a):
-    c.delete_volume(a.name, recursive=a.recursive or None, force=a.force or None)
-    _show(a, {"deleted": a.name}, lambda r: print(f"deleted volume {a.name}"))
+    c.delete_volume(a.name, recursive=a.recursive or None, defer=a.defer or None)
+    _show(a, {"deleted": a.name, "deferred": a.defer}, lambda r: print(_deleted("volume", a)))
 
 
 def volume_resize(c, a):
@@ -120,8 +120,14 @@ def snapshot_ls(c, a):
 
 
 def snapshot_rm(c, a):
-    c.delete_snapshot(a.name)
-    _show(a, {"deleted": a.name}, lambda r: print(f"deleted snapshot {a.name}"))
+    c.delete_snapshot(a.name, defer=a.defer or None)
+    _show(a, {"deleted": a.name, "deferred": a.defer}, lambda r: print(_deleted("snapshot", a)))
+
+
+def _deleted(kind, a):
+    if a.defer:
+        return f"deleting {kind} {a.name}: hidden now, freed when its last holder closes"
+    return f"deleted {kind} {a.name}"
 
 
 def snapshot_label(c, a):
@@ -236,13 +242,15 @@ def build_parser():
     A = lambda *flags, **kw: (flags, kw)      # noqa: E731
     remote = A("--remote", default="default", help="remote name (default: %(default)s)")
     labels = A("--label", action="append", default=[], metavar="KEY=VALUE")
+    defer_help = ("if it is open (NBD, FUSE, a push), hide it now and free it when the "
+                  "last holder closes, instead of refusing")
 
     v = group("volume", "create, list, remove, resize, rename volumes")
     cmd(v, "create", volume_create, "create a volume", A("name"), A("--size", required=True))
     cmd(v, "ls", volume_ls, "list volumes")
     cmd(v, "rm", volume_rm, "delete a volume", A("name"),
         A("-r", "--recursive", action="store_true", help="and its snapshots"),
-        A("--force", action="store_true", help="even while open"))
+        A("--defer", action="store_true", help=defer_help))
     cmd(v, "resize", volume_resize, "grow (or --force shrink) a volume", A("name"), A("size"),
         A("--force", action="store_true"))
     cmd(v, "rename", volume_rename, "rename a volume", A("old"), A("new"))
@@ -252,7 +260,8 @@ def build_parser():
     cmd(s, "create", snapshot_create, "snapshot VOLUME@SNAP", A("name", metavar="VOLUME@SNAP"),
         labels)
     cmd(s, "ls", snapshot_ls, "list snapshots", A("volume", nargs="?"), labels)
-    cmd(s, "rm", snapshot_rm, "delete a snapshot", A("name", metavar="VOLUME@SNAP"))
+    cmd(s, "rm", snapshot_rm, "delete a snapshot", A("name", metavar="VOLUME@SNAP"),
+        A("--defer", action="store_true", help=defer_help))
     cmd(s, "label", snapshot_label, "set labels", A("name", metavar="VOLUME@SNAP"),
         A("labels", nargs="+", metavar="KEY=VALUE"),
         A("--replace", action="store_true", help="drop labels not given"))

@@ -34,14 +34,14 @@ SERVICE = "rokfs.control.v1.Control"
 
 VERBS = {
     "create_volume": ("name", "size"),
-    "delete_volume": ("name", "recursive", "force"),
+    "delete_volume": ("name", "recursive", "defer"),
     "rename_volume": ("old", "new"),
     "resize_volume": ("name", "size", "force"),
     "clone": ("source", "new_name"),
     "volume_info": ("name",),
     "list_volumes": (),
     "create_snapshot": ("full_name", "labels"),
-    "delete_snapshot": ("full_name",),
+    "delete_snapshot": ("full_name", "defer"),
     "set_labels": ("full_name", "labels", "replace"),
     "snapshot_info": ("full_name",),
     "list_snapshots": ("volume", "labels"),

@@ -21,20 +21,26 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS volumes (
     id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, size INTEGER NOT NULL,
     root INTEGER NOT NULL, created REAL NOT NULL, origin TEXT,
-    base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0);
+    base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0,
+    deleting INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS snapshots (
     id INTEGER PRIMARY KEY, volume_id INTEGER NOT NULL, name TEXT NOT NULL,
     size INTEGER NOT NULL, root INTEGER NOT NULL, created REAL NOT NULL,
     labels TEXT NOT NULL, base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (volume_id, name));
+    deleting INTEGER NOT NULL DEFAULT 0, UNIQUE (volume_id, name));
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_rc (block INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_hash (slot INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
-VOLUME_COLUMNS = ("id", "name", "size", "root", "created", "origin", "base", "base_chunks")
+VOLUME_COLUMNS = ("id", "name", "size", "root", "created", "origin", "base", "base_chunks",
+                  "deleting")
 SNAPSHOT_COLUMNS = ("id", "volume_id", "name", "size", "root", "created", "labels",
-                    "base", "base_chunks")
+                    "base", "base_chunks", "deleting")
+ADDED_COLUMNS = [   # (table, column definition) added since format 1 was first written
+    ("volumes", "deleting INTEGER NOT NULL DEFAULT 0"),
+    ("snapshots", "deleting INTEGER NOT NULL DEFAULT 0"),
+]
 
 
 class MetaStore:
@@ -44,11 +50,19 @@ class MetaStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             raise Corrupt(f"cannot open pool metadata {path}: {exc}") from exc
 
     def close(self):
         self.db.close()
+
+    def _add_missing_columns(self):
+        """Pools written before a column existed get it, with its default."""
+        for table, definition in ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if definition.split()[0] not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
 
     # -- reading (at open, and lazily for map nodes) --------------------------
     def get_meta(self):
@@ -116,9 +130,9 @@ class MetaStore:
             db.executemany("INSERT OR REPLACE INTO slot_rc (block, data) VALUES (?, ?)",
                            batch.slot_blocks)
             db.executemany("INSERT OR REPLACE INTO slot_hash (slot, hash) VALUES (?, ?)",
-                           getattr(batch, "slot_hashes", ()))
+                           batch.slot_hashes)
             db.executemany("DELETE FROM slot_hash WHERE slot = ?",
-                           [(s,) for s in getattr(batch, "freed_slots", ())])
+                           [(s,) for s in batch.freed_slots])
 
     def _transaction(self):
         return transaction(self.db)

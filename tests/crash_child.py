@@ -41,6 +41,7 @@ def main(pool_dir, seed):
     from rokfs.pool import Pool
     pool = Pool.create(pool_dir, chunk_size=CHUNK)
     vol = pool.create_volume("v", VOLUME_BLOCKS * BLOCK)
+    pool.commit()
     print("READY", flush=True)
     for n, action, arg in workload(seed):
         if action == "write":
@@ -48,10 +49,11 @@ def main(pool_dir, seed):
             data = b"".join(block_content(b, version) for b in range(block, block + nblocks))
             vol.pwrite(block * BLOCK, data)
         elif action == "flush":
-            pool.flush()
+            pool.commit()
             print(f"FLUSH {n}", flush=True)
         else:
             pool.create_snapshot(f"v@{arg}")
+            pool.commit()
             print(f"SNAP {arg} {n}", flush=True)
 
 

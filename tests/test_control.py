@@ -57,14 +57,22 @@ async def test_snapshot_device_is_read_only(control):
     assert await snap.pread(0, 4) == bytes(4)
 
 
-async def test_open_device_blocks_delete_and_dies_with_force(control):
+async def test_open_device_blocks_delete_and_deferred_delete_waits_for_close(control):
     await control.create_volume("data", 1 << 20)
-    dev = control.open_device("data")
-    with pytest.raises(errors.Busy):
+    dev = control.open_device("data", front="nbd")
+    await dev.pwrite(0, b"mine")
+    with pytest.raises(errors.Busy, match="held by 1 NBD connection"):
         await control.delete_volume("data")
-    await control.delete_volume("data", force=True)
+    await control.delete_volume("data", defer=True)
+    with pytest.raises(errors.NotFound):
+        control.open_device("data")
+    assert [v["name"] for v in control.list_volumes()] == []
+    assert await dev.pread(0, 4) == b"mine"         # the holder still reads its own bytes
+    dev.close()
+    assert dev.image.state == "freed"
     with pytest.raises(errors.NotFound):
         await dev.pread(0, 1)
+    await control.create_volume("data", 1 << 20)    # the name is free again
 
 
 async def test_list_snapshots_by_label_and_exports(control):

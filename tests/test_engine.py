@@ -44,7 +44,7 @@ def test_owned_chunk_is_written_in_place_and_shared_chunk_is_copied(pool):
     copied = vol.entry(0)
     assert copied != slot                       # copy-on-write
     assert vol.pread(0, 300) == b"x" * 100 + b"y" + b"x" * 99 + b"z" + b"x" * 99
-    pool.flush()
+    pool.commit()
     vol.pwrite(300, b"w")
     assert vol.entry(0) == copied               # ours now: in place again
 
@@ -198,17 +198,99 @@ def test_shrink_over_trimmed_tail_allowed(pool):
     assert vol.size == 512 * 1024
 
 
-def test_delete_volume_with_snapshots_or_open_refused(pool):
+def test_delete_volume_with_snapshots_or_held_refused(pool):
     vol = pool.create_volume("data", 1 << 20)
     pool.create_snapshot("data@s")
     with pytest.raises(errors.NotEmpty):
         pool.delete_volume("data")
     pool.delete_snapshot("data@s")
-    vol.open_count += 1
-    with pytest.raises(errors.Busy):
+    pool.hold(vol, "NBD connection")
+    with pytest.raises(errors.Busy, match="volume data is held by 1 NBD connection"):
         pool.delete_volume("data")
-    vol.open_count -= 1
+    pool.release(vol, "NBD connection")
     pool.delete_volume("data")
+    assert vol.state == "freed"
+
+
+def _snapshot_owning_its_slots(pool):
+    """v@s whose chunks only the snapshot references (v overwritten since)."""
+    vol = pool.create_volume("v", 8 * CHUNK)
+    vol.pwrite(0, b"snapshot" * (CHUNK // 8) * 8)
+    snap = pool.create_snapshot("v@s")
+    vol.pwrite(0, b"overwrit" * (CHUNK // 8) * 8)
+    pool.commit()
+    return snap
+
+
+def _fill_new_volume_with_secret(pool):
+    w = pool.create_volume("w", 8 * CHUNK)
+    w.pwrite(0, b"SECRET!!" * (CHUNK // 8) * 8)
+    pool.commit()
+
+
+def test_held_snapshot_delete_is_refused_naming_holders(pool):
+    snap = _snapshot_owning_its_slots(pool)
+    pool.hold(snap, "NBD connection")
+    pool.hold(snap, "FUSE handle")
+    pool.hold(snap, "FUSE handle")
+    with pytest.raises(errors.Busy, match="1 FUSE handle|2 FUSE handles") as exc:
+        pool.delete_snapshot("v@s")
+    assert "2 FUSE handles, 1 NBD connection" in str(exc.value)
+    assert pool.get_snapshot("v@s") is snap and snap.state == "live"
+    with pytest.raises(errors.Busy):
+        pool.delete_volume("v", recursive=True)
+    _fill_new_volume_with_secret(pool)
+    assert snap.pread(0, 8 * CHUNK) == b"snapshot" * (CHUNK // 8) * 8
+
+
+def test_deferred_delete_serves_own_bytes_until_released_then_frees(pool):
+    snap = _snapshot_owning_its_slots(pool)
+    used = pool.status()["used_bytes"]
+    pool.hold(snap, "NBD connection")
+    pool.delete_snapshot("v@s", defer=True)
+    assert snap.state == "deleting"
+    with pytest.raises(errors.NotFound, match="being deleted"):
+        pool.get_snapshot("v@s")
+    assert pool.list_snapshots() == [] and pool.status()["deleting"] == 1
+    with pytest.raises(errors.NotFound):
+        pool.hold(snap, "FUSE handle")            # no new holders
+    with pytest.raises(errors.AlreadyExists, match="being deleted"):
+        pool.create_snapshot("v@s")
+    _fill_new_volume_with_secret(pool)            # needs new slots: none of the snapshot's
+    assert snap.pread(0, 8 * CHUNK) == b"snapshot" * (CHUNK // 8) * 8
+    used_before_release = pool.status()["used_bytes"]
+    assert pool.release(snap, "NBD connection") is True
+    assert snap.state == "freed"
+    assert pool.status()["used_bytes"] == used_before_release - 8 * CHUNK
+    pool.commit()
+    assert fsck(pool)["clean"]
+    pool.create_snapshot("v@s")                   # the name is free again
+    assert used > 0
+
+
+def test_hydrator_holder_does_not_block_a_delete(pool):
+    vol = pool.create_volume("v", 8 * CHUNK)
+    pool.hold(vol, "hydrator")
+    pool.delete_volume("v")                       # the hydrator yields: deferred
+    assert vol.state == "deleting" and pool.list_volumes() == []
+    pool.release(vol, "hydrator")
+    assert vol.state == "freed"
+
+
+def test_deleting_images_are_freed_when_the_pool_reopens(pool_dir):
+    with Pool.create(pool_dir, chunk_size=CHUNK) as pool:
+        snap = _snapshot_owning_its_slots(pool)
+        used = pool.status()["used_bytes"]
+        pool.hold(snap, "NBD connection")
+        pool.delete_snapshot("v@s", defer=True)
+        pool.commit()                             # a crash now: the holder is gone
+        pool.store.close()
+        os.close(pool._lock_fd)
+        pool.closed = True
+    with Pool.open(pool_dir) as pool:
+        assert pool.status()["used_bytes"] == used - 8 * CHUNK
+        assert pool.status()["deleting"] == 0 and pool.list_snapshots() == []
+        assert fsck(pool)["clean"]
 
 
 def test_pool_opened_twice_is_refused(pool_dir):
@@ -244,6 +326,7 @@ def test_deleting_everything_returns_disk_space(pool_dir):
         assert pool.slots.disk_bytes() >= 21 << 20
         pool.delete_volume("copy")
         pool.delete_volume("data", recursive=True)
+        pool.commit()
         assert pool.slots.disk_bytes() <= empty
         assert pool.slots.used_slots() == 0
         # freed slots are reused, from the lowest
@@ -290,13 +373,14 @@ def test_full_disk_surfaces_enospc_and_keeps_metadata(tiny_fs):
     with Pool.create(pool_dir, chunk_size=CHUNK) as pool:
         vol = pool.create_volume("data", 64 << 20)
         vol.pwrite(0, b"before" * 100)
-        pool.flush()
+        pool.commit()
         with pytest.raises(errors.NoSpace) as exc:
             for i in range(0, 64 << 20, 1 << 20):
                 vol.pwrite(i + (1 << 20), b"z" * (1 << 20))
         assert exc.value.errno == errno.ENOSPC
         assert vol.pread(0, 600) == b"before" * 100
         pool.delete_volume("data")     # frees space, the pool keeps working
+        pool.commit()
         pool.create_volume("next", 1 << 20).pwrite(0, b"after")
     with Pool.open(pool_dir) as pool:
         assert fsck(pool)["clean"]

@@ -88,7 +88,7 @@ class PoolModel(RuleBasedStateMachine):
 
     @rule()
     def flush(self):
-        self.pool.flush()
+        self.pool.commit()
 
     @precondition(lambda self: self.volumes())
     @rule(data=st.data())

@@ -124,13 +124,23 @@ class RokfsOperations(pyfuse3.Operations):
         node = self.nodes.get(ino)
         if node is None:
             _fail(errno.ENOENT, f"inode {ino} is unknown")
+        self._stat(node)
+        return node
+
+    def _stat(self, node):
+        """The image's (or snapshot directory's volume's) stat, checked to be
+        the same image the inode was made for; an image deleted (deferred)
+        while open here still has its stat through its handle."""
         try:
             st = self.control.stat(node.name)
+            if st["id"] == node.image_id:
+                return st
         except NotFound:
-            st = None
-        if st is None or st["id"] != node.image_id:
-            _fail(errno.ENOENT, f"{node.name} is gone")
-        return node
+            pass
+        for handle in self.handles.values():
+            if handle.ino == node.ino:
+                return {**handle.device.stat(), "unlinked": True}
+        _fail(errno.ENOENT, f"{node.name} is gone")
 
     def _child(self, parent, name):
         """(Node, stat or None) of `name` (str) in directory `parent`."""
@@ -153,10 +163,10 @@ class RokfsOperations(pyfuse3.Operations):
         entry.st_uid, entry.st_gid = self.uid, self.gid
         entry.st_blksize = 4096
         if node.kind in (X.VOLUME, X.SNAPSHOT):
-            st = st or self.control.stat(node.name)
+            st = st or self._stat(node)
             mode = VOLUME_MODE if node.kind == X.VOLUME else SNAPSHOT_MODE
             entry.st_mode = stat.S_IFREG | mode
-            entry.st_nlink = 1
+            entry.st_nlink = 0 if st.get("unlinked") else 1
             entry.st_size = st["size"]
             entry.st_blocks = -(-st["size"] // 512)
             created = st["created"]

@@ -98,6 +98,21 @@ async def set_pull(control, node, value):
     await control.pull(snap, new, remote=remote[0] if remote else "default")
 
 
+async def set_delete(control, node, value):
+    """'deferred' (hidden now, freed when the last open handle closes) or
+    'now' (refused while open, like rm); volumes also take 'recursive'."""
+    words = set(_words(value, "delete", 1, 2))
+    allowed = {"now", "deferred"} | ({"recursive"} if node.kind == VOLUME else set())
+    if not words <= allowed or len(words & {"now", "deferred"}) != 1:
+        raise InvalidArgument(f"user.rokfs.delete takes {' | '.join(sorted(allowed))}, "
+                              f"not {value!r}")
+    defer = "deferred" in words
+    if node.kind == VOLUME:
+        await control.delete_volume(node.name, recursive="recursive" in words, defer=defer)
+    else:
+        await control.delete_snapshot(node.name, defer=defer)
+
+
 async def get_pool(control, node):
     return control.status()
 
@@ -114,6 +129,8 @@ XATTRS = {
     "label": Attr(_S, set=set_label, help="k=v [k2=v2 ...]: add or change labels"),
     "push": Attr(_V, set=set_push, help="SNAP [REMOTE]: push snapshot SNAP to the remote"),
     "hydration": Attr(_V, get=get_hydration, help="JSON: chunks/bytes hydrated, rate, state"),
+    "delete": Attr(_V | _S, set=set_delete,
+                   help="deferred | now [recursive]: delete (deferred: freed on last close)"),
     "pool": Attr(_R, get=get_pool, help="JSON: the pool's status and space"),
     "pull": Attr(_R, set=set_pull, help="VOL@SNAP NEW [REMOTE]: restore a remote snapshot"),
 }

@@ -1,0 +1,430 @@
+"""Images: the read side of volumes and snapshots, and a volume's writes.
+
+An image is a root in the map tree (extentmap.py) plus its size, an
+optional base (a remote manifest its cold chunks come from) and a lifecycle.
+
+Invariants:
+- Snapshots and clones share the root: O(1) whatever the volume's size. A
+  volume writes a chunk in place only if its whole path and the slot are
+  exclusively its own and the slot is not pinned; otherwise the write goes
+  to a new slot, copying the untouched part of the chunk (copy-on-write).
+- Snapshots are never written. A snapshot's content can therefore change
+  only if its slots are overwritten, which the invariant above forbids.
+- Lifecycle: an image is LIVE, then DELETING (hidden from lookups, listings
+  and new holders, still readable by its holders, its root and therefore
+  its slots still referenced), then FREED (its root's reference dropped; no
+  holder is left to read it). `holders` counts who has it open, by kind
+  ("NBD connection", "FUSE handle", "push", "hydrator", ...): the pool
+  moves an image to FREED only when it is DELETING and `holders` is empty,
+  so a reader is served its own image's bytes or an error, never another
+  image's bytes.
+- Reads that meet a cold chunk raise NeedsChunks before returning anything;
+  writes that would partially cover a cold chunk raise it before any change.
+"""
+
+import collections
+
+from .errors import InvalidArgument, OutOfRange
+from .extentmap import FANOUT, INHERIT, LEAF, SLOT_BASE, ZERO
+from .fileio import pread_full
+
+HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
+LIVE, DELETING, FREED = "live", "deleting", "freed"
+YIELDING_HOLDERS = frozenset({"hydrator"})   # let a delete through; the image waits for them
+
+
+class NeedsChunks(Exception):
+    """The operation touches cold chunks (content in the base manifest) that
+    must be hydrated first; `chunks` lists them. Raised before any change.
+    An engine-to-control signal, not an error: Control fetches the chunks
+    and retries, so it never reaches a user."""
+
+    def __init__(self, image, chunks):
+        super().__init__(f"{image.full_name}: {len(chunks)} chunks not hydrated yet")
+        self.image = image
+        self.chunks = chunks
+
+
+class Image:
+    """Common read side of volumes and snapshots."""
+
+    read_only = True
+
+    def __init__(self, pool, row):
+        self.pool = pool
+        self.id = row["id"]
+        self.name = row["name"]
+        self.size = row["size"]
+        self.root = row["root"]
+        self.created = row["created"]
+        self.base = row.get("base")
+        self.base_chunks = row.get("base_chunks") or 0
+        self.state = DELETING if row.get("deleting") else LIVE
+        self.holders = collections.Counter()
+        self._leaves = {}
+        self._owned = {}
+
+    @property
+    def live(self):
+        return self.state == LIVE
+
+    def blocking_holders(self):
+        """The holders a plain delete must wait for (hydrators yield)."""
+        return {h: n for h, n in self.holders.items() if h not in YIELDING_HOLDERS}
+
+    def describe_holders(self):
+        """'1 NBD connection, 2 FUSE handles' (sorted, pluralised)."""
+        return ", ".join(f"{n} {h}{'s' if n > 1 else ''}"
+                         for h, n in sorted(self.holders.items()))
+
+    @property
+    def nchunks(self):
+        return -(-self.size // self.pool.chunk_size)
+
+    def _leaf(self, leaf_no):
+        leaf = self._leaves.get(leaf_no)
+        if leaf is None:
+            leaf = self.pool.nodes.leaf(self.root, leaf_no)
+            if leaf is not None:
+                self._leaves[leaf_no] = leaf
+        return leaf
+
+    def entry(self, chunk):
+        leaf = self._leaf(chunk // FANOUT)
+        return leaf[chunk % FANOUT] if leaf is not None else INHERIT
+
+    def is_cold(self, chunk, entry):
+        return entry == INHERIT and chunk < self.base_chunks
+
+    def _check_range(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise OutOfRange(f"{self.full_name}: range {offset}+{length} is outside "
+                             f"the device (size {self.size})")
+
+    def spans(self, offset, length):
+        """Yield (chunk, offset within chunk, length) covering the range."""
+        cs = self.pool.chunk_size
+        end = offset + length
+        while offset < end:
+            chunk, within = divmod(offset, cs)
+            n = min(cs - within, end - offset)
+            yield chunk, within, n
+            offset += n
+
+    def read_plan(self, offset, length):
+        """Where the range's bytes are, in order: [fd, file offset, length]
+        for stored data (adjacent slots merged) and an int (a length) for
+        what reads as zeros. Valid until the next change to the pool."""
+        self._check_range(offset, length)
+        slots = self.pool.slots
+        plan, cold = [], []
+        for chunk, within, n in self.spans(offset, length):
+            entry = self.entry(chunk)
+            last = plan[-1] if plan else None
+            if entry >= SLOT_BASE:
+                fd, base = slots.locate(entry - SLOT_BASE)
+                if type(last) is list and last[0] == fd and last[1] + last[2] == base + within:
+                    last[2] += n
+                else:
+                    plan.append([fd, base + within, n])
+            elif self.is_cold(chunk, entry):
+                cold.append(chunk)
+            elif type(last) is int:
+                plan[-1] += n
+            else:
+                plan.append(n)
+        if cold:
+            raise NeedsChunks(self, cold)
+        return plan
+
+    def pread(self, offset, length):
+        """Read `length` bytes at `offset`; returns a bytearray."""
+        out = bytearray(length)
+        view = memoryview(out)
+        pos = 0
+        for piece in self.read_plan(offset, length):
+            if type(piece) is int:
+                pos += piece
+            else:
+                fd, file_offset, n = piece
+                pread_full(fd, view[pos:pos + n], file_offset)
+                pos += n
+        return out
+
+    def extents(self, offset, length):
+        """[(offset, length, flags)] for the range; flags HOLE|ZERO_FLAG for
+        ranges that read as zeros without stored data, 0 for data."""
+        self._check_range(offset, length)
+        out = []
+        for chunk, within, n in self.spans(offset, length):
+            entry = self.entry(chunk)
+            data = entry >= SLOT_BASE or self.is_cold(chunk, entry)
+            flags = 0 if data else HOLE | ZERO_FLAG
+            if out and out[-1][2] == flags:
+                out[-1][1] += n
+            else:
+                out.append([chunk * self.pool.chunk_size + within, n, flags])
+        return [tuple(e) for e in out]
+
+    def mapped_chunks(self, cold=True):
+        """Yield (chunk, entry, exclusive) for every slot (and cold chunk)."""
+        nodes = self.pool.nodes
+        for leaf_no, leaf_id, path in nodes.walk_leaves(self.root):
+            shared_path = any(nodes.rc[n] > 1 for n in path) or nodes.rc[leaf_id] > 1
+            leaf = nodes.get(leaf_id)
+            first = leaf_no * FANOUT
+            for i, entry in enumerate(leaf):
+                chunk = first + i
+                if chunk >= self.nchunks:
+                    break
+                if entry >= SLOT_BASE:
+                    exclusive = not shared_path and self.pool.slots.rc[entry - SLOT_BASE] == 1
+                    yield chunk, entry, exclusive
+        if cold:
+            for chunk in range(min(self.base_chunks, self.nchunks)):
+                if self.is_cold(chunk, self.entry(chunk)):
+                    yield chunk, INHERIT, False
+
+    def _shared(self):
+        """Our root is now shared: every path must be copied before writing."""
+        self._owned.clear()
+
+    def _own_leaf(self, leaf_no):
+        """(leaf id, leaf array) for `leaf_no`, exclusively ours."""
+        hit = self._owned.get(leaf_no)
+        if hit is not None:
+            return hit
+        nodes = self.pool.nodes
+        i0, i1 = divmod(leaf_no, FANOUT)
+        root = nodes.owned(self.root, 0)
+        if root != self.root:
+            self.root = root
+            self.pool.changed(self)
+        mid = _own_child(nodes, root, i0, 1)
+        leaf_id = _own_child(nodes, mid, i1, LEAF)
+        hit = (leaf_id, nodes.get(leaf_id))
+        self._owned[leaf_no] = hit
+        self._leaves[leaf_no] = hit[1]
+        return hit
+
+    def _set_entry(self, leaf_id, leaf, chunk, new):
+        i = chunk % FANOUT
+        old = leaf[i]
+        leaf[i] = new
+        self.pool.nodes.changed(leaf_id)
+        if old >= SLOT_BASE:
+            self.pool.slots.decref(old - SLOT_BASE)
+
+    def cold_chunks(self, start=0, stop=None):
+        """Chunks in [start, stop) still to be fetched from the base."""
+        stop = min(self.base_chunks if stop is None else stop, self.base_chunks)
+        return [start + i for i, e in enumerate(self.entries(start, stop)) if e == INHERIT]
+
+    def entries(self, start, stop):
+        """The map entries of chunks [start, stop), leaf by leaf."""
+        out = []
+        for leaf_no in range(start // FANOUT, -(-stop // FANOUT)):
+            first = leaf_no * FANOUT
+            lo, hi = max(start, first) - first, min(stop, first + FANOUT) - first
+            leaf = self._leaf(leaf_no)
+            out.extend(leaf[lo:hi] if leaf is not None else [INHERIT] * (hi - lo))
+        return out
+
+    def cold_count(self):
+        """How many chunks are still cold, without visiting every chunk: the
+        base's chunks minus the entries set in existing leaves (O(leaves))."""
+        limit = min(self.base_chunks, self.nchunks)
+        if not limit:
+            return 0
+        warm = 0
+        for leaf_no, leaf_id, _ in self.pool.nodes.walk_leaves(self.root, 0,
+                                                                (limit - 1) // FANOUT):
+            leaf = self.pool.nodes.get(leaf_id)
+            first = leaf_no * FANOUT
+            n = min(FANOUT, limit - first)
+            warm += n - leaf[:n].count(INHERIT)
+        return limit - warm
+
+    def lifecycle(self):
+        return {"state": self.state, "holders": dict(self.holders)}
+
+    def usage(self):
+        cs = self.pool.chunk_size
+        allocated = exclusive = 0
+        for _, entry, excl in self.mapped_chunks(cold=False):
+            allocated += 1
+            exclusive += excl
+        return {"size": self.size, "allocated": allocated * cs,
+                "exclusive": exclusive * cs, "shared": (allocated - exclusive) * cs,
+                "unhydrated": self.cold_count() * cs}
+
+
+class Snapshot(Image):
+    def __init__(self, pool, row, volume_name):
+        super().__init__(pool, row)
+        self.volume_id = row["volume_id"]
+        self.volume_name = volume_name      # kept current by Pool.rename_volume
+        self.labels = dict(row["labels"])
+
+    @property
+    def full_name(self):
+        return f"{self.volume_name}@{self.name}"
+
+    def row(self):
+        return {"id": self.id, "volume_id": self.volume_id, "name": self.name,
+                "size": self.size, "root": self.root, "created": self.created,
+                "labels": self.labels, "base": self.base, "base_chunks": self.base_chunks,
+                "deleting": int(self.state == DELETING)}
+
+    def info(self):
+        return {"name": self.full_name, "volume": self.volume_name, "snapshot": self.name,
+                "created": self.created, "labels": dict(self.labels), **self.usage(),
+                **self.lifecycle()}
+
+
+class Volume(Image):
+    read_only = False
+
+    def __init__(self, pool, row):
+        super().__init__(pool, row)
+        self.origin = row.get("origin")
+
+    @property
+    def full_name(self):
+        return self.name
+
+    def row(self):
+        return {"id": self.id, "name": self.name, "size": self.size, "root": self.root,
+                "created": self.created, "origin": self.origin, "base": self.base,
+                "base_chunks": self.base_chunks, "deleting": int(self.state == DELETING)}
+
+    def pwrite(self, offset, data):
+        self._check_range(offset, len(data))
+        view = memoryview(data).cast("B")
+        self._refuse_cold_partials(offset, len(view))
+        cs = self.pool.chunk_size
+        slots = self.pool.slots
+        run, pos = None, 0
+        for chunk, within, n in self.spans(offset, len(view)):
+            leaf_id, leaf = self._own_leaf(chunk // FANOUT)
+            entry = leaf[chunk % FANOUT]
+            if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+                fd, base = slots.locate(entry - SLOT_BASE)
+                if _extends(run, fd, base + within, pos):
+                    run[3] += n
+                else:
+                    run = self._write_run(run, view)
+                    run = [fd, base + within, pos, n]
+            else:
+                run = self._write_run(run, view)
+                piece = view[pos:pos + n]
+                self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+            pos += n
+        self._write_run(run, view)
+
+    def _write_run(self, run, view):
+        if run:
+            fd, offset, pos, n = run
+            self.pool.slots.write_at(fd, view[pos:pos + n], offset)
+        return None
+
+    def _refuse_cold_partials(self, offset, length):
+        if not self.base_chunks:      # nothing is cold: skip the scan (hot path)
+            return
+        cold = [c for c, within, n in self.spans(offset, length)
+                if n < self.pool.chunk_size and self.is_cold(c, self.entry(c))]
+        if cold:
+            raise NeedsChunks(self, cold)
+
+    def _write_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs):
+        """Write a chunk to a fresh slot, one chunk per pwrite (a bigger write
+        into fresh file space gets large page-cache folios, which make later
+        small in-place writes ~2.5x slower). A partial write copies the rest
+        of the chunk from the old slot, or zero-fills it."""
+        slots = self.pool.slots
+        slot = slots.allocate()
+        if len(piece) < cs:
+            piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None, within, piece)
+        slots.write(slot, 0, piece)
+        self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+
+    def trim(self, offset, length):
+        """Discard the range: it reads as zeros afterwards, and cold chunks
+        wholly inside it are never fetched."""
+        self._check_range(offset, length)
+        cs = self.pool.chunk_size
+        for chunk, within, n in self.spans(offset, length):
+            entry = self.entry(chunk)
+            if entry == ZERO or (entry == INHERIT and not self.is_cold(chunk, entry)):
+                continue
+            if n == cs or chunk * cs + within + n == self.size and within == 0:
+                leaf_id, leaf = self._own_leaf(chunk // FANOUT)
+                self._set_entry(leaf_id, leaf, chunk, ZERO)
+            else:
+                self.pwrite(chunk * cs + within, bytes(n))
+
+    def write_zeroes(self, offset, length, no_hole=False):
+        if not no_hole:
+            return self.trim(offset, length)
+        self._check_range(offset, length)
+        zeros = bytes(self.pool.chunk_size)
+        for chunk, within, n in self.spans(offset, length):
+            self.pwrite(chunk * self.pool.chunk_size + within, zeros[:n])
+
+    def resize(self, new_size, force=False):
+        self.pool.check_size(new_size)
+        if new_size < self.size:
+            if not force:
+                self._refuse_shrink_over_data(new_size)
+            self._drop_tail(new_size)
+        self.size = new_size
+        self.pool.changed(self)
+
+    def _refuse_shrink_over_data(self, new_size):
+        cs = self.pool.chunk_size
+        first_full = -(-new_size // cs)
+        for chunk, entry, _ in self.mapped_chunks():
+            if chunk >= first_full:
+                raise InvalidArgument(
+                    f"{self.name}: cannot shrink to {new_size} bytes: data is stored "
+                    f"beyond it (at {chunk * cs}); trim it first or force the resize")
+        tail = min(first_full * cs, self.size) - new_size
+        if tail and self.pread(new_size, tail) != bytes(tail):
+            raise InvalidArgument(
+                f"{self.name}: cannot shrink to {new_size} bytes: the bytes after it "
+                "hold data; trim them first or force the resize")
+
+    def _drop_tail(self, new_size):
+        cs = self.pool.chunk_size
+        first_full = -(-new_size // cs)
+        if new_size % cs:
+            self.write_zeroes(new_size, min(first_full * cs, self.size) - new_size)
+        nodes = self.pool.nodes
+        last_leaf = (self.nchunks - 1) // FANOUT
+        for leaf_no, _, _ in list(nodes.walk_leaves(self.root, first_full // FANOUT,
+                                                     max(last_leaf, first_full // FANOUT))):
+            leaf_id, leaf = self._own_leaf(leaf_no)
+            for i in range(max(first_full - leaf_no * FANOUT, 0), FANOUT):
+                if leaf[i] != INHERIT:
+                    self._set_entry(leaf_id, leaf, leaf_no * FANOUT + i, INHERIT)
+        self.base_chunks = min(self.base_chunks, first_full)
+
+    def info(self):
+        snaps = self.pool.list_snapshots(self.name)
+        return {"name": self.name, "created": self.created, "origin": self.origin,
+                "snapshots": [s.name for s in snaps], **self.usage(), **self.lifecycle()}
+
+
+def _own_child(nodes, parent_id, index, level):
+    parent = nodes.get(parent_id)
+    child = nodes.owned(parent[index], level)
+    if child != parent[index]:
+        parent[index] = child
+        nodes.changed(parent_id)
+    return child
+
+
+def _extends(run, fd, file_offset, pos):
+    """Does [fd, file_offset) continue `run` both on disk and in the buffer?"""
+    return (run is not None and run[0] == fd and run[1] + run[3] == file_offset
+            and run[2] + run[3] == pos)

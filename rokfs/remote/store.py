@@ -1,0 +1,205 @@
+"""`RemoteStore`: the async face of one remote (a ChunkStore over a
+directory or an S3 bucket), which the Control verbs call.
+
+Invariants:
+- Blocking work (object requests, hashing, compression) runs in worker
+  threads bounded by one CapacityLimiter per remote; the engine is touched
+  only on the trio loop, through the methods it declares for remotes
+  (frozen_chunks, read_frozen, slot_hashes, record_slot_hash).
+- A fetched chunk is verified against its hash before it is returned; a
+  chunk that fails is an error for the chunks a caller requires and left
+  out of read-ahead.
+- A segment is fetched once however many tasks ask for it at once.
+"""
+
+import copy
+import functools
+import itertools
+import time
+
+import trio
+
+from .chunks import SEGMENT_CHUNKS, ChunkStore, open_chunk
+from .objects import open_object_store, parse_url
+from .push import PushJob
+from ..errors import Corrupt, RokfsError, single_errors
+
+DEFAULT_CONCURRENCY = 8
+READAHEAD = 15                 # cold neighbours fetched along with a read
+MAX_RUN = 8 << 20              # largest ranged GET
+
+
+def open_remote(spec, *, concurrency=DEFAULT_CONCURRENCY):
+    """spec: {"type": "dir", "path"} | {"type": "s3", "bucket", ...} | URL."""
+    if isinstance(spec, str):
+        spec = parse_url(spec)
+    return RemoteStore(open_object_store(spec), spec, concurrency=concurrency)
+
+
+class RemoteStore:
+    def __init__(self, objects, spec, *, concurrency=DEFAULT_CONCURRENCY):
+        self.objects = objects
+        self.spec = dict(spec)
+        self.chunks = ChunkStore(objects)
+        self.url = objects.url
+        self.concurrency = concurrency
+        self.limiter = trio.CapacityLimiter(concurrency)
+        self.index = {}          # chunk hash -> (pack key, offset, length)
+        self._segments = {}      # segment key -> parsed segment
+        self._loading = {}       # segment key -> _Load of the one GET in flight
+        self.on_demand = 0       # on-demand fetches in flight (hydrators yield to them)
+
+    async def run(self, fn, *args, **kwargs):
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                             limiter=self.limiter)
+
+    # -- chunk index --------------------------------------------------------------
+    async def load_index(self, state):
+        """Index every pack on the remote: cached headers, fetched for new packs."""
+        listed = {o.key for o in await self.run(self.objects.list, "packs/")}
+        cached = state.packs(self.url)
+        state.forget_packs(self.url, [k for k in cached if k not in listed])
+        new = {}
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                for key in sorted(listed - set(cached)):
+                    nursery.start_soon(self._fetch_header, key, new)
+        state.add_packs(self.url, new)
+        self.index = {}
+        for key, entries in {**{k: v for k, v in cached.items() if k in listed}, **new}.items():
+            for h, offset, length in entries:
+                self.index[h] = (key, offset, length)
+
+    async def _fetch_header(self, key, out):
+        out[key] = await self.run(self.chunks.pack_entries, key)
+
+    # -- push ---------------------------------------------------------------------
+    async def push(self, pool, state, snap, *, progress=None, grace=3600, base_entry=None):
+        started = time.monotonic()
+        lock = await self.run(self.chunks.take_lock, "push", grace)
+        try:
+            async with single_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._refresh_lock, lock, grace)
+                    await self.load_index(state)
+                    job = PushJob(self, pool, state, snap, progress, base_entry)
+                    await job.upload_chunks()
+                    manifest = await job.write_manifest()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await self.run(self.chunks.drop_lock, lock)
+        return {"snapshot": snap.full_name, "remote": self.url, "chunks": snap.nchunks,
+                "uploaded_chunks": job.uploaded_chunks, "uploaded_bytes": job.uploaded_bytes,
+                "skipped_chunks": snap.nchunks - job.uploaded_chunks,
+                "manifest_written": manifest, "seconds": time.monotonic() - started}
+
+    async def _refresh_lock(self, lock, grace):
+        """Rewrite our lock well within the grace period, so a long push stays
+        protected from GC (a lock older than the grace counts as stale)."""
+        while True:
+            await trio.sleep(max(grace / 4, 0.05))
+            await self.run(self.objects.put, lock, b"{}")
+
+    # -- pull / hydrate ------------------------------------------------------------
+    async def segment(self, key):
+        """The parsed segment `key`, fetched once however many tasks ask for
+        it at once (a hydrator starts 16 windows together): the others wait
+        for that one GET and share its error. If it was cancelled instead,
+        the next waiter fetches."""
+        while True:
+            seg = self._segments.get(key)
+            if seg is not None:
+                return seg
+            load = self._loading.get(key)
+            if load is None:
+                return await self._load_segment(key)
+            await load.done.wait()
+            if load.error is not None:
+                raise copy.copy(load.error) from load.error   # same class, args, attributes
+
+    async def _load_segment(self, key):
+        self._loading[key] = load = _Load()
+        try:
+            seg = self._segments[key] = await self.run(self.chunks.get_segment, key)
+            return seg
+        except RokfsError as exc:
+            load.error = exc
+            raise
+        finally:
+            del self._loading[key]
+            load.done.set()
+
+    async def locate(self, manifest, chunks):
+        """{chunk: (hash, pack, offset, length), or None for zeros} of manifest chunks."""
+        out = {}
+        for seg_no, group in itertools.groupby(sorted(set(chunks)),
+                                               key=lambda c: c // SEGMENT_CHUNKS):
+            seg = await self.segment(manifest["segments"][seg_no])
+            packs, entries = seg["packs"], seg["chunks"]
+            for c in group:
+                e = entries[c % SEGMENT_CHUNKS]
+                out[c] = None if e is None else (e[0], packs[e[1]], e[2], e[3])
+        return out
+
+    async def fetch(self, manifest, chunks, chunk_size, *, on_demand=False, required=None):
+        """{chunk: bytes or None (zeros)} for manifest chunks, verified. A chunk
+        that fails verification raises if it is `required` (default: all),
+        else it is left out (read-ahead)."""
+        out, wanted = {}, []
+        for c, loc in (await self.locate(manifest, chunks)).items():
+            if loc is None:
+                out[c] = None
+            else:
+                wanted.append((c, *loc))
+        self.on_demand += on_demand
+        try:
+            async with single_errors():
+                async with trio.open_nursery() as nursery:
+                    for run in _runs(wanted):
+                        nursery.start_soon(self._fetch_run, run, chunk_size, out)
+        finally:
+            self.on_demand -= on_demand
+        for c, data in list(out.items()):
+            if isinstance(data, Exception):
+                if required is None or c in required:
+                    raise data
+                del out[c]
+        return out
+
+    async def _fetch_run(self, run, chunk_size, out):
+        out.update(await self.run(self._read_run, run, chunk_size))
+
+    def _read_run(self, run, chunk_size):
+        pack, start = run[0][2], run[0][3]
+        end = run[-1][3] + run[-1][4]
+        body = memoryview(self.chunks.read_range(pack, start, end))
+        out = {}
+        for c, h, _, off, length in run:
+            try:
+                out[c] = open_chunk(body[off - start:off - start + length], h, chunk_size)
+            except Corrupt as exc:
+                out[c] = Corrupt(f"{pack} chunk {c}: {exc}")
+        return out
+
+
+class _Load:
+    """A fetch in flight that other tasks wait for instead of repeating it."""
+
+    def __init__(self):
+        self.done = trio.Event()
+        self.error = None
+
+
+def _runs(wanted):
+    """Group (chunk, hash, pack, offset, length) into contiguous ranged GETs."""
+    runs = []
+    for item in sorted(wanted, key=lambda w: (w[2], w[3])):
+        last = runs[-1][-1] if runs else None
+        if (last and last[2] == item[2] and last[3] + last[4] == item[3]
+                and item[3] + item[4] - runs[-1][0][3] <= MAX_RUN):
+            runs[-1].append(item)
+        elif last and last[2] == item[2] and last[3] == item[3]:
+            runs[-1].append(item)   # the same chunk content at two places
+        else:
+            runs.append([item])
+    return runs
