@@ -14,7 +14,6 @@ import grpc
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from rokfs.errors import AlreadyExists, NotFound
-from rokfs.extentmap import MAX_CHUNKS
 
 from . import capability, naming
 from . import csi_pb2 as csi
@@ -255,7 +254,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
 
     def _max_size(self, status=None):
         status = status or self.client.status()
-        return min(MAX_CHUNKS * status["chunk_size"], INT64_MAX)
+        return min(status["max_volume_bytes"], INT64_MAX)
 
     def _check_parameters(self, parameters):
         for key, value in parameters.items():

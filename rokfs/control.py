@@ -33,7 +33,8 @@ import trio
 
 from . import names
 from .errors import AlreadyExists, InvalidArgument, NotFound, ReadOnly, RokfsError, single_errors
-from .image import LIVE, NeedsChunks
+from .fsck import fsck
+from .image import NeedsChunks
 from .stats import Counters
 
 log = logging.getLogger("rokfs.control")
@@ -171,6 +172,13 @@ class Control:
     def status(self):
         return self.pool.status()
 
+    async def fsck(self, *, repair=False):
+        """Verify the pool's maps and counts (fsck.py); `repair` fixes leaks.
+        It walks every map on the loop: for `rokfs fsck` on a pool no daemon
+        serves, not offered over the control API."""
+        await self.flush()
+        return fsck(self.pool, repair=repair)
+
     def list_exports(self):
         """[(name, size, read_only, description)] of every volume and snapshot."""
         out = [(v.name, v.size, False, f"rokfs volume {v.name}")
@@ -234,8 +242,11 @@ class Control:
 
         # The hashes cached for the snapshot's slots are committed with the
         # next commit: a cache, not worth an fsync of its own.
-        return await store.push(self.pool, self.remote_state, snap, progress=progress,
-                                grace=grace_seconds, base_entry=base_entry)
+        result = await store.push(self.pool, self.remote_state, snap, progress=progress,
+                                  grace=grace_seconds, base_entry=base_entry)
+        self.counters.push_bytes += result["uploaded_bytes"]
+        self.counters.push_chunks += result["uploaded_chunks"]
+        return result
 
     async def pull(self, remote_snapshot, new_volume, *, remote="default"):
         names.check_name(new_volume)
@@ -289,6 +300,9 @@ class Control:
         except RokfsError as exc:
             log.warning("event=fetch_failed image=%s error=%s", image.full_name, exc)
             raise
+        stored = sum(data is not None for data in got.values())
+        self.counters.pull_chunks += stored
+        self.counters.pull_bytes += stored * self.pool.chunk_size
         await self._install(image, got)
         return got
 
@@ -378,6 +392,8 @@ class Control:
                 if cold:
                     got = await self.fetch_chunks(vol, cold, readahead=False)
                     since_flush[0] += len(got) * self.pool.chunk_size
+                    self.counters.hydrated_chunks += len(got)
+                    self.counters.hydrated_bytes += len(got) * self.pool.chunk_size
                 status["chunks_done"] = total - vol.cold_count() if \
                     first % (HYDRATE_WINDOW * 64) == 0 else status["chunks_done"] + len(cold)
                 elapsed = time.monotonic() - started

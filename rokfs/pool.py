@@ -457,6 +457,7 @@ class Pool:
         st = os.statvfs(self.path)
         deleting = [i for i in self._images.values() if i.state == DELETING]
         return {"path": self.path, "chunk_size": self.chunk_size,
+                "max_volume_bytes": MAX_CHUNKS * self.chunk_size,
                 "volumes": len(self.list_volumes()), "snapshots": len(self.list_snapshots()),
                 "deleting": len(deleting),
                 "used_bytes": self.slots.used_slots() * self.chunk_size,
