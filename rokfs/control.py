@@ -323,15 +323,20 @@ class Control:
 
     def hydration_status(self, volume):
         vol = self.pool.get_volume(volume)
+        h = self._hydration_now(vol)
+        cs = self.pool.chunk_size
+        return {"volume": vol.name, **h, "bytes_done": h["chunks_done"] * cs,
+                "bytes_total": h["chunks_total"] * cs}
+
+    def _hydration_now(self, vol):
+        """The hydrator's status of `vol`, or one made from the volume's map."""
         h = self._hydration.get(vol.id)
         if h is None:
             total = vol.base_chunks
             done = total - vol.cold_count() if total else 0
             h = {"state": "hydrated" if not vol.base else "hydrating", "chunks_done": done,
                  "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
-        cs = self.pool.chunk_size
-        return {"volume": vol.name, **h, "bytes_done": h["chunks_done"] * cs,
-                "bytes_total": h["chunks_total"] * cs}
+        return h
 
     async def run_background(self, *, task_status=trio.TASK_STATUS_IGNORED):
         """Hydrate every volume that has a base, including ones pulled later."""
@@ -353,9 +358,11 @@ class Control:
             while vol.base and vol.live:
                 try:
                     await self._hydrate_held(vol)
-                except RokfsError as exc:
-                    self._hydration[vol.id].update(state="failed", error=str(exc))
-                    log.warning("event=hydrate_failed volume=%s error=%s", vol.name, exc)
+                except Exception as exc:        # one volume's failure stays its own
+                    self._hydration[vol.id] = {**self._hydration_now(vol), "state": "failed",
+                                               "error": _reason(exc)}
+                    log.warning("event=hydrate_failed volume=%s error=%s", vol.name,
+                                _reason(exc), exc_info=not isinstance(exc, RokfsError))
                     await trio.sleep(5)
         finally:
             running.discard(vol.id)
@@ -417,6 +424,12 @@ class Control:
             await self.flush()
             status.update(state="hydrated", chunks_done=total, error=None)
             log.info("event=hydrated volume=%s chunks=%d", vol.name, total)
+
+
+def _reason(exc):
+    """A one-line reason for a failure: the message of a rokfs error, the
+    class and message of anything else (a bug, reported as such)."""
+    return str(exc) if isinstance(exc, RokfsError) else f"internal error: {exc!r}"
 
 
 def _stat_of(image):

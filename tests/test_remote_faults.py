@@ -127,3 +127,29 @@ async def test_unreachable_remote_gives_eio_not_a_hang(tmp_path, s3_server):
     assert await dev.pread(0, 10) == data[:10]          # what was fetched stays readable
     await dev.pwrite(50 * cs, b"x" * cs)                 # and whole-chunk writes still work
     dev.close()
+
+
+async def test_one_volumes_hydration_failing_unexpectedly_fails_that_volume_alone(
+        tmp_path, monkeypatch):
+    """A bug (any exception) in one volume's hydration marks that volume
+    failed with the reason; the background task, and every other volume's
+    hydration, go on (it used to take the daemon down)."""
+    remote = open_remote(f"file://{tmp_path / 'remote'}")
+    a = make_control(tmp_path / "a", remote)
+    good, bad = os.urandom(2 * MiB), os.urandom(2 * MiB)
+    await push_new_volume(a, "good@s", good)
+    await push_new_volume(a, "bad@s", bad)
+    b = make_control(tmp_path / "b", remote)
+    await b.pull("bad@s", "bad")
+    await b.pull("good@s", "good")
+    real_locate = type(remote).locate
+
+    async def locate(self, manifest, chunks):
+        if manifest["name"] == "bad@s":
+            raise IndexError("list index out of range")
+        return await real_locate(self, manifest, chunks)
+    monkeypatch.setattr(type(remote), "locate", locate)
+    await hydrate_all(b, "good")
+    status = b.hydration_status("bad")
+    assert status["state"] == "failed" and "IndexError" in status["error"]
+    assert await read_volume(b, "good") == good
