@@ -18,7 +18,7 @@ import trio
 from rokfs.errors import RokfsError
 from rokfs.pool import Pool
 
-from .protocol import TLS_MODES
+from .handshake import TLS_MODES
 from .server import serve
 from .tls import tls_config
 
