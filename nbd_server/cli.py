@@ -15,6 +15,7 @@ import sys
 
 import trio
 
+from rokfs.control import Control
 from rokfs.errors import RokfsError
 from rokfs.pool import Pool
 
@@ -70,7 +71,7 @@ async def _serve_until_signal(pool, args, tls):
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(
-                serve, pool, socket_path=args.socket, listen=args.listen, tls=tls))
+                serve, Control(pool), socket_path=args.socket, listen=args.listen, tls=tls))
             async for signum in signals:
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

@@ -34,7 +34,6 @@ Invariants
   finish, send what is queued, close.
 """
 
-import ctypes
 import errno
 import logging
 import os
@@ -43,7 +42,6 @@ import stat
 
 import trio
 
-from rokfs.control import Control
 from rokfs.errors import RokfsError
 from rokfs.fileio import pread_full
 
@@ -534,18 +532,6 @@ def _tune_socket(stream):
     return stream.socket.fileno()
 
 
-def tune_allocator():
-    """Keep large I/O buffers on the heap (glibc): a fresh mmap per 1 MiB
-    read or write costs page faults that halve sequential throughput."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = mallopt(m_mmap_threshold, 32 << 20)
-    return bool(ok and mallopt(m_trim_threshold, 128 << 20))
-
-
 # -- listeners -------------------------------------------------------------------
 
 def parse_listen(value):
@@ -594,17 +580,15 @@ def _remove_stale_socket(path):
         probe.close()
 
 
-async def serve(pool, *, socket_path=None, listen=None, tls=None,
+async def serve(control, *, socket_path=None, listen=None, tls=None,
                 task_status=trio.TASK_STATUS_IGNORED):
-    """Serve `pool` (a Pool or a Control) until cancelled.
+    """Serve the exports of `control` (a rokfs Control) until cancelled.
 
     Binds a unix socket at `socket_path` and/or TCP at `listen` ('ADDR:PORT';
     loopback by default; with neither, 127.0.0.1:10809). Reports the bound
     addresses (unix paths, (host, port) tuples) through task_status.
     """
-    control = pool if isinstance(pool, Control) else Control(pool)
     server = NbdServer(control, tls)
-    tune_allocator()
     listeners = []
     if listen is not None or socket_path is None:
         host, port = parse_listen(listen if listen is not None else str(DEFAULT_PORT))
