@@ -10,7 +10,8 @@ Invariants
   when it must grow), filled either by `receive_data()` or, without a copy,
   by reading into `get_buffer()` and calling `buffer_updated()`. A view of
   it stays valid until the next `get_buffer()`/`receive_data()`.
-- Bytes being drained (`skip`) are dropped as they arrive, never buffered.
+- Bytes being drained (`skip`) are skipped as they arrive, never
+  accumulated.
 - Output keeps the order in which it was queued; buffers are queued as
   given, never copied.
 """

@@ -3,8 +3,8 @@
 `ExportInfo`, the application's description of an export.
 
 Invariants
-- Events are values: they carry no behaviour and no reference to the
-  connection, so both phases and the application share them freely.
+- Events are plain data: they hold no reference to the connection and act
+  on nothing, so both phases and the application share them.
 - Each handshake event (ListExports, ExportQuery, StartTLS) waits for one
   answer, named in its docstring; until it comes `next_event()` returns
   PAUSED. A Request is answered by one reply; WriteData pieces are not

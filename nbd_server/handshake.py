@@ -7,9 +7,12 @@ Invariants
   can answer is a violation: a bad magic, unknown client flags, an
   EXPORT_NAME that is not a string, too long or before required TLS, bytes
   sent after STARTTLS before its reply, end of file inside a message.
-- Option data larger than MAX_OPTION_DATA is drained, never buffered.
-- An option that needs the application (LIST, INFO, GO, EXPORT_NAME) pauses
-  the connection until it is answered; every other option is answered here.
+- Option data larger than MAX_OPTION_DATA is never buffered: it is skipped
+  as it arrives and the option refused (an EXPORT_NAME that large is a
+  violation).
+- LIST, INFO, GO and EXPORT_NAME pause the connection until the application
+  answers them; an accepted STARTTLS pauses it until `tls_started()`; every
+  other option is answered here.
 - With TLS required, no option but STARTTLS and ABORT is served before TLS
   is up. STARTTLS forgets what was negotiated before it (structured
   replies, the meta context).

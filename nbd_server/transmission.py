@@ -5,14 +5,15 @@ Invariants
 - Only requests that pass `validate_request()` (one pure function of the
   request and the negotiated `Session`, returning an errno) become
   `Request` events. A rejected request is answered here; a rejected WRITE's
-  payload is drained (dropped as it arrives, never buffered), and one too
-  large to drain ends the session.
+  payload is drained (skipped as it arrives, never accumulated), and one
+  too large to drain ends the session.
 - A reply's error is an errno until `send_error()` maps it, through
   `nbd_error()`, the one mapping.
 - Read payloads are queued as given, never copied; a WRITE's payload is a
   view of the input buffer.
-- A streamed WRITE is cut into pieces that end on multiples of the granule,
-  except the last, and cover the payload exactly once, in order.
+- A streamed WRITE is cut into pieces that cover its payload once, in
+  order, each but the last ending at an offset that is a multiple of the
+  granule.
 - The flags advertised for an export (`transmission_flags()`) are only what
   this phase implements; the command table of a session is derived from
   them, so what is advertised and what is accepted cannot disagree.
