@@ -235,21 +235,25 @@ class Transmission:
             if err:
                 self._reject(cmd, flags, cookie, offset, length, err)
                 continue
-            if cmd != CMD_WRITE:
-                ch.pos += 28
-                return Request(cmd, flags, cookie, offset, length)
-            if have < 28 + length and self._stream_from is not None \
-                    and length >= self._stream_from:
-                ch.pos += 28
-                req = Request(cmd, flags, cookie, offset, length, streamed=True)
-                self._streaming = [req, offset, length]
-                return req
-            if have < 28 + length:
-                return ch.need(have, 28 + length, "a write payload")
-            start = ch.pos + 28
-            ch.pos = start + length
-            return Request(cmd, flags, cookie, offset, length,
-                           memoryview(ch.buf)[start:ch.pos])
+            if cmd == CMD_WRITE:
+                return self._write_request(flags, cookie, offset, length, have)
+            ch.pos += 28
+            return Request(cmd, flags, cookie, offset, length)
+
+    def _write_request(self, flags, cookie, offset, length, have):
+        """A valid WRITE with its payload, a streamed one without, or NEED_DATA."""
+        ch = self.channel
+        if have < 28 + length and self._stream_from is not None \
+                and length >= self._stream_from:
+            ch.pos += 28
+            req = Request(CMD_WRITE, flags, cookie, offset, length, streamed=True)
+            self._streaming = [req, offset, length]
+            return req
+        if have < 28 + length:
+            return ch.need(have, 28 + length, "a write payload")
+        start = ch.pos + 28
+        ch.pos = start + length
+        return Request(CMD_WRITE, flags, cookie, offset, length, memoryview(ch.buf)[start:ch.pos])
 
     def _next_write_piece(self):
         ch = self.channel
