@@ -15,10 +15,11 @@ import sys
 
 import trio
 
+from rokfs.control import Control
 from rokfs.errors import RokfsError
 from rokfs.pool import Pool
 
-from .protocol import TLS_MODES
+from .handshake import TLS_MODES
 from .server import serve
 from .tls import tls_config
 
@@ -70,7 +71,7 @@ async def _serve_until_signal(pool, args, tls):
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(
-                serve, pool, socket_path=args.socket, listen=args.listen, tls=tls))
+                serve, Control(pool), socket_path=args.socket, listen=args.listen, tls=tls))
             async for signum in signals:
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

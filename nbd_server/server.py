@@ -25,16 +25,15 @@ Invariants
   engine write; a snapshot taken between pieces holds a prefix of the
   request, as a disk snapshot taken during an unacknowledged write may. A
   piece that fails fails the request; the rest of the payload is drained.
-- An engine error becomes an NBD error through its errno (mapped once, in
-  the protocol); an unexpected exception fails that request with EIO. A
-  broken, hostile or vanished peer ends its own connection only.
+- An engine error becomes an NBD error through its errno (mapped once, by
+  `constants.nbd_error()`); an unexpected exception fails that request with
+  EIO. A broken, hostile or vanished peer ends its own connection only.
 - FLUSH is pool-wide (the control API's group commit), which is what makes
   CAN_MULTI_CONN true.
 - DISC, EOF or a protocol violation: stop reading, let in-flight handlers
   finish, send what is queued, close.
 """
 
-import ctypes
 import errno
 import logging
 import os
@@ -43,11 +42,17 @@ import stat
 
 import trio
 
-from rokfs.control import Control
 from rokfs.errors import RokfsError
 from rokfs.fileio import pread_full
 
-from . import protocol as P
+from .channel import State
+from .constants import (CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
+                        CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE,
+                        CMD_WRITE_ZEROES, REP_ERR_UNKNOWN)
+from .events import (Closed, ExportInfo, ExportQuery, ListExports, LocalProtocolError,
+                     NEED_DATA, PAUSED, RemoteProtocolError, Request, StartTLS, WriteData)
+from .protocol import ServerConnection
+from .transmission import zero_runs
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,7 @@ class _Wakeup:
 
 
 _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
-              P.RemoteProtocolError)
+              RemoteProtocolError)
 
 
 class NbdServer:
@@ -95,7 +100,7 @@ class NbdServer:
         self.connections = 0
 
     def exports(self):
-        return [P.ExportInfo(name, size, ro, desc)
+        return [ExportInfo(name, size, ro, desc)
                 for name, size, ro, desc in self.control.list_exports()]
 
     def describe(self, name):
@@ -126,7 +131,7 @@ class _Connection:
     def __init__(self, server, stream):
         self.server = server
         self.stream = stream
-        self.proto = P.ServerConnection(tls=server.tls_mode)
+        self.proto = ServerConnection(tls=server.tls_mode)
         self.device = None
         self._closing = False
         self._kick = _Wakeup()
@@ -158,40 +163,40 @@ class _Connection:
         while True:
             ev = proto.next_event()
             await self._send(proto.data_to_send())
-            if ev is P.NEED_DATA:
+            if ev is NEED_DATA:
                 await self._receive()
-            elif isinstance(ev, P.Closed):
+            elif isinstance(ev, Closed):
                 return False
-            elif ev is P.PAUSED:
-                raise P.LocalProtocolError("handshake event left unanswered")
+            elif ev is PAUSED:
+                raise LocalProtocolError("handshake event left unanswered")
             else:
                 await self._answer(ev)
-            if proto.state is P.State.TRANSMISSION:
+            if proto.state is State.TRANSMISSION:
                 await self._send(proto.data_to_send())
                 self._enter_transmission()
                 return True
-            if proto.state is P.State.CLOSED:
+            if proto.state is State.CLOSED:
                 return False
 
     async def _answer(self, ev):
-        if isinstance(ev, P.ListExports):
+        if isinstance(ev, ListExports):
             self.proto.send_export_list(self.server.exports())
-        elif isinstance(ev, P.ExportQuery):
+        elif isinstance(ev, ExportQuery):
             self._answer_export(ev)
-        elif isinstance(ev, P.StartTLS):
+        elif isinstance(ev, StartTLS):
             await self._start_tls()
 
     def _answer_export(self, query):
         if not query.name:
-            return self.proto.reject_export(P.REP_ERR_UNKNOWN, "no default export: name a "
+            return self.proto.reject_export(REP_ERR_UNKNOWN, "no default export: name a "
                                             "volume or VOLUME@SNAPSHOT (see NBD_OPT_LIST)")
         try:
             device = self.server.control.open_device(query.name)
         except RokfsError as exc:
-            return self.proto.reject_export(P.REP_ERR_UNKNOWN, str(exc))
-        info = P.ExportInfo(device.name, device.size, device.read_only,
-                            self.server.describe(device.name),
-                            preferred_block=device.chunk_size)
+            return self.proto.reject_export(REP_ERR_UNKNOWN, str(exc))
+        info = ExportInfo(device.name, device.size, device.read_only,
+                          self.server.describe(device.name),
+                          preferred_block=device.chunk_size)
         self.proto.accept_export(info)
         if query.enters_transmission:
             self.device = device
@@ -227,14 +232,14 @@ class _Connection:
         try:
             while True:
                 ev = proto.next_event()
-                if ev is P.NEED_DATA:
+                if ev is NEED_DATA:
                     self._push()
                     while proto.pending_output > HIGH_WATER:
                         await self._drained.wait()
                     await self._receive()
-                elif isinstance(ev, P.Closed):
+                elif isinstance(ev, Closed):
                     return
-                elif isinstance(ev, P.WriteData):
+                elif isinstance(ev, WriteData):
                     done = await self._write_piece(ev)
                     if done is not None:
                         await self._limit.acquire()
@@ -242,7 +247,7 @@ class _Connection:
                     await self._fair_share(1)
                 elif ev.streamed:
                     self._write_error = None
-                elif ev.cmd in _SPAWNED or ev.flags & P.CMD_FLAG_FUA:
+                elif ev.cmd in _SPAWNED or ev.flags & CMD_FLAG_FUA:
                     if ev.data is not None:
                         ev.data = bytes(ev.data)  # outlives the input buffer
                     await self._limit.acquire()
@@ -254,7 +259,7 @@ class _Connection:
                         self._push()
                         while proto.pending_output > HIGH_WATER:
                             await self._drained.wait()
-        except P.RemoteProtocolError as exc:
+        except RemoteProtocolError as exc:
             log.info("closing connection to %s: %s", self.device.name, exc)
 
     async def _spawned(self, req):
@@ -313,8 +318,8 @@ class _Connection:
         if req.length >= ZERO_COPY_MIN and self._can_send_now():
             return await self._read_uncopied(req)
         data = await self.device.pread(req.offset, req.length)
-        if req.length >= HOLE_GRANULE and self._sparse_reads and not req.flags & P.CMD_FLAG_DF:
-            pieces = P.zero_runs(data, req.offset, HOLE_GRANULE)
+        if req.length >= HOLE_GRANULE and self._sparse_reads and not req.flags & CMD_FLAG_DF:
+            pieces = zero_runs(data, req.offset, HOLE_GRANULE)
             if len(pieces) > 1 or isinstance(pieces[0], int):
                 return self.proto.send_read_sparse(req, pieces)
         self.proto.send_read(req, data)
@@ -334,7 +339,7 @@ class _Connection:
         if error is not None:
             self._fail(req, error)
         elif req.fua:
-            return P.Request(P.CMD_FLUSH, 0, req.cookie, 0, 0)
+            return Request(CMD_FLUSH, 0, req.cookie, 0, 0)
         else:
             self.proto.send_ok(req)
             self._push()              # the client may be waiting on it to send more
@@ -367,7 +372,7 @@ class _Connection:
         self.proto.send_ok(req)
 
     async def _write_zeroes(self, req):
-        no_hole = bool(req.flags & P.CMD_FLAG_NO_HOLE)
+        no_hole = bool(req.flags & CMD_FLAG_NO_HOLE)
         for offset, length, last in _pieces(req.offset, req.length, BIG_OP):
             await self.device.write_zeroes(offset, length, fua=req.fua and last, no_hole=no_hole)
             if not last:
@@ -379,7 +384,7 @@ class _Connection:
         self.proto.send_ok(req)
 
     async def _block_status(self, req):
-        if not req.flags & P.CMD_FLAG_REQ_ONE:
+        if not req.flags & CMD_FLAG_REQ_ONE:
             extents = await self.device.extents(req.offset, min(req.length, STATUS_CAP))
             return self.proto.send_block_status(req, extents)
         window = min(req.length, STATUS_WINDOW)
@@ -433,15 +438,15 @@ def _pieces(offset, length, most):
         offset += n
 
 
-_SPAWNED = frozenset((P.CMD_FLUSH, P.CMD_CACHE))
+_SPAWNED = frozenset((CMD_FLUSH, CMD_CACHE))
 _HANDLERS = {
-    P.CMD_READ: _Connection._read,
-    P.CMD_WRITE: _Connection._write,
-    P.CMD_FLUSH: _Connection._flush,
-    P.CMD_TRIM: _Connection._trim,
-    P.CMD_WRITE_ZEROES: _Connection._write_zeroes,
-    P.CMD_CACHE: _Connection._cache,
-    P.CMD_BLOCK_STATUS: _Connection._block_status,
+    CMD_READ: _Connection._read,
+    CMD_WRITE: _Connection._write,
+    CMD_FLUSH: _Connection._flush,
+    CMD_TRIM: _Connection._trim,
+    CMD_WRITE_ZEROES: _Connection._write_zeroes,
+    CMD_CACHE: _Connection._cache,
+    CMD_BLOCK_STATUS: _Connection._block_status,
 }
 
 
@@ -527,18 +532,6 @@ def _tune_socket(stream):
     return stream.socket.fileno()
 
 
-def tune_allocator():
-    """Keep large I/O buffers on the heap (glibc): a fresh mmap per 1 MiB
-    read or write costs page faults that halve sequential throughput."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    ok = mallopt(m_mmap_threshold, 32 << 20)
-    return bool(ok and mallopt(m_trim_threshold, 128 << 20))
-
-
 # -- listeners -------------------------------------------------------------------
 
 def parse_listen(value):
@@ -587,17 +580,15 @@ def _remove_stale_socket(path):
         probe.close()
 
 
-async def serve(pool, *, socket_path=None, listen=None, tls=None,
+async def serve(control, *, socket_path=None, listen=None, tls=None,
                 task_status=trio.TASK_STATUS_IGNORED):
-    """Serve `pool` (a Pool or a Control) until cancelled.
+    """Serve the exports of `control` (a rokfs Control) until cancelled.
 
     Binds a unix socket at `socket_path` and/or TCP at `listen` ('ADDR:PORT';
     loopback by default; with neither, 127.0.0.1:10809). Reports the bound
     addresses (unix paths, (host, port) tuples) through task_status.
     """
-    control = pool if isinstance(pool, Control) else Control(pool)
     server = NbdServer(control, tls)
-    tune_allocator()
     listeners = []
     if listen is not None or socket_path is None:
         host, port = parse_listen(listen if listen is not None else str(DEFAULT_PORT))

@@ -1,7 +1,7 @@
 """TLS for the NBD server: an x509 server context from PEM files.
 
 Invariants
-- Modes are the protocol's: 'off' (STARTTLS refused), 'on' (TLS at the
+- Modes are the handshake's: 'off' (STARTTLS refused), 'on' (TLS at the
   client's choice), 'require' (every option but STARTTLS/ABORT refused
   until TLS is up).
 - TLS 1.2 is the floor. With a CA file, clients must present a certificate
@@ -11,7 +11,7 @@ Invariants
 import ssl
 from dataclasses import dataclass
 
-from .protocol import TLS_MODES
+from .handshake import TLS_MODES
 
 
 @dataclass(frozen=True)

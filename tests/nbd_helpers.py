@@ -2,7 +2,7 @@
 fixtures, a driver for the sans-I/O connection, and a real `rokfs nbd`
 server started as a subprocess on a unix socket in a temporary directory.
 
-Client-side encoding here is written independently of nbd_server/protocol.py
+Client-side encoding here is written independently of nbd_server's protocol modules
 (only the numeric constants are shared) so that the tests do not check the
 server against itself.
 """
@@ -18,19 +18,20 @@ import sys
 import time
 from pathlib import Path
 
-from nbd_server import protocol as P
+from nbd_server import constants as C
+from nbd_server.events import Closed, ExportQuery, ListExports, NEED_DATA, PAUSED, Request, StartTLS
 
 REPO = Path(__file__).resolve().parent.parent
 
 # -- client-side encoding ----------------------------------------------------
 
 
-def client_flags(flags=P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES):
+def client_flags(flags=C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES):
     return struct.pack(">I", flags)
 
 
 def opt(option, data=b""):
-    return struct.pack(">QII", P.IHAVEOPT, option, len(data)) + data
+    return struct.pack(">QII", C.IHAVEOPT, option, len(data)) + data
 
 
 def info_data(name, requests=()):
@@ -49,11 +50,11 @@ def meta_data(name, queries):
 
 
 def request(cmd, offset=0, length=0, flags=0, cookie=1, data=b""):
-    return struct.pack(">IHHQQI", P.REQUEST_MAGIC, flags, cmd, cookie, offset, length) + data
+    return struct.pack(">IHHQQI", C.REQUEST_MAGIC, flags, cmd, cookie, offset, length) + data
 
 
 def write(offset, data, cookie=1, flags=0):
-    return request(P.CMD_WRITE, offset, len(data), flags, cookie, data)
+    return request(C.CMD_WRITE, offset, len(data), flags, cookie, data)
 
 
 # -- client-side decoding ----------------------------------------------------
@@ -64,7 +65,7 @@ def split_option_replies(buf):
     out, pos = [], 0
     while pos < len(buf):
         magic, option, kind, length = struct.unpack_from(">QIII", buf, pos)
-        assert magic == P.OPT_REPLY_MAGIC, hex(magic)
+        assert magic == C.OPT_REPLY_MAGIC, hex(magic)
         pos += 20
         out.append((option, kind, bytes(buf[pos:pos + length])))
         pos += length
@@ -79,14 +80,14 @@ def split_replies(buf, read_lengths=None):
     out, pos = [], 0
     while pos < len(buf):
         (magic,) = struct.unpack_from(">I", buf, pos)
-        if magic == P.SIMPLE_REPLY_MAGIC:
+        if magic == C.SIMPLE_REPLY_MAGIC:
             _, error, cookie = struct.unpack_from(">IIQ", buf, pos)
             pos += 16
             n = read_lengths.get(cookie, 0) if error == 0 else 0
             out.append(dict(kind="simple", error=error, cookie=cookie, data=bytes(buf[pos:pos + n])))
             pos += n
         else:
-            assert magic == P.STRUCTURED_REPLY_MAGIC, hex(magic)
+            assert magic == C.STRUCTURED_REPLY_MAGIC, hex(magic)
             _, flags, rtype, cookie, length = struct.unpack_from(">IHHQI", buf, pos)
             pos += 20
             out.append(dict(kind="structured", flags=flags, type=rtype, cookie=cookie,
@@ -115,15 +116,15 @@ class Catalog:
         self.exports = {e.name: e for e in exports}
 
     def answer(self, conn, event):
-        if isinstance(event, P.ListExports):
+        if isinstance(event, ListExports):
             conn.send_export_list(self.exports.values())
-        elif isinstance(event, P.ExportQuery):
+        elif isinstance(event, ExportQuery):
             info = self.exports.get(event.name)
             if info is None:
-                conn.reject_export(P.REP_ERR_UNKNOWN, f"no export {event.name!r}")
+                conn.reject_export(C.REP_ERR_UNKNOWN, f"no export {event.name!r}")
             else:
                 conn.accept_export(info)
-        elif isinstance(event, P.StartTLS):
+        elif isinstance(event, StartTLS):
             conn.tls_started()
 
 
@@ -138,14 +139,14 @@ def drive(conn, data, catalog=None, bytewise=False):
             conn.receive_data(piece)
         while True:
             ev = conn.next_event()
-            if ev is P.NEED_DATA or ev is P.PAUSED:
+            if ev is NEED_DATA or ev is PAUSED:
                 break
-            if isinstance(ev, P.Request) and ev.data is not None:
+            if isinstance(ev, Request) and ev.data is not None:
                 ev.data = bytes(ev.data)   # a view is only valid until more input
             events.append(ev)
             if catalog is not None:
                 catalog.answer(conn, ev)
-            if isinstance(ev, P.Closed):
+            if isinstance(ev, Closed):
                 break
     out = b"".join(bytes(b) for b in conn.data_to_send())
     return events, out
@@ -304,15 +305,15 @@ def raw_handshake(path, export="data", structured=False):
     assert recv_exact(s, 18) == GREETING
     s.sendall(client_flags())
     if structured:
-        s.sendall(opt(P.OPT_STRUCTURED_REPLY))
-        assert split_option_replies(recv_exact(s, 20))[0][1] == P.REP_ACK
-    s.sendall(opt(P.OPT_GO, info_data(export)))
+        s.sendall(opt(C.OPT_STRUCTURED_REPLY))
+        assert split_option_replies(recv_exact(s, 20))[0][1] == C.REP_ACK
+    s.sendall(opt(C.OPT_GO, info_data(export)))
     size = flags = None
     while True:
         _, _, kind, length = struct.unpack(">QIII", recv_exact(s, 20))
         data = recv_exact(s, length)
-        if kind == P.REP_INFO and struct.unpack_from(">H", data)[0] == P.INFO_EXPORT:
+        if kind == C.REP_INFO and struct.unpack_from(">H", data)[0] == C.INFO_EXPORT:
             size, flags = struct.unpack_from(">QH", data, 2)
-        if kind == P.REP_ACK:
+        if kind == C.REP_ACK:
             return s, size, flags
         assert not kind & (1 << 31), f"GO failed: {kind:#x} {data!r}"

@@ -15,12 +15,16 @@ import pytest
 from nbd_helpers import (Catalog, ServerProcess, client_flags, info_data, meta_data, opt,
                          pool_with_volumes, raw_handshake, recv_exact, request, run,
                          split_option_replies, split_replies)
-from nbd_server import protocol as P
+from nbd_server import constants as C
+from nbd_server.channel import State
+from nbd_server.events import (Closed, ExportInfo, ExportQuery, NEED_DATA, PAUSED,
+                               RemoteProtocolError, Request, WriteData)
+from nbd_server.protocol import ServerConnection
 
 SIZE = 1 << 20
-CATALOG = Catalog(P.ExportInfo("fz", SIZE), P.ExportInfo("fz@s", SIZE, read_only=True))
-COMMANDS = [P.CMD_READ, P.CMD_WRITE, P.CMD_FLUSH, P.CMD_TRIM, P.CMD_CACHE,
-            P.CMD_WRITE_ZEROES, P.CMD_BLOCK_STATUS]
+CATALOG = Catalog(ExportInfo("fz", SIZE), ExportInfo("fz@s", SIZE, read_only=True))
+COMMANDS = [C.CMD_READ, C.CMD_WRITE, C.CMD_FLUSH, C.CMD_TRIM, C.CMD_CACHE,
+            C.CMD_WRITE_ZEROES, C.CMD_BLOCK_STATUS]
 
 
 # -- generating input ---------------------------------------------------------
@@ -28,33 +32,33 @@ COMMANDS = [P.CMD_READ, P.CMD_WRITE, P.CMD_FLUSH, P.CMD_TRIM, P.CMD_CACHE,
 def random_option(rng):
     choice = rng.randrange(12)
     if choice == 0:
-        return opt(P.OPT_LIST)
+        return opt(C.OPT_LIST)
     if choice == 1:
-        return opt(P.OPT_STRUCTURED_REPLY)
+        return opt(C.OPT_STRUCTURED_REPLY)
     if choice == 2:
         queries = rng.choice([["base:allocation"], [], ["base:"], ["x:y", "base:allocation"]])
-        kind = rng.choice([P.OPT_SET_META_CONTEXT, P.OPT_LIST_META_CONTEXT])
+        kind = rng.choice([C.OPT_SET_META_CONTEXT, C.OPT_LIST_META_CONTEXT])
         return opt(kind, meta_data(rng.choice(["fz", "fz@s", "zz"]), queries))
     if choice == 3:
-        return opt(P.OPT_INFO, info_data(rng.choice(["fz", "fz@s", "", "nope"]),
+        return opt(C.OPT_INFO, info_data(rng.choice(["fz", "fz@s", "", "nope"]),
                                          rng.sample(range(5), rng.randrange(4))))
     if choice == 4 and rng.random() < 0.3:
-        return opt(P.OPT_STARTTLS)
+        return opt(C.OPT_STARTTLS)
     if choice == 5:
         return opt(rng.randrange(11, 1 << 32), os.urandom(rng.randrange(16)))
-    return opt(P.OPT_INFO, info_data("fz"))
+    return opt(C.OPT_INFO, info_data("fz"))
 
 
 def random_request(rng, cookie):
     cmd = rng.choice(COMMANDS + [rng.randrange(8, 1 << 16)])
     offset = rng.choice([0, 512, rng.randrange(SIZE), SIZE - 512, SIZE, rng.randrange(1 << 64)])
     length = rng.choice([0, 1, 512, 4096, rng.randrange(1 << 16), SIZE, rng.randrange(1 << 32)])
-    flags = rng.choice([0, 0, 0, P.CMD_FLAG_FUA, P.CMD_FLAG_DF, P.CMD_FLAG_REQ_ONE,
-                        P.CMD_FLAG_NO_HOLE | P.CMD_FLAG_FAST_ZERO, rng.randrange(1 << 16)])
-    if cmd == P.CMD_WRITE:
+    flags = rng.choice([0, 0, 0, C.CMD_FLAG_FUA, C.CMD_FLAG_DF, C.CMD_FLAG_REQ_ONE,
+                        C.CMD_FLAG_NO_HOLE | C.CMD_FLAG_FAST_ZERO, rng.randrange(1 << 16)])
+    if cmd == C.CMD_WRITE:
         length = rng.choice([1, 512, 4096, rng.randrange(1, 1 << 14)])
         return request(cmd, offset, length, flags, cookie, os.urandom(length))
-    if cmd == P.CMD_FLUSH and rng.random() < 0.7:
+    if cmd == C.CMD_FLUSH and rng.random() < 0.7:
         offset = length = 0
     return request(cmd, offset, length, flags, cookie)
 
@@ -63,12 +67,12 @@ def valid_session(rng):
     out = client_flags(rng.choice([3, 3, 1]))
     for _ in range(rng.randrange(4)):
         out += random_option(rng)
-    out += rng.choice([opt(P.OPT_GO, info_data(rng.choice(["fz", "fz@s"]))),
-                       opt(P.OPT_EXPORT_NAME, rng.choice([b"fz", b"fz@s"]))])
+    out += rng.choice([opt(C.OPT_GO, info_data(rng.choice(["fz", "fz@s"]))),
+                       opt(C.OPT_EXPORT_NAME, rng.choice([b"fz", b"fz@s"]))])
     for cookie in range(rng.randrange(30)):
         out += random_request(rng, cookie)
     if rng.random() < 0.5:
-        out += request(P.CMD_DISC)
+        out += request(C.CMD_DISC)
     return out
 
 
@@ -99,16 +103,16 @@ def mutate(rng, data):
 # -- driving the sans-I/O layer --------------------------------------------
 
 def answer(conn, ev, reads):
-    if isinstance(ev, P.WriteData):
+    if isinstance(ev, WriteData):
         if ev.last:
             conn.send_ok(ev.request)
-    elif isinstance(ev, P.Request):
+    elif isinstance(ev, Request):
         if ev.streamed:
             return
-        if ev.cmd == P.CMD_READ:
+        if ev.cmd == C.CMD_READ:
             reads[ev.cookie] = ev.length
             conn.send_read(ev, bytes(ev.length))
-        elif ev.cmd == P.CMD_BLOCK_STATUS:
+        elif ev.cmd == C.CMD_BLOCK_STATUS:
             conn.send_block_status(ev, [(ev.offset, ev.length, 3)])
         else:
             conn.send_ok(ev)
@@ -134,7 +138,7 @@ def check_output(chunks, sent_cookies, reads):
 def feed_all(data, rng, tls="off", stream=False):
     """Feed `data` in random pieces; returns (events, error or None). With
     `stream`, writes of 16 bytes or more stream their payload in pieces."""
-    conn = P.ServerConnection(tls=tls)
+    conn = ServerConnection(tls=tls)
     if stream:
         conn.stream_writes(16, rng.choice([1, 8, 512]))
     chunks = [("greeting", b"".join(conn.data_to_send()))]
@@ -145,33 +149,33 @@ def feed_all(data, rng, tls="off", stream=False):
     while error is None:
         steps += 1
         assert steps < 100_000, "the protocol does not make progress"
-        before = "transmission" if conn.state is P.State.TRANSMISSION else "options"
+        before = "transmission" if conn.state is State.TRANSMISSION else "options"
         try:
             ev = conn.next_event()
             out = b"".join(bytes(b) for b in conn.data_to_send())
             if out:                                   # answered inside the protocol
                 chunks.append((before, out))
-        except P.RemoteProtocolError as exc:
+        except RemoteProtocolError as exc:
             error = exc
-            with pytest.raises(P.RemoteProtocolError):
+            with pytest.raises(RemoteProtocolError):
                 conn.next_event()                     # sticky
-            assert conn.state is P.State.ERROR
+            assert conn.state is State.ERROR
             break
-        if ev is P.NEED_DATA:
+        if ev is NEED_DATA:
             if pos > len(data):
                 break
             n = rng.choice([1, 2, 7, 28, 100, 4096])
             conn.receive_data(data[pos:pos + n])      # b"" at the end is EOF
             pos += n
             continue
-        if ev is P.PAUSED or isinstance(ev, P.Closed):
+        if ev is PAUSED or isinstance(ev, Closed):
             break
-        was_options = conn.state is not P.State.TRANSMISSION
+        was_options = conn.state is not State.TRANSMISSION
         events.append(ev)
         answer(conn, ev, reads)
         phase = "transmission"
         if was_options:
-            named = isinstance(ev, P.ExportQuery) and ev.option == P.OPT_EXPORT_NAME
+            named = isinstance(ev, ExportQuery) and ev.option == C.OPT_EXPORT_NAME
             phase = "export-name" if named else "options"
         out = b"".join(bytes(b) for b in conn.data_to_send())
         if out:
@@ -179,7 +183,7 @@ def feed_all(data, rng, tls="off", stream=False):
     if sent_cookies is not None:
         tail = b"".join(bytes(b) for b in conn.data_to_send())
         phase = "transmission" if conn.session else "options"
-        if tail and conn.state is not P.State.ERROR:
+        if tail and conn.state is not State.ERROR:
             chunks.append((phase, tail))
         check_output(chunks, sent_cookies, reads)
     return events, error
@@ -238,7 +242,7 @@ class GoodClient(threading.Thread):
             sock, size, _ = raw_handshake(self.path, "good")
             while not self.stop.is_set():
                 self.round(sock, size)
-            sock.sendall(request(P.CMD_DISC))
+            sock.sendall(request(C.CMD_DISC))
             sock.close()
         except Exception as exc:                      # reported by the test
             self.error = exc
@@ -246,12 +250,12 @@ class GoodClient(threading.Thread):
     def round(self, sock, size):
         offset = (self.rounds * 4096) % size
         payload = os.urandom(4096)
-        sock.sendall(request(P.CMD_WRITE, offset, 4096, cookie=1, data=payload)
-                     + request(P.CMD_READ, offset, 4096, cookie=2))
+        sock.sendall(request(C.CMD_WRITE, offset, 4096, cookie=1, data=payload)
+                     + request(C.CMD_READ, offset, 4096, cookie=2))
         magic, err, cookie = struct.unpack(">IIQ", recv_exact(sock, 16))
-        assert (magic, err, cookie) == (P.SIMPLE_REPLY_MAGIC, 0, 1)
+        assert (magic, err, cookie) == (C.SIMPLE_REPLY_MAGIC, 0, 1)
         magic, err, cookie = struct.unpack(">IIQ", recv_exact(sock, 16))
-        assert (magic, err, cookie) == (P.SIMPLE_REPLY_MAGIC, 0, 2)
+        assert (magic, err, cookie) == (C.SIMPLE_REPLY_MAGIC, 0, 2)
         assert recv_exact(sock, 4096) == payload
         self.rounds += 1
 
@@ -283,12 +287,12 @@ def test_live_server_survives_hostile_clients(server):
         for _ in range(150):
             data = valid_session(rng)
             throw(server.sock, mutate(rng, data) if rng.random() < 0.8 else data, rng)
-        throw(server.sock, client_flags() + opt(P.OPT_GO, info_data("fz"))
-              + request(P.CMD_WRITE, 0, 30 << 20, cookie=1) + os.urandom(1 << 16), rng)
-        throw(server.sock, client_flags() + opt(P.OPT_GO, info_data("fz"))
-              + request(P.CMD_WRITE, 0, 0xFFFFFFFF, cookie=1), rng)
-        throw(server.sock, client_flags() + opt(P.OPT_STARTTLS) + b"\x16\x03\x01", rng)
-        throw(server.sock, client_flags() + struct.pack(">QII", P.IHAVEOPT, 99, 1 << 31), rng)
+        throw(server.sock, client_flags() + opt(C.OPT_GO, info_data("fz"))
+              + request(C.CMD_WRITE, 0, 30 << 20, cookie=1) + os.urandom(1 << 16), rng)
+        throw(server.sock, client_flags() + opt(C.OPT_GO, info_data("fz"))
+              + request(C.CMD_WRITE, 0, 0xFFFFFFFF, cookie=1), rng)
+        throw(server.sock, client_flags() + opt(C.OPT_STARTTLS) + b"\x16\x03\x01", rng)
+        throw(server.sock, client_flags() + struct.pack(">QII", C.IHAVEOPT, 99, 1 << 31), rng)
         time.sleep(0.5)
         assert good.is_alive() and good.error is None, good.error
     finally:
@@ -305,14 +309,14 @@ def test_client_that_never_reads_replies(server):
     reading the connection (backpressure) and drops it when the peer goes;
     everyone else is served meanwhile."""
     sock, _, _ = raw_handshake(server.sock, "fz")
-    sock.sendall(request(P.CMD_WRITE, 0, 65536, cookie=1, data=os.urandom(65536)))
-    assert struct.unpack(">IIQ", recv_exact(sock, 16)) == (P.SIMPLE_REPLY_MAGIC, 0, 1)
+    sock.sendall(request(C.CMD_WRITE, 0, 65536, cookie=1, data=os.urandom(65536)))
+    assert struct.unpack(">IIQ", recv_exact(sock, 16)) == (C.SIMPLE_REPLY_MAGIC, 0, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)   # one big batch
     sock.setblocking(False)
     sent = 0
     try:
         for cookie in range(20000):
-            sock.send(request(P.CMD_READ, 0, 65536, cookie=cookie))
+            sock.send(request(C.CMD_READ, 0, 65536, cookie=cookie))
             sent += 1
     except BlockingIOError:
         pass
@@ -340,9 +344,9 @@ def peak_memory(pid):
 def test_client_vanishing_mid_write(server):
     for cut in (10, 28, 1000, 65536):
         s, _, _ = raw_handshake(server.sock, "fz")
-        s.sendall(request(P.CMD_WRITE, 0, 131072, cookie=5, data=os.urandom(131072))[:cut])
+        s.sendall(request(C.CMD_WRITE, 0, 131072, cookie=5, data=os.urandom(131072))[:cut])
         s.close()
     s, _, _ = raw_handshake(server.sock, "fz")
-    s.sendall(request(P.CMD_READ, 0, 512, cookie=9))
-    assert struct.unpack(">IIQ", recv_exact(s, 16)) == (P.SIMPLE_REPLY_MAGIC, 0, 9)
+    s.sendall(request(C.CMD_READ, 0, 512, cookie=9))
+    assert struct.unpack(">IIQ", recv_exact(s, 16)) == (C.SIMPLE_REPLY_MAGIC, 0, 9)
     s.close()

@@ -21,7 +21,7 @@ import pytest
 
 from nbd_helpers import (ServerProcess, nbdsh, pool_with_volumes, raw_handshake, recv_exact,
                          request, write)
-from nbd_server import protocol as P
+from nbd_server import constants as C
 
 MiB = 1 << 20
 
@@ -43,13 +43,13 @@ def test_unread_reply_keeps_the_data_it_was_served_with(server):
     fill(server, "a", b"old!", length)
     sock, _, _ = raw_handshake(server.sock, "a")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(request(P.CMD_READ, 0, length, cookie=7))
+    sock.sendall(request(C.CMD_READ, 0, length, cookie=7))
     readable, _, _ = select.select([sock], [], [], 30)
     assert readable, "the read was not served"   # served; most of it waits on the server
     nbdsh(server.uri("a"), f"h.trim({length}, 0)\nh.flush()\n")
     fill(server, "b", b"new!", length)  # takes the slots "a" gave back
     magic, error, cookie = struct.unpack(">IIQ", recv_exact(sock, 16))
-    assert (magic, error, cookie) == (P.SIMPLE_REPLY_MAGIC, 0, 7)
+    assert (magic, error, cookie) == (C.SIMPLE_REPLY_MAGIC, 0, 7)
     data = recv_exact(sock, length)
     sock.close()
     assert data == b"old!" * (length // 4)
@@ -61,9 +61,9 @@ def structured_chunks(sock):
     chunks = []
     while True:
         magic, flags, kind, cookie, length = struct.unpack(">IHHQI", recv_exact(sock, 20))
-        assert magic == P.STRUCTURED_REPLY_MAGIC
+        assert magic == C.STRUCTURED_REPLY_MAGIC
         chunks.append((kind, recv_exact(sock, length)))
-        if flags & P.REPLY_FLAG_DONE:
+        if flags & C.REPLY_FLAG_DONE:
             return chunks
 
 
@@ -72,34 +72,34 @@ def test_structured_read_sends_unwritten_chunks_as_holes(server):
     nbdsh(server.uri("a"), f"h.pwrite(b'head' * 16384, 0)\n"
                            f"h.pwrite(b'tail' * 16384, {256 * 1024})\n")
     sock, _, _ = raw_handshake(server.sock, "a", structured=True)
-    sock.sendall(request(P.CMD_READ, 0, 320 * 1024, cookie=3))
+    sock.sendall(request(C.CMD_READ, 0, 320 * 1024, cookie=3))
     content = bytearray(320 * 1024)
     kinds = []
     for kind, payload in structured_chunks(sock):
         kinds.append(kind)
-        if kind == P.REPLY_TYPE_OFFSET_DATA:
+        if kind == C.REPLY_TYPE_OFFSET_DATA:
             offset = struct.unpack_from(">Q", payload)[0]
             content[offset:offset + len(payload) - 8] = payload[8:]
-        elif kind == P.REPLY_TYPE_OFFSET_HOLE:
+        elif kind == C.REPLY_TYPE_OFFSET_HOLE:
             offset, size = struct.unpack(">QI", payload)
             assert content[offset:offset + size] == bytes(size)
     sock.close()
-    assert P.REPLY_TYPE_OFFSET_HOLE in kinds
+    assert C.REPLY_TYPE_OFFSET_HOLE in kinds
     assert bytes(content) == head + bytes(192 * 1024) + tail
 
 
 def simple_reply(sock):
     magic, error, cookie = struct.unpack(">IIQ", recv_exact(sock, 16))
-    assert magic == P.SIMPLE_REPLY_MAGIC
+    assert magic == C.SIMPLE_REPLY_MAGIC
     return error, cookie
 
 
 def test_streamed_write_with_fua_reads_back(server):
     payload = b"fua!" * (MiB // 2)
     sock, _, _ = raw_handshake(server.sock, "a")
-    sock.sendall(write(MiB, payload, cookie=5, flags=P.CMD_FLAG_FUA))
+    sock.sendall(write(MiB, payload, cookie=5, flags=C.CMD_FLAG_FUA))
     assert simple_reply(sock) == (0, 5)
-    sock.sendall(request(P.CMD_READ, MiB, len(payload), cookie=6))
+    sock.sendall(request(C.CMD_READ, MiB, len(payload), cookie=6))
     assert simple_reply(sock) == (0, 6)
     assert recv_exact(sock, len(payload)) == payload
     sock.close()
@@ -123,8 +123,8 @@ def test_write_that_fills_the_disk_midway_fails_and_the_connection_goes_on(tiny_
     sock.sendall(write(0, b"keep" * 1024, cookie=1))
     assert simple_reply(sock) == (0, 1)
     sock.sendall(write(MiB, b"full" * (4 * MiB), cookie=2))   # 16 MiB > the disk
-    assert simple_reply(sock) == (P.NBD_ENOSPC, 2)
-    sock.sendall(request(P.CMD_READ, 0, 4096, cookie=3))     # parsed after the drain
+    assert simple_reply(sock) == (C.NBD_ENOSPC, 2)
+    sock.sendall(request(C.CMD_READ, 0, 4096, cookie=3))     # parsed after the drain
     assert simple_reply(sock) == (0, 3)
     assert recv_exact(sock, 4096) == b"keep" * 1024
     sock.close()

@@ -14,7 +14,7 @@ import pytest
 
 from nbd_helpers import (GREETING, REPO, ServerProcess, client_flags, info_data, nbdsh, opt,
                          pool_with_volumes, recv_exact, run)
-from nbd_server import protocol as P
+from nbd_server import constants as C
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -89,11 +89,11 @@ def test_require_refuses_plaintext_at_the_byte_level(tmp_path, certs):
         s.settimeout(10)
         s.connect(str(srv.sock))
         assert recv_exact(s, 18) == GREETING
-        s.sendall(client_flags() + opt(P.OPT_GO, info_data("sec")) + opt(P.OPT_LIST))
+        s.sendall(client_flags() + opt(C.OPT_GO, info_data("sec")) + opt(C.OPT_LIST))
         replies = [read_option_reply(s) for _ in range(2)]
-        assert [(o, k) for o, k, _ in replies] == [(P.OPT_GO, P.REP_ERR_TLS_REQD),
-                                                   (P.OPT_LIST, P.REP_ERR_TLS_REQD)]
-        s.sendall(opt(P.OPT_EXPORT_NAME, b"sec"))
+        assert [(o, k) for o, k, _ in replies] == [(C.OPT_GO, C.REP_ERR_TLS_REQD),
+                                                   (C.OPT_LIST, C.REP_ERR_TLS_REQD)]
+        s.sendall(opt(C.OPT_EXPORT_NAME, b"sec"))
         assert s.recv(100) == b""          # EXPORT_NAME cannot be refused: hard disconnect
 
 
@@ -129,15 +129,15 @@ def test_python_ssl_client_after_starttls(tmp_path, certs):
         raw.settimeout(10)
         raw.connect(str(srv.sock))
         assert recv_exact(raw, 18) == GREETING
-        raw.sendall(client_flags() + opt(P.OPT_STARTTLS))
-        assert read_option_reply(raw)[:2] == (P.OPT_STARTTLS, P.REP_ACK)
+        raw.sendall(client_flags() + opt(C.OPT_STARTTLS))
+        assert read_option_reply(raw)[:2] == (C.OPT_STARTTLS, C.REP_ACK)
         ctx = ssl.create_default_context(cafile=str(certs / "ca-cert.pem"))
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(opt(P.OPT_STARTTLS) + opt(P.OPT_GO, info_data("sec")))
-            assert read_option_reply(s)[1] == P.REP_ERR_INVALID    # TLS already active
+            s.sendall(opt(C.OPT_STARTTLS) + opt(C.OPT_GO, info_data("sec")))
+            assert read_option_reply(s)[1] == C.REP_ERR_INVALID    # TLS already active
             option, kind, data = read_option_reply(s)
-            assert (option, kind) == (P.OPT_GO, P.REP_INFO)
-            assert struct.unpack_from(">HQ", data) == (P.INFO_EXPORT, 4 << 20)
+            assert (option, kind) == (C.OPT_GO, C.REP_INFO)
+            assert struct.unpack_from(">HQ", data) == (C.INFO_EXPORT, 4 << 20)
 
 
 def test_tls_options_are_checked_before_serving(tmp_path):
