@@ -174,8 +174,9 @@ class Handle:
     def __init__(self, kind, name):
         self.kind, self.name = kind, name
 
-    async def read_all(self):
-        size = await self.size()
+    async def read_all(self, size=None):
+        """The whole image (`size` bytes when given, else as big as it says it is)."""
+        size = await self.size() if size is None else size
         out = bytearray()
         for off in range(0, size, MiB):
             out += await self.pread(off, min(MiB, size - off))

@@ -32,7 +32,7 @@ import pytest
 import trio
 
 from contract_helpers import (
-    CHUNK, CONTENT, HOLDER, KiB, SECRET, SIZE, ControlKind, EngineKind, EngineSnapshotKind,
+    CHUNK, CONTENT, HOLDER, SECRET, SIZE, ControlKind, EngineKind, EngineSnapshotKind,
     FuseKind, NbdKind, NotApplicable, PulledKind, Refused, DaemonServices, assert_same,
     content, new_name, push_content, read_pool_copy, wait_for)
 from fuse_helpers import serving
@@ -444,18 +444,18 @@ def engine_image(kind, h):
 async def test_plain_delete_of_an_open_image_is_refused(kind, target):
     name = await deletion_target(kind, target)
     h = await kind.open_held(name)
-    assert_same(await h.read_all(), CONTENT, f"{kind.id}: {name} before the delete")
+    assert_same(await h.read_all(SIZE), CONTENT, f"{kind.id}: {name} before the delete")
     with refused(kind, "busy") as info:
         await kind.delete(name)
     message = info.value.message
-    if kind.id == "fuse":            # rm only gets an errno: the holder's name is in the verb's error
+    if kind.id == "fuse":            # rm gets an errno only: the verb's error names the holder
         with pytest.raises(Refused) as info:
             await kind.delete_through_control(name)
         assert info.value.code == "Busy"
         message = info.value.message
     assert kind.holder_text in message, message
     assert await kind.listed(name)
-    assert_same(await h.read_all(), CONTENT, f"{kind.id}: {name} after the refused delete")
+    assert_same(await h.read_all(SIZE), CONTENT, f"{kind.id}: {name} after the refused delete")
     other = await kind.open(name)
     assert_same(await other.read_all(), CONTENT, f"{kind.id}: {name} opened again")
     await other.close()
@@ -478,7 +478,7 @@ async def deleted(kind, name):
 async def test_deferred_delete_of_an_open_image_keeps_its_own_bytes(kind, target):
     name = await deletion_target(kind, target)
     h = await kind.open_held(name)
-    own = await h.read_all()
+    own = await h.read_all(SIZE)
     assert_same(own, CONTENT, f"{kind.id}: {name} before the delete")
     exclusive = await kind.exclusive_bytes(name)
     await kind.delete(name, defer=True)
@@ -489,10 +489,10 @@ async def test_deferred_delete_of_an_open_image_keeps_its_own_bytes(kind, target
     if image is not None:
         assert image.state == "deleting" and image.holders == collections.Counter({HOLDER: 1})
     with trio.fail_after(30):
-        assert_same(await h.read_all(), own, f"{kind.id}: {name} deleting, through its holder")
+        assert_same(await h.read_all(SIZE), own, f"{kind.id}: {name} deleting, through its holder")
         secret = new_name("w")
         await kind.make(secret, SECRET * (SIZE // len(SECRET)))
-        assert_same(await h.read_all(), own,
+        assert_same(await h.read_all(SIZE), own,
                     f"{kind.id}: {name} deleting, after {secret} was filled with a secret")
     used = await kind.used_bytes()
     await h.close()
@@ -510,7 +510,7 @@ async def test_deferred_delete_is_finished_by_the_next_open_after_a_crash(kind, 
                                                                         tmp_path):
     name = await deletion_target(kind, target)
     h = await kind.open_held(name)
-    own = await h.read_all()
+    own = await h.read_all(SIZE)
     exclusive = await kind.exclusive_bytes(name)
     used = await kind.used_bytes()
     await kind.delete(name, defer=True)
@@ -518,5 +518,5 @@ async def test_deferred_delete_is_finished_by_the_next_open_after_a_crash(kind, 
                                            kind.remote)
     assert got is None, f"{kind.id}: deleting {name} is back after the crash"
     assert used_after <= used - exclusive, f"{kind.id}: {name}'s slots are not freed"
-    assert_same(await h.read_all(), own, f"{kind.id}: {name}, its holder after the copy")
+    assert_same(await h.read_all(SIZE), own, f"{kind.id}: {name}, its holder after the copy")
     await h.close()
