@@ -341,7 +341,7 @@ async def test_resize(kind):
 # -- snapshots of a volume being written ---------------------------------------------------
 
 
-def in_flight_writes(rng, count=14):
+def in_flight_writes(rng, count=40):
     """Writes for the in-flight test: unaligned ones stay inside a chunk, the
     ones that span chunks are chunk-aligned (a FUSE write reaches the daemon
     as requests of up to 128 KiB cut from its start; NBD cuts streamed
