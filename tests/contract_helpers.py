@@ -426,8 +426,8 @@ class NbdHandle(Handle):
 
 
 # == the libnbd agent ================================================================
-# python3-libnbd exists only for the system python: a small /usr/bin/python3
-# process holds the libnbd handles and runs one call at a time, sent as
+# python3-libnbd exists only for the system python: a small python3 process
+# (found on nbd_helpers.NBDSH_ENV's PATH, as nbdsh is) holds the libnbd handles and runs one call at a time, sent as
 # length-prefixed pickles over its stdin/stdout.
 
 AGENT = r'''
@@ -487,7 +487,7 @@ while True:
 class NbdAgent:
     def __init__(self):
         from nbd_helpers import NBDSH_ENV
-        self.proc = subprocess.Popen(["/usr/bin/python3", "-c", AGENT], env=NBDSH_ENV,
+        self.proc = subprocess.Popen(["python3", "-c", AGENT], env=NBDSH_ENV,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def _receive(self):

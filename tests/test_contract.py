@@ -355,7 +355,7 @@ def in_flight_writes(rng, count=40):
             chunks = rng.choice([2, 5, 8, 20])
             off = rng.randrange(0, NCHUNKS - chunks) * CHUNK
             n = chunks * CHUNK
-        buf = mmap.mmap(-1, n)                      # page-aligned, as O_DIRECT-ish writes want
+        buf = mmap.mmap(-1, n)              # page-aligned: FUSE cuts it on chunk boundaries
         buf.write(rng.randbytes(n))
         writes.append((off, buf))
     return writes
