@@ -230,7 +230,7 @@ class EngineHandle(Handle):
             self._write_method("write_zeroes")(off, length, no_hole)
 
     async def flush(self):
-        self.kind.pool.flush()
+        self.kind.pool.commit()
 
     async def resize(self, new_size):
         with refusals_as_rokfs():
@@ -570,7 +570,7 @@ class EngineKind(Kind):
         vol = self.pool.create_volume(name, len(data))
         for off, piece in data_runs(data):
             vol.pwrite(off, piece)
-        self.pool.flush()
+        self.pool.commit()
         return name
 
     async def open_held(self, name):
@@ -580,12 +580,12 @@ class EngineKind(Kind):
         return self.pool.create_snapshot(f"{volume}@{snap}").full_name
 
     async def delete(self, name, defer=False):
-        kw = {"defer": True} if defer else {}     # the plain form is today's call
         with refusals_as_rokfs():
             if "@" in name:
-                self.pool.delete_snapshot(name, **kw)
+                self.pool.delete_snapshot(name, defer=defer)
             else:
-                self.pool.delete_volume(name, **kw)
+                self.pool.delete_volume(name, defer=defer)
+        self.pool.commit()                        # as the verbs do: durable on return
 
     async def listed(self, name):
         return name in {v.name for v in self.pool.list_volumes()} | \
@@ -596,7 +596,7 @@ class EngineKind(Kind):
             self.pool.get_image(name)
 
     async def used_bytes(self):
-        self.pool.flush()
+        self.pool.commit()
         return self.pool.status()["used_bytes"]
 
     async def exclusive_bytes(self, name):
@@ -622,7 +622,7 @@ class EngineSnapshotKind(EngineKind):
         snap = await self.snapshot_volume(volume, "s")
         vol = self.pool.get_volume(volume)
         vol.pwrite(0, content(2))
-        self.pool.flush()
+        self.pool.commit()
         return snap
 
 
@@ -661,12 +661,11 @@ class ControlKind(Kind):
         return (await self.control.create_snapshot(f"{volume}@{snap}"))["name"]
 
     async def delete(self, name, defer=False):
-        kw = {"defer": True} if defer else {}     # the plain form is today's call
         with refusals_as_rokfs():
             if "@" in name:
-                await self.control.delete_snapshot(name, **kw)
+                await self.control.delete_snapshot(name, defer=defer)
             else:
-                await self.control.delete_volume(name, **kw)
+                await self.control.delete_volume(name, defer=defer)
 
     async def listed(self, name):
         return name in {e[0] for e in self.control.list_exports()}

@@ -285,7 +285,7 @@ def test_snapshot_export_keeps_old_content(tmp_path):
     with srv:
         nbdsh(srv.uri("vol"), "h.pwrite(b'old!' * 1024, 0)\nh.flush()\n")
     code = ("import trio, sys; from rokfs.pool import Pool; from rokfs.control import Control\n"
-            "async def m():\n p = Pool.open(sys.argv[1])\n await Control(p).snapshot('vol@s1')\n"
+            "async def m():\n p = Pool.open(sys.argv[1])\n await Control(p).create_snapshot('vol@s1')\n"
             " p.close()\ntrio.run(m)\n")
     subprocess.run([sys.executable, "-c", code, str(pool)], check=True, timeout=60)
     with srv:
