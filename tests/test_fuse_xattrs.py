@@ -43,10 +43,11 @@ def fails(code, fn, *args):
 def test_listxattr_lists_what_applies(mnt, vol):
     assert sorted(os.listxattr(vol)) == sorted(
         P + n for n in ("snapshot", "clone", "resize", "info", "snapshots", "push",
-                        "hydration"))
+                        "hydration", "delete"))
     os.setxattr(vol, P + "snapshot", b"s1")
     snap = mnt / "snapshots" / vol.name / "s1"
-    assert sorted(os.listxattr(snap)) == sorted(P + n for n in ("info", "labels", "label"))
+    assert sorted(os.listxattr(snap)) == sorted(P + n for n in ("info", "labels", "label",
+                                                                 "delete"))
     assert sorted(os.listxattr(mnt)) == [P + "pool", P + "pull"]
     assert os.listxattr(mnt / "volumes") == []
 

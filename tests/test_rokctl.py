@@ -51,7 +51,7 @@ def test_volume_commands_human_and_json(daemon):
     assert daemon.json("volume", "info", "vol2")["size"] == 32 << 20
     assert '"name": "vol2"' in daemon.ok("volume", "info", "vol2")
     assert set(daemon.nbd_exports()) == {"vol2"}
-    assert daemon.json("volume", "rm", "vol2") == {"deleted": "vol2"}
+    assert daemon.json("volume", "rm", "vol2") == {"deleted": "vol2", "deferred": False}
     assert daemon.nbd_exports() == {}
 
 
