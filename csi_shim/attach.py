@@ -28,14 +28,19 @@ def nbd_uri(socket_path, export):
     return f"nbd+unix:///{export}?socket={socket_path}"
 
 
-class NbdFuse:
-    """nbdfuse + loop device."""
-
-    kind = "nbdfuse+loop"
+class _Attacher:
+    """Attaches exports of the NBD server at `nbd_socket` as block devices,
+    keeping what it needs to find them again under `state_dir`."""
 
     def __init__(self, state_dir, nbd_socket):
         self.state_dir = state_dir
         self.nbd_socket = nbd_socket
+
+
+class NbdFuse(_Attacher):
+    """nbdfuse + loop device."""
+
+    kind = "nbdfuse+loop"
 
     def _dir(self, volume):
         return os.path.join(self.state_dir, volume)
@@ -143,14 +148,10 @@ class NbdFuse:
         return left
 
 
-class KernelNbd:
+class KernelNbd(_Attacher):
     """The kernel nbd driver through nbd-client (nodes with /dev/nbd*)."""
 
     kind = "kernel-nbd"
-
-    def __init__(self, state_dir, nbd_socket):
-        self.state_dir = state_dir
-        self.nbd_socket = nbd_socket
 
     def _record(self, volume):
         return os.path.join(self.state_dir, f"{volume}.nbd")

@@ -34,6 +34,13 @@ def empty_node():
     return array("q", bytes(8 * FANOUT))
 
 
+def _children(node, level):
+    """What a node's entries point at: slots (a leaf) or child node ids."""
+    if level == LEAF:
+        return [e - SLOT_BASE for e in node if e >= SLOT_BASE]
+    return [c for c in node if c]
+
+
 def split(leaf_no):
     """leaf number -> (root index, mid index)."""
     return divmod(leaf_no, FANOUT)
@@ -111,20 +118,16 @@ class MapNodes:
 
     def _share_children(self, node, level):
         """A copy of `node` now also points at each of its children."""
-        if level == LEAF:
-            for slot in [e - SLOT_BASE for e in node if e >= SLOT_BASE]:
-                self.slots.incref(slot)
-        else:
-            for child in [c for c in node if c]:
-                self.incref(child)
+        add = self.slots.incref if level == LEAF else self.incref
+        for child in _children(node, level):
+            add(child)
 
     def _release_children(self, node, level):
         """`node` is gone: drop the reference it held on each child."""
-        if level == LEAF:
-            for slot in [e - SLOT_BASE for e in node if e >= SLOT_BASE]:
-                self.slots.decref(slot)
-        else:
-            for child in [c for c in node if c]:
+        for child in _children(node, level):
+            if level == LEAF:
+                self.slots.decref(child)
+            else:
                 self.decref(child, level + 1)
 
     def changed(self, node_id):
