@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x10rokfs.control.v1\"\x19\n\x04\x43\x61ll\x12\x11\n\targs_json\x18\x01 \x01(\t\"\x16\n\x06Result\x12\x0c\n\x04json\x18\x01 \x01(\t\"V\n\x08Progress\x12\x12\n\ndone_bytes\x18\x01 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x32\xcc\t\n\x07\x43ontrol\x12@\n\x0c\x43reateVolume\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12@\n\x0c\x44\x65leteVolume\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12@\n\x0cRenameVolume\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12@\n\x0cResizeVolume\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12\x39\n\x05\x43lone\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12>\n\nVolumeInfo\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12?\n\x0bListVolumes\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12<\n\x08Snapshot\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12\x42\n\x0e\x44\x65leteSnapshot\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12=\n\tSetLabels\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12@\n\x0cSnapshotInfo\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12\x41\n\rListSnapshots\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12:\n\x06Status\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12<\n\x04Push\x12\x16.rokfs.control.v1.Call\x1a\x1a.rokfs.control.v1.Progress0\x01\x12\x38\n\x04Pull\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12>\n\nListRemote\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12@\n\x0c\x44\x65leteRemote\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12<\n\x08GcRemote\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Result\x12\x43\n\x0fHydrationStatus\x12\x16.rokfs.control.v1.Call\x1a\x18.rokfs.control.v1.Resultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x10rokfs.control.v1\"\x19\n\x04\x43\x61ll\x12\x11\n\targs_json\x18\x01 \x01(\t\"\x16\n\x06Result\x12\x0c\n\x04json\x18\x01 \x01(\t\"V\n\x08Progress\x12\x12\n\ndone_bytes\x18\x01 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,4 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULT']._serialized_end=84
   _globals['_PROGRESS']._serialized_start=86
   _globals['_PROGRESS']._serialized_end=172
-  _globals['_CONTROL']._serialized_start=175
-  _globals['_CONTROL']._serialized_end=1403
 # @@protoc_insertion_point(module_scope)
