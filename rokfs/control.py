@@ -32,7 +32,8 @@ import time
 import trio
 
 from . import names
-from .errors import AlreadyExists, InvalidArgument, NotFound, ReadOnly, RokfsError, single_errors
+from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RokfsError,
+                     single_errors)
 from .fsck import fsck
 from .image import NeedsChunks
 from .stats import Counters
@@ -50,6 +51,7 @@ class Control:
         self.counters = Counters()
         self._remote_state = None
         self._hydration = {}
+        self._paused = set()            # volume ids whose hydration a person paused
         self._bases_changed = None      # a trio.Event while run_background runs
         self._commit_lock = trio.Lock()
         self._commits_started = 0
@@ -358,6 +360,11 @@ class Control:
             while vol.base and vol.live:
                 try:
                     await self._hydrate_held(vol)
+                except NoSpace as exc:          # pause; go on once space is back
+                    self._hydration[vol.id] = {**self._hydration_now(vol), "error": str(exc),
+                                               "state": "paused: disk full"}
+                    log.warning("event=hydrate_paused volume=%s reason=disk_full", vol.name)
+                    await self._until_space_returns()
                 except Exception as exc:        # one volume's failure stays its own
                     self._hydration[vol.id] = {**self._hydration_now(vol), "state": "failed",
                                                "error": _reason(exc)}
@@ -366,6 +373,28 @@ class Control:
                     await trio.sleep(5)
         finally:
             running.discard(vol.id)
+
+    async def _until_space_returns(self):
+        """Wait (polling the filesystem every second) until data may take as
+        much as the reserve again: room enough not to pause again at once."""
+        while self.pool.data_space() < self.pool.data_reserve():
+            await trio.sleep(1)
+
+    def pause_hydration(self, volume):
+        """Stop fetching `volume`'s chunks in the background (reads still
+        fetch what they need) until resume_hydration; not kept across a restart."""
+        vol = self.pool.get_volume(volume)
+        self._paused.add(vol.id)
+        if vol.id in self._hydration:
+            self._hydration[vol.id]["state"] = "paused: by request"
+        return self.hydration_status(volume)
+
+    def resume_hydration(self, volume):
+        vol = self.pool.get_volume(volume)
+        self._paused.discard(vol.id)
+        if self._hydration.get(vol.id, {}).get("state") == "paused: by request":
+            self._hydration[vol.id]["state"] = "hydrating"
+        return self.hydration_status(volume)
 
     async def _hydrate_held(self, vol):
         """One pass, holding the volume ("hydrator": a delete does not wait
@@ -393,6 +422,8 @@ class Control:
             try:
                 while store.on_demand:          # user reads go first
                     await trio.sleep(0.005)
+                while vol.id in self._paused:
+                    await trio.sleep(0.2)
                 if not vol.live or vol.base is None:
                     return
                 cold = vol.cold_chunks(first, first + HYDRATE_WINDOW)

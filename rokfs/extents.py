@@ -5,8 +5,12 @@ Invariants:
   `(s % slots_per_file) * chunk_size`. A slot is backed by disk blocks
   (posix_fallocate) before it is handed out, so a write into it never fails
   with ENOSPC halfway; a freed slot's blocks go back with PUNCH_HOLE.
-- Data allocations stop short of the last few MiB of the filesystem
-  (METADATA_RESERVE_*), so a commit that frees space can always be written.
+- Data allocations stop short of a free-space reserve (`reserve_bytes`, by
+  default 1% of the filesystem within METADATA_RESERVE_MIN..MAX), so a
+  commit that frees space (a delete, an rm, a gc) can always be written.
+  Taken slots count against it from `take` until their one write has
+  allocated their blocks (`claim`) or they are given back: the filesystem's
+  own free count does not see them before.
 - `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
   written in place only when rc == 1 and it is not pinned.
 - A fetched chunk goes into a slot that is *taken* (out of the free list,
@@ -65,8 +69,11 @@ class SlotCommit:
 
 
 class ExtentStore:
-    def __init__(self, directory, chunk_size, slots_per_file, rc_blocks=()):
+    def __init__(self, directory, chunk_size, slots_per_file, rc_blocks=(), *,
+                 reserve_bytes=None):
         self.directory = directory
+        self.reserve_bytes = reserve_bytes      # None: the default (see the note above)
+        self._unwritten = 0                     # taken slots whose blocks are not allocated
         self.chunk_size = chunk_size
         self.slots_per_file = slots_per_file
         self.rc = array("i")
@@ -178,19 +185,28 @@ class ExtentStore:
         return (self.rc[slot] == 1 and slot not in self.pinned
                 and slot not in self.pinned_inflight)
 
+    def space(self):
+        """(bytes data may still take, the reserve kept back, bytes available
+        on the filesystem less what taken slots will still write)."""
+        st = os.statvfs(self.directory)
+        total = st.f_blocks * st.f_frsize
+        avail = st.f_bavail * st.f_frsize - self._unwritten * self.chunk_size
+        reserve = self.reserve_bytes
+        if reserve is None:
+            reserve = min(METADATA_RESERVE_MAX, max(METADATA_RESERVE_MIN, total // 100))
+        return avail - reserve, reserve, avail
+
     def _reserve_space(self):
-        """Refuse data allocations that would eat the metadata's headroom."""
+        """Refuse data allocations that would eat into the reserve."""
         self._budget -= self.chunk_size
         if self._budget >= 0:
             return
-        st = os.statvfs(self.directory)
-        total, avail = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-        reserve = min(METADATA_RESERVE_MAX, max(METADATA_RESERVE_MIN, total // 100))
-        self._budget = min(avail - reserve, BUDGET_RECHECK) - self.chunk_size
+        usable, reserve, avail = self.space()
+        self._budget = min(usable, BUDGET_RECHECK) - self.chunk_size
         if self._budget < 0:
             self._budget = 0
-            raise NoSpace(f"pool disk is full ({avail} bytes left, {reserve} kept for "
-                          "metadata): free space by deleting snapshots or volumes")
+            raise NoSpace(f"pool disk is full ({max(avail, 0)} bytes left, {reserve} kept "
+                          "in reserve): free space by deleting snapshots or volumes")
 
     def allocate(self):
         """A free slot with disk space reserved, backed by disk blocks, and a
@@ -202,6 +218,7 @@ class ExtentStore:
         except OSError as exc:
             self.give_back(slot)
             raise from_os_error(exc, "allocating a chunk slot") from exc
+        self._unwritten -= 1              # its blocks are allocated now
         self.rc[slot] = 1
         self.dirty_blocks.add(slot // RC_BLOCK)
         self.dirty_fds.add(fd)
@@ -211,6 +228,7 @@ class ExtentStore:
         """A free slot for a fetched chunk, still counted 0 (see the note at
         the top): claim() it once mapped, or give_back() it."""
         self._reserve_space()
+        self._unwritten += 1
         slot = heapq.heappop(self.free) if self.free else self.high_water
         if slot >= self.high_water:
             self.high_water = slot + 1
@@ -222,6 +240,7 @@ class ExtentStore:
         made durable by the next commit, before the map that names them."""
         for slot in slots:
             self.rc[slot] = 1
+        self._unwritten -= len(slots)
         self.dirty_blocks.update({slot // RC_BLOCK for slot in slots})
         self.dirty_fds.update({self.locate(slot)[0]
                                for slot in {s - s % self.slots_per_file for s in slots}})
@@ -243,6 +262,7 @@ class ExtentStore:
     def give_back(self, slot):
         """A taken slot that was never claimed is free again at once: the
         metadata never counted it."""
+        self._unwritten -= 1
         heapq.heappush(self.free, slot)
 
     def _back_with_disk(self, slot, fresh):

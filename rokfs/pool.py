@@ -453,6 +453,14 @@ class Pool:
         if self.slots.rc[slot] > 0:
             self.commits.new_slot_hashes[slot] = digest
 
+    def data_space(self):
+        """Bytes data may still take before the free-space reserve."""
+        return self.slots.space()[0]
+
+    def data_reserve(self):
+        """The free-space reserve data writes leave for metadata, in bytes."""
+        return self.slots.space()[1]
+
     def status(self):
         st = os.statvfs(self.path)
         deleting = [i for i in self._images.values() if i.state == DELETING]

@@ -189,7 +189,12 @@ def remote_gc(c, a):
 
 
 def hydration(c, a):
-    if a.wait:
+    action, a.volume = _hydration_action(a.what)
+    if action == "pause":
+        result = c.pause_hydration(a.volume)
+    elif action == "resume":
+        result = c.resume_hydration(a.volume)
+    elif a.wait:
         bar = ProgressBar(f"hydrate {a.volume}", a.progress)
         result = c.wait_hydrated(a.volume, progress=bar)
         bar.close()
@@ -199,6 +204,15 @@ def hydration(c, a):
         f"{r['volume']}: {r['state']} {format_size(r['bytes_done'])}/"
         f"{format_size(r['bytes_total'])} ({r['chunks_done']}/{r['chunks_total']} chunks)"
         + (f" error: {r['error']}" if r.get("error") else "")))
+
+
+def _hydration_action(words):
+    """[VOLUME] or [pause|resume, VOLUME] -> (action or None, volume)."""
+    if len(words) == 1:
+        return None, words[0]
+    if len(words) == 2 and words[0] in ("pause", "resume"):
+        return words[0], words[1]
+    raise errors.InvalidArgument("usage: rokctl hydration [pause|resume] VOLUME")
 
 
 def status(c, a):
@@ -281,8 +295,9 @@ def build_parser():
     cmd(r, "gc", remote_gc, "delete chunks no manifest names", remote,
         A("--grace", type=float, default=3600, metavar="SECONDS",
           help="keep objects younger than this (default: %(default)s)"))
-    cmd(sub, "hydration", hydration, "a restored volume's hydration", A("volume"),
-        A("--wait", action="store_true"))
+    cmd(sub, "hydration", hydration, "a restored volume's hydration; pause or resume it",
+        A("what", nargs="+", metavar="[pause|resume] VOLUME"),
+        A("--wait", action="store_true", help="until hydrated, with a progress bar"))
     cmd(sub, "status", status, "the pool's state")
     return parser
 

@@ -52,6 +52,8 @@ VERBS = {
     "delete_remote": ("remote_snapshot", "remote"),
     "gc_remote": ("remote", "grace_seconds"),
     "hydration_status": ("volume",),
+    "pause_hydration": ("volume",),
+    "resume_hydration": ("volume",),
 }
 STREAMING = {"push"}          # verbs taking progress=callback; their RPC streams Progress
 

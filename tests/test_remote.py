@@ -12,6 +12,7 @@ import trio
 
 from rokfs import errors
 from rokfs.control import Control
+from rokfs.fsck import fsck
 from rokfs.pool import Pool
 from rokfs.remote import open_remote
 from s3_helpers import S3Server, s3_spec
@@ -451,9 +452,10 @@ async def test_push_records_its_packs_in_a_few_transactions(tmp_path, s3_server)
 
 
 
-async def test_hydration_into_a_full_disk_fails_clearly_and_loses_nothing(tmp_path, tiny_fs):
+async def test_hydration_into_a_full_disk_pauses_loses_nothing_and_resumes(tmp_path, tiny_fs):
     """Fetched chunks are written into slots with no fallocate first: a disk
-    that fills up fails the install at the write, and the slots go back."""
+    that fills up fails the install at the write, the slots go back, and the
+    hydration pauses until space comes back, then completes."""
     remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
     data = os.urandom(2 * MiB)            # within the space budget taken at the first read
     await push_new_volume(make_control(tmp_path / "a", remote), "data@s", data)
@@ -470,20 +472,54 @@ async def test_hydration_into_a_full_disk_fails_clearly_and_loses_nothing(tmp_pa
     async with trio.open_nursery() as nursery:
         await nursery.start(b.run_background)
         with trio.fail_after(10):
-            while b.hydration_status("copy")["state"] != "failed":
+            while b.hydration_status("copy")["state"] != "paused: disk full":
                 await trio.sleep(0.01)
+        status = b.hydration_status("copy")
+        assert "space" in status["error"] and status["chunks_done"] < status["chunks_total"]
+        assert await dev.pread(0, 4096) == data[:4096]  # what was installed still reads
+        os.unlink(filler)                               # space comes back: it resumes
+        with trio.fail_after(20):
+            while b.hydration_status("copy")["state"] != "hydrated":
+                await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
-    status = b.hydration_status("copy")
-    assert "space" in status["error"] and status["chunks_done"] < status["chunks_total"]
-    assert await dev.pread(0, 4096) == data[:4096]      # what was installed still reads
-    os.unlink(filler)
     dev.close()
+    assert fsck(b.pool)["clean"]                        # no slot leaked by the failed install
+    assert await read_volume(b, "copy") == data
     b.pool.close()
-    with Pool.open(os.path.join(tiny_fs, "pool")) as pool:
-        from rokfs.fsck import fsck
-        assert fsck(pool)["clean"]                      # no slot leaked by the failed install
-    b = Control(Pool.open(os.path.join(tiny_fs, "pool")), {"default": remote})
-    assert await read_volume(b, "copy") == data         # and the rest still comes from the remote
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 24 MiB tmpfs for a pool that a restore would overfill."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_a_restore_bigger_than_the_pool_keeps_the_reserve_and_deletes_still_work(
+        tmp_path, small_fs):
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    await push_new_volume(make_control(tmp_path / "a", remote), "big@s", os.urandom(48 * MiB))
+    b = make_control(os.path.join(small_fs, "pool"), remote)
+    await b.create_volume("other", 4 * MiB)
+    await write_volume(b, "other", os.urandom(4 * MiB))
+    await b.pull("big@s", "big")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.run_background)
+        with trio.fail_after(30):
+            while b.hydration_status("big")["state"] != "paused: disk full":
+                await trio.sleep(0.02)
+        _, reserve, _ = b.pool.slots.space()
+        st = os.statvfs(small_fs)
+        assert st.f_bavail * st.f_frsize >= reserve - b.pool.chunk_size   # the reserve holds
+        b.pause_hydration("big")
+        assert b.hydration_status("big")["state"] == "paused: by request"
+        await b.delete_volume("other")                  # metadata work at a full disk
+        await b.delete_volume("big")
+        nursery.cancel_scope.cancel()
+    assert fsck(b.pool)["clean"] and b.pool.status()["used_bytes"] == 0
     b.pool.close()
 
 
