@@ -27,6 +27,7 @@ import trio
 
 from . import names
 from .errors import InvalidArgument, NotFound, ReadOnly, RokfsError
+from .extentmap import MAX_CHUNKS
 from .pool import NeedsChunks, Volume
 from .stats import Counters
 
@@ -131,6 +132,10 @@ class Control:
     # -- pool ------------------------------------------------------------------------
     def status(self):
         return self.pool.status()
+
+    def max_volume_size(self):
+        """The largest volume this pool can hold, in bytes (for the CSI shim)."""
+        return MAX_CHUNKS * self.pool.chunk_size
 
     def list_exports(self):
         """[(name, size, read_only, description)] of every volume and snapshot."""

@@ -12,7 +12,8 @@ Invariants:
 import json
 import sqlite3
 
-from .errors import Corrupt, RokfsError
+from .errors import Corrupt
+from .transactions import transaction
 
 FORMAT_VERSION = 1
 
@@ -122,40 +123,3 @@ class MetaStore:
 
     def _transaction(self):
         return transaction(self.db)
-
-
-def transaction(db):
-    """`with transaction(db):` one BEGIN IMMEDIATE ... COMMIT (one fsync in
-    WAL + synchronous=FULL), rolled back on error, for autocommit connections."""
-    return _Transaction(db)
-
-
-class _Transaction:
-    def __init__(self, db):
-        self.db = db
-
-    def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self.db.execute("COMMIT")
-                return False
-            except sqlite3.Error as err:
-                exc = err
-        try:
-            self.db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        if isinstance(exc, sqlite3.Error):
-            raise _sqlite_error(exc) from exc
-        return False
-
-
-def _sqlite_error(exc):
-    text = str(exc)
-    if "full" in text:
-        from .errors import NoSpace
-        return NoSpace(f"metadata store: {text}")
-    return RokfsError(f"metadata store: {text}")
