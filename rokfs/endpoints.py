@@ -27,29 +27,32 @@ def parse_tcp_address(text, what="address"):
     text = str(text).strip()
     host, port = _split_host_port(text, what)
     if ":" in host and not text.startswith("["):
-        raise InvalidArgument(f"invalid {what} {text!r}: write an IPv6 address as [ADDR]:PORT")
-    return host or LOOPBACK, _port(port, text, what)
+        raise _invalid(what, text, "write an IPv6 address as [ADDR]:PORT")
+    if not port:
+        raise _invalid(what, text, "missing port (expected HOST:PORT)")
+    if not _is_number(port) or int(port) > 65535:
+        raise _invalid(what, text, "the port must be a number from 0 to 65535")
+    return host or LOOPBACK, int(port)
 
 
 def _split_host_port(text, what):
     if text.startswith("["):
         host, close, rest = text[1:].partition("]")
         if not close or not rest.startswith(":"):
-            raise InvalidArgument(f"invalid {what} {text!r}: expected [ADDR]:PORT")
+            raise _invalid(what, text, "expected [ADDR]:PORT")
         return host, rest[1:]
     host, colon, port = text.rpartition(":")
-    if not colon and not (text.isascii() and text.isdigit()):
-        raise InvalidArgument(f"invalid {what} {text!r}: missing port (expected HOST:PORT)")
+    if not colon:                      # a lone port, or a lone host
+        return ("", text) if _is_number(text) else (text, "")
     return host, port
 
 
-def _port(port, text, what):
-    if not port:
-        raise InvalidArgument(f"invalid {what} {text!r}: missing port (expected HOST:PORT)")
-    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise InvalidArgument(f"invalid {what} {text!r}: the port must be a number "
-                              "from 0 to 65535")
-    return int(port)
+def _is_number(text):
+    return text.isascii() and text.isdigit()
+
+
+def _invalid(what, text, reason):
+    return InvalidArgument(f"invalid {what} {text!r}: {reason}")
 
 
 def claim_unix_socket(path, service):

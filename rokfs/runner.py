@@ -59,7 +59,7 @@ def run_with_pool(path, main, *args, remotes=None, **opening):
         tune_allocator()
         return trio.run(_until_signal, main, control, args)
     except BaseExceptionGroup as group:
-        raise _plain(group) from None
+        raise _first_error(group) from None
     finally:
         pool.close()
 
@@ -82,7 +82,7 @@ async def _cancel_on_signal(signals, scope):
         return
 
 
-def _plain(group):
+def _first_error(group):
     """The first error in a nursery's ExceptionGroup, as a plain error."""
     first = group
     while isinstance(first, BaseExceptionGroup):

@@ -283,10 +283,7 @@ def test_snapshot_export_keeps_old_content(tmp_path):
     srv = ServerProcess(pool, tmp_path / "s.sock")
     with srv:
         nbdsh(srv.uri("vol"), "h.pwrite(b'old!' * 1024, 0)\nh.flush()\n")
-    code = ("import trio, sys; from rokfs.pool import Pool; from rokfs.control import Control\n"
-            "async def m():\n p = Pool.open(sys.argv[1])\n await Control(p).snapshot('vol@s1')\n"
-            " p.close()\ntrio.run(m)\n")
-    subprocess.run([sys.executable, "-c", code, str(pool)], check=True, timeout=60)
+    run([sys.executable, "-m", "rokfs.cli", "snapshot", "vol@s1", "--pool", str(pool)], cwd=REPO)
     with srv:
         nbdsh(srv.uri("vol"), "h.pwrite(b'new!' * 1024, 0)\nh.flush()\n")
         nbdsh(srv.uri("vol@s1"), "assert h.pread(4096, 0) == b'old!' * 1024\n")
