@@ -1,10 +1,12 @@
 """The one run sequence: how every rokfs command runs on a pool.
 
-    run_with_pool(path, main, *args) -> main's result (None if a signal stopped it)
+    run_with_pool(path, main, *args, remotes=None, must_exist=False,
+                  must_be_new=False, chunk_size=None)
+        -> main's result (None if a signal stopped it)
 
-`rokfs serve`, `nbd`, `mount`, `push`/`pull`/`remote`, `status`, `create`
-and `snapshot` all run this way; `init` and `fsck` open the pool through
-`open_pool` too.
+`rokfs serve`, `nbd`, `mount`, `push`/`pull`/`remote`, `init`, `status`,
+`create` and `snapshot` all run this way; `fsck`, which needs the engine
+itself rather than a Control, opens the pool through `open_pool`.
 
 Invariants:
 - `open_pool` is the only place a command opens (or creates) a pool; a
@@ -14,9 +16,9 @@ Invariants:
   only through it.
 - SIGINT and SIGTERM cancel `main`; whether it returned, was cancelled or
   failed, the pool is closed (with a final commit) before this returns.
-- A failure inside `main`'s nursery (a service that cannot start) comes
-  out as its first error, plainly: a RokfsError as it is, an OSError as a
-  RokfsError saying it could not start.
+- An error from `main` or its nursery (a service that cannot start) comes
+  out as the first error of the ExceptionGroup, plainly: a RokfsError as it
+  is, an OSError as a RokfsError saying it could not start.
 """
 
 import ctypes
@@ -48,11 +50,13 @@ def open_pool(path, *, must_exist=False, must_be_new=False, chunk_size=None):
                    "(stop it first, or talk to it with rokctl)") from None
 
 
-def run_with_pool(path, main, *args, remotes=None, **opening):
-    """Open the pool (`opening`: open_pool's options), run `await
-    main(control, *args)` until it returns or a signal stops it, flush,
-    close; returns main's result, or None when a signal stopped it."""
-    pool = open_pool(path, **opening)
+def run_with_pool(path, main, *args, remotes=None, must_exist=False, must_be_new=False,
+                  chunk_size=None):
+    """Open the pool (as open_pool does) and the `remotes` (name -> spec),
+    run `await main(control, *args)` until it returns or a signal stops it,
+    flush, close; returns main's result, or None when a signal stopped it."""
+    pool = open_pool(path, must_exist=must_exist, must_be_new=must_be_new,
+                     chunk_size=chunk_size)
     try:
         control = Control(pool, remotes={name: open_remote(spec)
                                          for name, spec in (remotes or {}).items()})
