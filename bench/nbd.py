@@ -1,6 +1,6 @@
 """NBD server throughput against `nbdkit file`, side by side, with fio.
 
-Runs fio (ioengine=nbd) against our server (`python -m nbd_server.cli`)
+Runs fio (ioengine=nbd) against our server (`python -m rokfs.cli nbd`)
 serving a pool volume and against `nbdkit file` serving a plain file of the
 same size, both prefilled with the same random data, on the same
 filesystem, over unix sockets. Each workload alternates between the two
@@ -151,7 +151,7 @@ def main():
         shutil.copyfile(seed, kit_file)
         make_pool(tmp / "pool", size)
         ours_sock, kit_sock = tmp / "rokfs.sock", tmp / "nbdkit.sock"
-        ours_cmd = [sys.executable, "-m", "nbd_server.cli", "--pool", str(tmp / "pool"),
+        ours_cmd = [sys.executable, "-m", "rokfs.cli", "nbd", "--pool", str(tmp / "pool"),
                     "--socket", str(ours_sock)]
         kit_cmd = ["nbdkit", "-f", "-U", str(kit_sock), "file", str(kit_file)]
         with running(ours_cmd, ours_sock, tmp / "rokfs.log"), \

@@ -151,7 +151,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                   and self._is_our_topology(request.accessible_topology))
         return csi.GetCapacityResponse(
             available_capacity=status["free_bytes"] if usable else 0,
-            maximum_volume_size=wrappers_pb2.Int64Value(value=self._max_size(status)))
+            maximum_volume_size=wrappers_pb2.Int64Value(value=self._max_size()))
 
     @rpc
     def ControllerGetCapabilities(self, request):
@@ -252,9 +252,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             raise not_found(f"volume {name!r} does not exist")
         return self.client.volume_info(name)
 
-    def _max_size(self, status=None):
-        status = status or self.client.status()
-        return min(status["max_volume_bytes"], INT64_MAX)
+    def _max_size(self):
+        return min(self.client.max_volume_size(), INT64_MAX)
 
     def _check_parameters(self, parameters):
         for key, value in parameters.items():

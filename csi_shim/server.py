@@ -10,13 +10,17 @@ attachments in the node's mount table and loop devices.
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 from concurrent import futures
 
 import grpc
+
+from rokfs import paths
+from rokfs.client import Client
+from rokfs.endpoints import claim_unix_socket
+from rokfs.errors import RokfsError
 
 from . import attach, csi_pb2_grpc
 from .controller import ControllerServicer
@@ -25,11 +29,6 @@ from .node import NodeServicer
 
 TOPOLOGY_KEY = "topology.rokfs.dev/node"
 log = logging.getLogger("csi_shim")
-
-
-def _default_runtime_dir():
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/run"
-    return os.path.join(base, "rokfs")
 
 
 def unix_path(address):
@@ -41,14 +40,15 @@ def unix_path(address):
 
 
 def build_parser():
-    run_dir = _default_runtime_dir()
     p = argparse.ArgumentParser(prog="rokfs-csi", description=__doc__.splitlines()[0])
-    p.add_argument("--endpoint", default="unix:///csi/csi.sock",
+    p.add_argument("--endpoint", default=f"unix://{paths.CSI_SOCKET}",
                    help="CSI socket to serve (default: %(default)s)")
-    p.add_argument("--rokfs", default=f"unix://{run_dir}/control.sock",
-                   help="the rokfs daemon's control socket (default: %(default)s)")
-    p.add_argument("--nbd", default=f"unix://{run_dir}/nbd.sock",
-                   help="the rokfs daemon's NBD socket (default: %(default)s)")
+    p.add_argument("--rokfs", default=f"unix://{paths.control_socket()}",
+                   help="the rokfs daemon's control socket (env ROKFS_CONTROL; "
+                        "default: %(default)s)")
+    p.add_argument("--nbd", default=f"unix://{paths.nbd_socket()}",
+                   help="the rokfs daemon's NBD socket (env ROKFS_NBD_SOCKET; "
+                        "default: %(default)s)")
     p.add_argument("--node-id", required=True, help="this node's name (the CSI node id)")
     p.add_argument("--state-dir", default="/run/rokfs-csi",
                    help="per-volume attach state (default: %(default)s)")
@@ -79,9 +79,7 @@ def make_server(client, args):
         NodeServicer(client, attacher, args.node_id, args.topology_key, args.max_volumes),
         server)
     path = unix_path(args.endpoint)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if os.path.exists(path):
-        os.unlink(path)                          # a socket left by an earlier run
+    claim_unix_socket(path, "CSI")
     server.add_insecure_port(f"unix://{path}")
     log.info("event=start endpoint=%s rokfs=%s nbd=%s attach=%s node=%s", path, args.rokfs,
              args.nbd, attacher.kind, args.node_id)
@@ -92,8 +90,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from rokfs.client import Client
-    server = make_server(Client(args.rokfs), args)
+    try:
+        server = make_server(Client(args.rokfs), args)
+    except RokfsError as exc:
+        print(f"rokfs-csi: error: {exc}", file=sys.stderr)
+        return 1
     server.start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -38,10 +38,10 @@ import errno
 import logging
 import os
 import socket
-import stat
 
 import trio
 
+from rokfs.endpoints import claim_unix_socket, parse_tcp_address
 from rokfs.errors import RokfsError
 from rokfs.fileio import pread_full
 
@@ -534,24 +534,10 @@ def _tune_socket(stream):
 
 # -- listeners -------------------------------------------------------------------
 
-def parse_listen(value):
-    """'ADDR:PORT', ':PORT', 'PORT' or '[v6]:PORT' -> (host, port); host defaults to loopback."""
-    host, sep, port = str(value).rpartition(":")
-    if not sep:
-        host, port = "", value
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port)
-    except ValueError:
-        raise ValueError(f"bad listen address {value!r}: expected ADDR:PORT") from None
-    if not 0 <= port < 65536:
-        raise ValueError(f"bad port in {value!r}")
-    return host, port
-
-
 async def open_unix_listener(path):
-    """A listener on a unix socket at `path`, replacing a stale socket file."""
-    _remove_stale_socket(path)
+    """A listener on a unix socket at `path` (mode 0600), once the path is
+    claimed by the one stale-socket policy (rokfs.endpoints)."""
+    claim_unix_socket(path, "NBD")
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -560,24 +546,6 @@ async def open_unix_listener(path):
         os.umask(old_umask)
     sock.listen(128)
     return trio.SocketListener(sock)
-
-
-def _remove_stale_socket(path):
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(os.fspath(path))
-    except OSError:
-        os.unlink(path)
-    else:
-        raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
-    finally:
-        probe.close()
 
 
 async def serve(control, *, socket_path=None, listen=None, tls=None,
@@ -591,7 +559,8 @@ async def serve(control, *, socket_path=None, listen=None, tls=None,
     server = NbdServer(control, tls)
     listeners = []
     if listen is not None or socket_path is None:
-        host, port = parse_listen(listen if listen is not None else str(DEFAULT_PORT))
+        host, port = parse_tcp_address(listen if listen is not None else str(DEFAULT_PORT),
+                                       "NBD listen address")
         listeners += await trio.open_tcp_listeners(port, host=host)
     if socket_path is not None:       # last: once it accepts, everything does
         listeners.append(await open_unix_listener(socket_path))

@@ -1,7 +1,7 @@
 """A Python client of the rokfs daemon, for notebooks and pipelines.
 
     from rokfs.client import Client
-    rok = Client()                       # ROKFS_CONTROL or the default socket
+    rok = Client()                       # ROKFS_CONTROL or the default socket (rokfs.paths)
     rok.create_volume("data", 20 << 30)
     with rok.step_snapshots(["data", "models"], run="42", step="train"):
         train()
@@ -13,25 +13,18 @@ rokfs.errors class the daemon raised (rokfs.rpc.error_from, the one place).
 
 import contextlib
 import json
-import os
 import re
 import time
 
 import grpc
 
-from . import rpc
+from . import paths, rpc
 from .proto import control_pb2 as pb
-
-
-def default_address():
-    from .daemon import default_runtime_dir
-    return os.environ.get("ROKFS_CONTROL") or os.path.join(default_runtime_dir(),
-                                                           "control.sock")
 
 
 class Client:
     def __init__(self, address=None, *, timeout=None):
-        self.address = address or default_address()
+        self.address = address or paths.control_socket()
         self.timeout = timeout
         self._channel = grpc.insecure_channel(rpc.channel_target(self.address))
 

@@ -14,31 +14,20 @@ import copy
 import os
 import tomllib
 
+from . import paths
+from .endpoints import parse_tcp_address
 from .errors import InvalidArgument
-from .pool import DEFAULT_CHUNK_SIZE
+from .runner import DEFAULT_CHUNK_SIZE
 from .units import format_size
 
 
-def data_dir():
-    return os.path.join(os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"),
-                        "rokfs")
-
-
-def runtime_dir():
-    import tempfile
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0
-                                                 else tempfile.gettempdir())
-    return os.path.join(base, "rokfs")
-
-
 def defaults():
-    run = runtime_dir()
     return {
-        "pool": {"path": os.path.join(data_dir(), "pool"), "chunk_size": format_size(DEFAULT_CHUNK_SIZE)},
-        "nbd": {"socket": os.path.join(run, "nbd.sock"), "listen": "", "tls": "off",
+        "pool": {"path": paths.default_pool(), "chunk_size": format_size(DEFAULT_CHUNK_SIZE)},
+        "nbd": {"socket": paths.default_nbd_socket(), "listen": "", "tls": "off",
                 "tls_cert": "", "tls_key": "", "tls_ca": ""},
         "fuse": {"mountpoint": ""},
-        "control": {"socket": os.path.join(run, "control.sock"), "mode": "0600", "group": ""},
+        "control": {"socket": paths.default_control_socket(), "mode": "0600", "group": ""},
         "metrics": {"listen": "127.0.0.1:9436"},
         "log": {"level": "info", "format": "kv"},
         "remotes": {},
@@ -46,16 +35,16 @@ def defaults():
 
 
 SETTINGS = [   # section, key, environment variable, argparse dest
-    ("pool", "path", "ROKFS_POOL", "pool"),
+    ("pool", "path", paths.POOL_ENV, "pool"),
     ("pool", "chunk_size", "ROKFS_CHUNK_SIZE", "chunk_size"),
-    ("nbd", "socket", "ROKFS_NBD_SOCKET", "nbd_socket"),
+    ("nbd", "socket", paths.NBD_SOCKET_ENV, "nbd_socket"),
     ("nbd", "listen", "ROKFS_NBD_LISTEN", "nbd_listen"),
     ("nbd", "tls", "ROKFS_NBD_TLS", "nbd_tls"),
     ("nbd", "tls_cert", "ROKFS_NBD_TLS_CERT", "nbd_tls_cert"),
     ("nbd", "tls_key", "ROKFS_NBD_TLS_KEY", "nbd_tls_key"),
     ("nbd", "tls_ca", "ROKFS_NBD_TLS_CA", "nbd_tls_ca"),
     ("fuse", "mountpoint", "ROKFS_MOUNT", "mount"),
-    ("control", "socket", "ROKFS_CONTROL", "control_socket"),
+    ("control", "socket", paths.CONTROL_ENV, "control_socket"),
     ("control", "mode", "ROKFS_CONTROL_MODE", "control_mode"),
     ("control", "group", "ROKFS_CONTROL_GROUP", "control_group"),
     ("metrics", "listen", "ROKFS_METRICS_LISTEN", "metrics_listen"),
@@ -111,6 +100,9 @@ def _check(config):
         config["control"]["mode"] = int(str(config["control"]["mode"]), 8)
     except ValueError:
         raise InvalidArgument("control.mode must be an octal file mode such as 0660") from None
+    for section, what in (("nbd", "NBD listen address"), ("metrics", "metrics address")):
+        if config[section]["listen"]:
+            parse_tcp_address(config[section]["listen"], what)
     for name, spec in config["remotes"].items():
         if not isinstance(spec, (dict, str)):
             raise InvalidArgument(f"remote {name!r} must be a table or a URL")

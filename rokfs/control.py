@@ -174,6 +174,10 @@ class Control:
     def status(self):
         return self.pool.status()
 
+    def max_volume_size(self):
+        """The largest volume this pool can hold, in bytes (for the CSI shim)."""
+        return self.pool.max_volume_size()
+
     async def fsck(self, *, repair=False):
         """Verify the pool's maps and counts (fsck.py); `repair` fixes leaks.
         It walks every map on the loop: for `rokfs fsck` on a pool no daemon

@@ -5,6 +5,8 @@ Invariants:
   copies them on the trio loop (trio.from_thread.run_sync) when Prometheus
   scrapes, then builds the metric families in the HTTP thread.
 - Served over HTTP by prometheus_client's server thread at /metrics.
+- Everything comes from Control verbs (list_exports, hydration_status,
+  status) and the Control's counters; nothing here touches the engine.
 """
 
 import logging
@@ -14,6 +16,8 @@ from prometheus_client import start_http_server
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
                                     GaugeMetricFamily, HistogramMetricFamily)
 
+from .endpoints import parse_tcp_address
+from .errors import RokfsError
 from .stats import LATENCY_BUCKETS
 
 log = logging.getLogger("rokfs.metrics")
@@ -21,18 +25,21 @@ log = logging.getLogger("rokfs.metrics")
 
 def _snapshot(control):
     """On the loop: a consistent copy of everything a scrape reports."""
-    hydration = []
-    if hasattr(control, "hydration_status"):
-        for vol in control.pool.list_volumes():
-            try:
-                hydration.append(control.hydration_status(vol.name))
-            except Exception:        # a volume without a base, or a verb mid-change
-                continue
-    live = {v.name for v in control.pool.list_volumes()}
-    live |= {s.full_name for s in control.pool.list_snapshots()}
+    exports = control.list_exports()         # cheap: names and sizes, no map walk
+    volumes = [name for name, _, read_only, _ in exports if not read_only]
+    live = {name for name, *_ in exports}
     counters = control.counters.copy()
     counters.io = {name: io for name, io in counters.io.items() if name in live}
-    return {"counters": counters, "pool": control.status(), "hydration": hydration}
+    return {"counters": counters, "pool": control.status(),
+            "hydration": list(_hydration(control, volumes))}
+
+
+def _hydration(control, volumes):
+    for name in volumes:
+        try:
+            yield control.hydration_status(name)
+        except RokfsError:           # deleted since the listing
+            continue
 
 
 def _histogram(family, labels, hist):
@@ -105,17 +112,9 @@ class ControlCollector:
         yield from (done, total)
 
 
-def parse_address(text):
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not port.isdigit():
-        from .errors import InvalidArgument
-        raise InvalidArgument(f"invalid metrics address {text!r}: expected HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 async def serve_metrics(control, address, *, task_status=trio.TASK_STATUS_IGNORED):
     """Serve /metrics on `address` ('HOST:PORT', port 0 = any) until cancelled."""
-    host, port = parse_address(address)
+    host, port = parse_tcp_address(address, "metrics address")
     registry = CollectorRegistry()
     registry.register(ControlCollector(control, trio.lowlevel.current_trio_token()))
     server, thread = start_http_server(port, addr=host, registry=registry)

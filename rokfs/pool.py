@@ -216,9 +216,9 @@ class Pool:
     def check_size(self, size):
         if not isinstance(size, int) or size < 0 or size % SECTOR:
             raise InvalidArgument(f"size {size!r} must be a non-negative multiple of {SECTOR}")
-        if -(-size // self.chunk_size) > MAX_CHUNKS:
+        if size > self.max_volume_size():
             raise InvalidArgument(f"size {size} exceeds the maximum volume size "
-                                  f"{MAX_CHUNKS * self.chunk_size}")
+                                  f"{self.max_volume_size()}")
 
     def _refuse_taken_name(self, name):
         vol = self._volumes.get(name)
@@ -453,6 +453,9 @@ class Pool:
         if self.slots.rc[slot] > 0:
             self.commits.new_slot_hashes[slot] = digest
 
+    def max_volume_size(self):
+        return MAX_CHUNKS * self.chunk_size
+
     def data_space(self):
         """Bytes data may still take before the free-space reserve."""
         return self.slots.space()[0]
@@ -465,7 +468,6 @@ class Pool:
         st = os.statvfs(self.path)
         deleting = [i for i in self._images.values() if i.state == DELETING]
         return {"path": self.path, "chunk_size": self.chunk_size,
-                "max_volume_bytes": MAX_CHUNKS * self.chunk_size,
                 "volumes": len(self.list_volumes()), "snapshots": len(self.list_snapshots()),
                 "deleting": len(deleting),
                 "used_bytes": self.slots.used_slots() * self.chunk_size,

@@ -15,8 +15,9 @@ import json
 import sys
 import time
 
-from . import errors
-from .client import Client, default_address
+from . import errors, paths
+from .args import add_output_argument, add_progress_argument
+from .client import Client
 from .names import parse_labels
 from .rpc import DaemonUnreachable
 from .progress import ProgressBar
@@ -231,10 +232,9 @@ def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", default=argparse.SUPPRESS,
                         help="daemon control socket (env ROKFS_CONTROL; default "
-                             f"{default_address()})")
-    common.add_argument("-o", "--output", choices=("human", "json"), default=argparse.SUPPRESS)
-    common.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
-                        help="progress bars even when stdout is not a terminal")
+                             f"{paths.control_socket()})")
+    add_output_argument(common, default=argparse.SUPPRESS)
+    add_progress_argument(common, default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="rokctl", parents=[common],
                                      description=__doc__.splitlines()[0],
                                      epilog="exit codes: 0 ok, 1 error, 2 usage or invalid "

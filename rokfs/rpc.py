@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import queue
-import socket
 from concurrent import futures
 
 import grpc
 import trio
 
 from . import errors
+from .endpoints import claim_unix_socket
 from .proto import control_pb2 as pb
 
 log = logging.getLogger("rokfs.rpc")
@@ -46,6 +46,7 @@ VERBS = {
     "snapshot_info": ("full_name",),
     "list_snapshots": ("volume", "labels"),
     "status": (),
+    "max_volume_size": (),
     "push": ("full_name", "remote"),
     "pull": ("remote_snapshot", "new_volume", "remote"),
     "list_remote": ("remote",),
@@ -228,21 +229,6 @@ class ControlService:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-def _refuse_live_socket(path):
-    """Remove a stale socket file; refuse one a running daemon answers on."""
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise errors.Busy(f"control socket {path} is in use by another rokfs daemon")
-
-
 def _secure_socket(path, mode, group):
     os.chmod(path, mode)
     if group:
@@ -257,8 +243,7 @@ def _secure_socket(path, mode, group):
 async def serve_control(control, socket_path, *, mode=0o600, group=None, workers=8,
                         task_status=trio.TASK_STATUS_IGNORED):
     """Serve the control API on `socket_path` until cancelled; reports the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(socket_path)), mode=0o755, exist_ok=True)
-    _refuse_live_socket(socket_path)
+    claim_unix_socket(socket_path, "control")
     service = ControlService(control, trio.lowlevel.current_trio_token())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="rokfs-rpc"))

@@ -13,7 +13,7 @@ import json
 import sqlite3
 
 from .errors import Corrupt
-from .sqlitetx import transaction
+from .transactions import transaction
 
 FORMAT_VERSION = 1
 

@@ -101,12 +101,14 @@ def test_second_serve_on_the_same_pool_is_refused(tmp_path):
                                 str(cfg), "--pool", str(tmp_path / "pool2"),
                                 "--nbd-socket", str(tmp_path / "n3.sock")],
                                capture_output=True, text=True, timeout=60)
-        assert third.returncode == 1 and "in use by another rokfs daemon" in third.stderr
+        assert third.returncode == 1, third.stderr
+        assert f"control socket {daemon.control} is in use" in third.stderr
         fourth = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
                                  str(cfg), "--pool", str(tmp_path / "pool3"),
                                  "--control-socket", str(tmp_path / "c4.sock")],
                                 capture_output=True, text=True, timeout=60)
-        assert fourth.returncode == 1 and "another server is listening" in fourth.stderr
+        assert fourth.returncode == 1, fourth.stderr
+        assert f"NBD socket {daemon.nbd_socket} is in use" in fourth.stderr
         assert daemon.ok("status")                 # the first one is unharmed
 
 
@@ -114,6 +116,7 @@ def test_second_serve_on_the_same_pool_is_refused(tmp_path):
     ("sokcet = '/x'\n", [], "unknown key 'sokcet' in [nbd]"),
     ("", ["--nbd-tls", "require"], "NBD TLS: --tls=require needs --tls-cert"),
     ("", ["--metrics-listen", "nowhere"], "invalid metrics address 'nowhere'"),
+    ("", ["--nbd-listen", "127.0.0.1:x"], "invalid NBD listen address '127.0.0.1:x'"),
     ("", ["--chunk-size", "3K"], "chunk"),
 ])
 def test_bad_settings_are_refused_clearly(tmp_path, extra, flags, message):

@@ -1,20 +1,20 @@
-"""The FUSE view: `rokfs mount MOUNTPOINT` and `rokfs serve --mount DIR`.
+"""The FUSE view: `rokfs mount MOUNTPOINT` (rokfs.fusefs.cli) and `rokfs serve --mount DIR`.
 
 `mount(control, mountpoint)` runs pyfuse3's session on the current trio
 loop until cancelled (then unmounts) or until someone runs `fusermount3 -u`
 (then returns). pyfuse3 keeps global state: one mount per process.
 A stale mount (its daemon died: ENOTCONN) is refused with how to fix it.
+pyfuse3 (and the handlers, rokfs.fusefs.ops) load when a mount starts, so
+checking a mountpoint, or a daemon that mounts nothing, needs no pyfuse3.
 """
 
 import errno
 import logging
 import os
-import signal
 
 import trio
 
 from ..errors import Busy, NotFound
-from .ops import RokfsOperations
 
 log = logging.getLogger("rokfs.fuse")
 
@@ -65,6 +65,7 @@ async def mount(control, mountpoint, *, allow_other=False, page_cache=False,
     (fsync's commit, a hydration fetch) the others wait. Raise it for
     lazily restored volumes read by many processes at once."""
     import pyfuse3
+    from .ops import RokfsOperations
     mountpoint = os.path.abspath(mountpoint)
     check_mountpoint(mountpoint)
     ops = RokfsOperations(control, page_cache=page_cache)
@@ -78,56 +79,3 @@ async def mount(control, mountpoint, *, allow_other=False, page_cache=False,
         pyfuse3.close(unmount=still_mounted)
         log.info("event=fuse_unmounted mountpoint=%s by=%s", mountpoint,
                  "us" if still_mounted else "fusermount")
-
-
-def add_parser(sub):
-    from ..cli import add_pool_argument
-    p = sub.add_parser("mount", help="mount the FUSE view of a pool (volumes as image files)")
-    add_pool_argument(p)
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--allow-other", action="store_true",
-                   help="let other users in (needs user_allow_other in /etc/fuse.conf)")
-    p.add_argument("--page-cache", action="store_true",
-                   help="let the kernel cache image data (faster re-reads; not coherent "
-                        "with NBD clients of the same volume)")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                   help="concurrent FUSE request tasks (default: %(default)s: fastest for "
-                        "I/O; raise it so slow requests such as remote fetches overlap)")
-    p.set_defaults(func=run_cli)
-
-
-def run_cli(args):
-    from ..control import Control
-    from ..pool import Pool
-    check_mountpoint(os.path.abspath(args.mountpoint))
-    pool = Pool.open_or_create(args.pool)
-    try:
-        trio.run(_mount_until_signal, Control(pool), args)
-    finally:
-        pool.close()
-    return 0
-
-
-async def _mount_until_signal(control, args):
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            async def stop_on_signal():
-                async for signum in signals:
-                    log.info("event=shutdown signal=%s", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
-
-            async def run_mount(task_status):
-                await mount(control, args.mountpoint, allow_other=args.allow_other,
-                            page_cache=args.page_cache, workers=args.workers,
-                            task_status=task_status)
-                nursery.cancel_scope.cancel()      # unmounted from outside
-
-            nursery.start_soon(stop_on_signal)
-            where = await nursery.start(run_mount)
-            print(f"rokfs: pool {control.pool.path} mounted at {where}\n"
-                  f"  new volume: truncate -s 10G {where}/volumes/data\n"
-                  f"  snapshot:   setfattr -n user.rokfs.snapshot -v before "
-                  f"{where}/volumes/data\n"
-                  f"  stop with Ctrl-C, SIGTERM or `fusermount3 -u {where}`", flush=True)
-    await control.flush()

@@ -1,69 +1,71 @@
 """`rokfs push`, `rokfs pull`, `rokfs remote ls|rm|gc` for a pool no daemon holds.
 
-Progress bars (bytes, rate, ETA) go to stderr when it is a terminal or when
---progress is given; results go to stdout (human or -o json).
+Invariants:
+- Each command is a Control verb (push, pull, list_remote, delete_remote,
+  gc_remote; run_background and hydration_status for `pull --wait`) given
+  `--remote` as the verb's `remote` (a URL; without it the verbs' "default",
+  a directory next to the pool). The rokfs program runs it through the one
+  run sequence, which flushes and closes the pool.
+- Progress bars (bytes, rate, ETA) go to stderr when it is a terminal or
+  when --progress is given; results go to stdout (human or -o json).
 """
 
+import functools
 import json
 import time
 
 import trio
 
+from ..args import add_output_argument, add_pool_argument, add_progress_argument
+from ..errors import RemoteError
 from ..progress import ProgressBar
 from ..units import format_size
 
 
-def add_parser(sub):
-    from ..cli import add_pool_argument
+def add_arguments(parser, name):
+    ARGUMENTS[name](parser)
 
-    def common(p):
-        add_pool_argument(p)
-        p.add_argument("--remote", default=None, metavar="URL",
-                       help="file:///path or s3://bucket/prefix?endpoint_url=...&region=... "
-                            "(default: a directory next to the pool)")
-        p.add_argument("-o", "--output", choices=("human", "json"), default="human")
-        p.add_argument("--progress", action="store_true", default=None,
-                       help="show progress bars even when stderr is not a terminal")
 
-    p = sub.add_parser("push", help="push a snapshot to a remote (dedup, compressed)")
+def _common(p, verb):
+    add_pool_argument(p)
+    p.add_argument("--remote", default="default", metavar="URL",
+                   help="file:///path or s3://bucket/prefix?endpoint_url=...&region=... "
+                        "(default: a directory next to the pool)")
+    add_output_argument(p)
+    add_progress_argument(p)
+    p.set_defaults(main=functools.partial(_run, verb))
+
+
+def _push_arguments(p):
     p.add_argument("name", metavar="VOLUME@SNAP")
-    common(p)
-    p.set_defaults(func=lambda a: _run(a, _push))
+    _common(p, _push)
 
-    p = sub.add_parser("pull", help="restore a remote snapshot as a new volume (lazy)")
+
+def _pull_arguments(p):
     p.add_argument("name", metavar="VOLUME@SNAP", help="the snapshot's name on the remote")
     p.add_argument("--as", dest="new_name", required=True, metavar="NAME")
     p.add_argument("--wait", action="store_true", help="hydrate to completion before exiting")
-    common(p)
-    p.set_defaults(func=lambda a: _run(a, _pull))
+    _common(p, _pull)
 
-    p = sub.add_parser("remote", help="list, delete or garbage-collect remote snapshots")
+
+def _remote_arguments(p):
     rsub = p.add_subparsers(dest="remote_command", required=True)
-    r = rsub.add_parser("ls", help="list snapshots on the remote")
-    common(r)
-    r.set_defaults(func=lambda a: _run(a, _ls))
+    _common(rsub.add_parser("ls", help="list snapshots on the remote"), _ls)
     r = rsub.add_parser("rm", help="delete a snapshot from the remote (run gc to free space)")
     r.add_argument("name", metavar="VOLUME@SNAP")
-    common(r)
-    r.set_defaults(func=lambda a: _run(a, _rm))
+    _common(r, _rm)
     r = rsub.add_parser("gc", help="delete chunks no remote snapshot references")
     r.add_argument("--grace", type=float, default=3600,
                    help="keep unreferenced objects younger than this many seconds "
                         "(default: %(default)s)")
-    common(r)
-    r.set_defaults(func=lambda a: _run(a, _gc))
+    _common(r, _gc)
 
 
-def _run(args, verb):
-    from ..control import Control
-    from ..pool import Pool
-    from . import open_remote
-    pool = Pool.open_or_create(args.pool)
-    try:
-        remotes = {"default": open_remote(args.remote)} if args.remote else None
-        result = trio.run(verb, Control(pool, remotes), args)
-    finally:
-        pool.close()
+ARGUMENTS = {"push": _push_arguments, "pull": _pull_arguments, "remote": _remote_arguments}
+
+
+async def _run(verb, control, args):
+    result = await verb(control, args)
     if args.output == "json":
         print(json.dumps(result, indent=2))
     elif result is not None:
@@ -74,13 +76,13 @@ def _run(args, verb):
 async def _push(control, args):
     bar = ProgressBar(f"push {args.name}", args.progress)
     try:
-        return await control.push(args.name, progress=bar)
+        return await control.push(args.name, remote=args.remote, progress=bar)
     finally:
         bar.close()
 
 
 async def _pull(control, args):
-    info = await control.pull(args.name, args.new_name)
+    info = await control.pull(args.name, args.new_name, remote=args.remote)
     if not args.wait:
         return info
     bar = ProgressBar(f"hydrate {args.new_name}", args.progress)
@@ -92,7 +94,6 @@ async def _pull(control, args):
             if st["state"] == "hydrated":
                 break
             if st["state"] == "failed":
-                from ..errors import RemoteError
                 bar.close()
                 raise RemoteError(f"hydration of {args.new_name} failed: {st['error']}")
             await trio.sleep(0.2)
@@ -102,16 +103,16 @@ async def _pull(control, args):
 
 
 async def _ls(control, args):
-    return await control.list_remote()
+    return await control.list_remote(remote=args.remote)
 
 
 async def _rm(control, args):
-    await control.delete_remote(args.name)
+    await control.delete_remote(args.name, remote=args.remote)
     return {"deleted": args.name}
 
 
 async def _gc(control, args):
-    return await control.gc_remote(grace_seconds=args.grace)
+    return await control.gc_remote(remote=args.remote, grace_seconds=args.grace)
 
 
 def _human(args, result):

@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 
-from ..sqlitetx import transaction
+from ..transactions import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY, remote TEXT NOT NULL,

@@ -1,10 +1,12 @@
-"""One SQLite transaction, for the pool's metadata store and the remotes'
-local state alike.
+"""SQLite transactions on autocommit connections, for every database rokfs keeps.
 
-`with transaction(db):` runs BEGIN IMMEDIATE ... COMMIT on an autocommit
-connection (one fsync in WAL + synchronous=FULL mode), rolls back on any
-error, and reports an SQLite failure as a RokfsError (NoSpace when the disk
-is full), so no caller sees sqlite3 exceptions.
+Invariants:
+- `with transaction(db):` is one BEGIN IMMEDIATE ... COMMIT: one fsync in
+  WAL + synchronous=FULL. On any error it rolls back and the block's
+  rows are not written; an SQLite error comes out as a RokfsError
+  (NoSpace when the disk is full).
+- Used by the pool's metadata store (rokfs.store) and the remote state
+  (rokfs.remote.state) alike; it knows neither.
 """
 
 import sqlite3

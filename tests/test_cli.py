@@ -1,0 +1,57 @@
+"""The `rokfs` program: a command loads only what it uses, so the admin
+commands work on a machine where pyfuse3 cannot be imported."""
+
+import json
+import subprocess
+import sys
+
+NO_FUSE = ("import sys; sys.modules['pyfuse3'] = None\n"     # `import pyfuse3` now fails
+           "from rokfs.cli import main; sys.exit(main(sys.argv[1:]))")
+FRONT_ENDS = ("nbd_server.cli", "nbd_server.server", "rokfs.fusefs", "rokfs.fusefs.cli",
+              "rokfs.daemon", "rokfs.remote.cli", "rokfs.rpc", "rokfs.metrics")
+
+
+def rokfs_without_fuse(*args):
+    proc = subprocess.run([sys.executable, "-c", NO_FUSE, *args], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, (args, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def test_admin_commands_work_without_pyfuse3(tmp_path):
+    pool = str(tmp_path / "pool")
+    assert "created pool" in rokfs_without_fuse("init", "--pool", pool, "--chunk-size", "64K")
+    assert "created volume data (1M)" in rokfs_without_fuse(
+        "create", "data", "--size", "1M", "--pool", pool)
+    assert "created snapshot data@s1" in rokfs_without_fuse(
+        "snapshot", "data@s1", "--label", "run=1", "--pool", pool)
+    status = json.loads(rokfs_without_fuse("status", "--pool", pool, "-o", "json"))
+    assert status["chunk_size"] == 64 << 10
+    assert [v["name"] for v in status["volumes"]] == ["data"]
+    assert [s["name"] for s in status["snapshots"]] == ["data@s1"]
+    assert "volume data" in rokfs_without_fuse("status", "--pool", pool)
+    assert "clean" in rokfs_without_fuse("fsck", pool)
+
+
+def test_create_and_status_make_a_pool_where_none_is(tmp_path):
+    pool = str(tmp_path / "fresh")
+    rokfs_without_fuse("create", "v", "--size", "1M", "--pool", pool)
+    assert "volume v" in rokfs_without_fuse("status", "--pool", pool)
+
+
+def test_a_command_imports_no_other_front_end():
+    code = ("import sys; from rokfs.cli import build_parser\n"
+            "build_parser('fsck').parse_args(['fsck', '/nowhere'])\n"
+            f"print([m for m in {FRONT_ENDS!r} if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_daemon_without_a_mount_needs_no_pyfuse3():
+    code = "import sys; sys.modules['pyfuse3'] = None; import rokfs.daemon"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
