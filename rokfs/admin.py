@@ -1,11 +1,14 @@
-"""`rokfs init | status | create | snapshot | fsck`: a pool no daemon holds.
+"""`rokfs init | status | create | snapshot | rm | fsck`: a pool no daemon holds.
 
 Invariants:
-- status, create and snapshot are Control verbs, run by the rokfs program
-  through the one run sequence, which commits and closes the pool; init
-  creates the pool through that same sequence (rokfs.runner).
-- fsck is the Control verb `fsck` too (it walks every map: fine on a pool
-  no daemon serves, which is the only place this program runs it).
+- Every command here is Control verbs run by the rokfs program through the
+  one run sequence (rokfs.runner), which commits and closes the pool; init
+  creates the pool through that same sequence.
+- Only init creates a pool: the others refuse a pool directory that holds
+  none (a mistyped --pool is an error, not a new empty pool).
+- fsck is the Control verb `fsck` (it walks every map: fine on a pool no
+  daemon serves, the only place this program runs it).
+- COMMANDS is the one table of these commands' arguments and mains.
 """
 
 import json
@@ -17,16 +20,18 @@ from .units import format_size, parse_size
 
 
 def add_arguments(parser, name):
-    ARGUMENTS[name](parser)
-
-
-# -- init ----------------------------------------------------------------------------
-
-def _init_arguments(p):
-    add_pool_argument(p)
-    p.add_argument("--chunk-size", default=format_size(DEFAULT_CHUNK_SIZE),
-                   help="chunk size, a power of two from 4K to 16M (default: %(default)s)")
-    p.set_defaults(run=init)
+    flags, main = COMMANDS[name]
+    if name == "fsck":
+        parser.add_argument("pool", metavar="POOL")
+        parser.set_defaults(pool_must_exist=True)
+    else:
+        add_pool_argument(parser, must_exist=name != "init")
+    for add in flags:
+        add(parser)
+    if name == "init":
+        parser.set_defaults(run=init)
+    else:
+        parser.set_defaults(main=main)
 
 
 def init(args):
@@ -38,14 +43,6 @@ def init(args):
 async def _report_created(control, args):
     chunk_size = control.status()["chunk_size"]
     print(f"created pool {args.pool} (chunk size {format_size(chunk_size)})")
-
-
-# -- status, create, snapshot: verbs -------------------------------------------------------
-
-def _status_arguments(p):
-    add_pool_argument(p)
-    add_output_argument(p)
-    p.set_defaults(main=status)
 
 
 async def status(control, args):
@@ -70,24 +67,10 @@ def _status_lines(report):
                f"exclusive {format_size(snap['exclusive'])}")
 
 
-def _create_arguments(p):
-    add_pool_argument(p)
-    p.add_argument("name")
-    p.add_argument("--size", required=True, help="e.g. 20G")
-    p.set_defaults(main=create)
-
-
 async def create(control, args):
     vol = await control.create_volume(args.name, parse_size(args.size))
     print(f"created volume {vol['name']} ({format_size(vol['size'])})")
     return 0
-
-
-def _snapshot_arguments(p):
-    add_pool_argument(p, must_exist=True)
-    p.add_argument("name", metavar="VOLUME@SNAP")
-    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(main=snapshot)
 
 
 async def snapshot(control, args):
@@ -96,11 +79,15 @@ async def snapshot(control, args):
     return 0
 
 
-def _fsck_arguments(p):
-    p.add_argument("pool", metavar="POOL")
-    p.add_argument("--repair", action="store_true", help="fix leaks and wrong counts")
-    add_output_argument(p)
-    p.set_defaults(main=check, pool_must_exist=True)
+async def remove(control, args):
+    """Delete a volume (with -r, its snapshots too) or a snapshot. No daemon
+    holds the pool, so nothing has it open."""
+    if "@" in args.name:
+        await control.delete_snapshot(args.name)
+    else:
+        await control.delete_volume(args.name, recursive=args.recursive)
+    print(f"deleted {args.name}")
+    return 0
 
 
 async def check(control, args):
@@ -114,6 +101,23 @@ async def check(control, args):
     return 0 if report["clean"] or (args.repair and report["repaired"]) else 1
 
 
-ARGUMENTS = {"init": _init_arguments, "status": _status_arguments,
-             "create": _create_arguments, "snapshot": _snapshot_arguments,
-             "fsck": _fsck_arguments}
+def _flag(*names, **options):
+    return lambda parser: parser.add_argument(*names, **options)
+
+
+OUTPUT = add_output_argument
+COMMANDS = {   # name -> ([adds an argument to a parser], main)
+    "init": ([_flag("--chunk-size", default=format_size(DEFAULT_CHUNK_SIZE),
+                    help="chunk size, a power of two from 4K to 16M (default: %(default)s)")],
+             None),
+    "status": ([OUTPUT], status),
+    "create": ([_flag("name"), _flag("--size", required=True, help="e.g. 20G")], create),
+    "snapshot": ([_flag("name", metavar="VOLUME@SNAP"),
+                  _flag("--label", action="append", default=[], metavar="KEY=VALUE")],
+                 snapshot),
+    "rm": ([_flag("name", metavar="VOLUME|VOLUME@SNAP"),
+            _flag("-r", "--recursive", action="store_true",
+                  help="a volume with its snapshots")], remove),
+    "fsck": ([_flag("--repair", action="store_true", help="fix leaks and wrong counts"),
+              OUTPUT], check),
+}

@@ -31,6 +31,7 @@ COMMANDS = [   # name, module defining it, help
     ("status", "rokfs.admin", "show a pool's volumes and snapshots"),
     ("create", "rokfs.admin", "create a volume in a pool no daemon holds"),
     ("snapshot", "rokfs.admin", "snapshot VOLUME@SNAP in a pool no daemon holds"),
+    ("rm", "rokfs.admin", "delete a volume or snapshot in a pool no daemon holds"),
     ("fsck", "rokfs.admin", "check a pool's metadata and reference counts"),
     ("serve", "rokfs.daemon", "run the daemon: NBD, FUSE, control API, metrics"),
     ("nbd", "nbd_server.cli", "serve volumes and snapshots over NBD"),

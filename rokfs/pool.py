@@ -99,7 +99,7 @@ class Pool:
     @classmethod
     def open(cls, path):
         if not os.path.exists(os.path.join(path, "meta.db")):
-            raise NotFound(f"no rokfs pool at {path} (create one with `rokfs init {path}`)")
+            raise NotFound(f"no rokfs pool at {path} (create one with `rokfs init --pool {path}`)")
         lock_fd = _lock(path)
         try:
             return cls(path, lock_fd, MetaStore(os.path.join(path, "meta.db")))

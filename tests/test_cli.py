@@ -2,6 +2,7 @@
 commands work on a machine where pyfuse3 cannot be imported."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -34,10 +35,23 @@ def test_admin_commands_work_without_pyfuse3(tmp_path):
     assert "clean" in rokfs_without_fuse("fsck", pool)
 
 
-def test_create_and_status_make_a_pool_where_none_is(tmp_path):
+def test_only_init_makes_a_pool_and_rm_deletes_offline(tmp_path):
     pool = str(tmp_path / "fresh")
+    for command in (["status"], ["create", "v", "--size", "1M"], ["rm", "v"], ["fsck"]):
+        args = [*command, pool] if command == ["fsck"] else [*command, "--pool", pool]
+        proc = subprocess.run([sys.executable, "-m", "rokfs.cli", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and "no rokfs pool" in proc.stderr, (command, proc.stderr)
+        assert not os.path.exists(pool)
+    rokfs_without_fuse("init", "--pool", pool)
     rokfs_without_fuse("create", "v", "--size", "1M", "--pool", pool)
-    assert "volume v" in rokfs_without_fuse("status", "--pool", pool)
+    rokfs_without_fuse("snapshot", "v@s", "--pool", pool)
+    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "rm", "v", "--pool", pool],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "snapshots" in proc.stderr
+    assert "deleted v@s" in rokfs_without_fuse("rm", "v@s", "--pool", pool)
+    assert "deleted v" in rokfs_without_fuse("rm", "v", "--pool", pool)
+    assert "volume v" not in rokfs_without_fuse("status", "--pool", pool)
 
 
 def test_a_command_imports_no_other_front_end():

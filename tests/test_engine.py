@@ -392,6 +392,11 @@ def test_cli_create_snapshot_status(tmp_path):
     rokfs = [sys.executable, "-m", "rokfs.cli"]
     out = subprocess.run([*rokfs, "create", "--pool", pool_dir, "data", "--size", "1G"],
                          capture_output=True, text=True)
+    assert out.returncode == 1 and "no rokfs pool" in out.stderr    # a typo makes no pool
+    assert not os.path.exists(pool_dir)
+    subprocess.run([*rokfs, "init", "--pool", pool_dir], check=True, capture_output=True)
+    out = subprocess.run([*rokfs, "create", "--pool", pool_dir, "data", "--size", "1G"],
+                         capture_output=True, text=True)
     assert out.returncode == 0 and "created volume data (1G)" in out.stdout
     out = subprocess.run([*rokfs, "snapshot", "--pool", pool_dir, "data@s", "--label", "run=42"],
                          capture_output=True, text=True)
