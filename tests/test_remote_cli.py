@@ -33,6 +33,10 @@ def test_push_pull_ls_rm_gc(tmp_path, s3_server):
     assert [(m["name"], m["labels"]) for m in listed] == [("data@v1", {"team": "ml"})]
     assert "data@v1" in rokfs("remote", "ls", "--pool", a, "--remote", url).stdout
 
+    refused = rokfs("pull", "data@v1", "--as", "copy", "--pool", b, "--remote", url,
+                    check=False)
+    assert refused.returncode == 1 and "no rokfs pool" in refused.stderr   # a typo, not a pool
+    rokfs("init", "--pool", b)
     out = rokfs("pull", "data@v1", "--as", "copy", "--wait", "--progress", "--pool", b,
                 "--remote", url)
     assert "hydrate copy" in out.stderr and "0B still on the remote" in out.stdout

@@ -27,7 +27,7 @@ def add_arguments(parser, name):
 
 
 def _common(p, verb):
-    add_pool_argument(p)
+    add_pool_argument(p, must_exist=True)
     p.add_argument("--remote", default="default", metavar="URL",
                    help="file:///path or s3://bucket/prefix?endpoint_url=...&region=... "
                         "(default: a directory next to the pool)")
