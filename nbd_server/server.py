@@ -8,8 +8,10 @@ Invariants
 - The reader parses every complete request in what one read returned and
   runs reads, writes, trims, zeroes and block status inline: engine calls are
   synchronous pread/pwrite on the page cache and never suspend. Requests
-  that may block (FLUSH, FUA, CACHE) run as concurrent handler tasks, at most
-  MAX_SPAWNED per connection.
+  that may block (FLUSH, FUA, CACHE, and any request on a range that still
+  has chunks on the remote: Device.may_block) run as concurrent handler
+  tasks, at most MAX_SPAWNED per connection, so a slow remote read holds
+  no request for local data.
 - On plain sockets reads land straight in the protocol's buffer (readv on the
   non-blocking fd) and replies go out with writev, read data uncopied; TLS
   goes through trio's SSLStream. The reader stops taking requests while
@@ -247,7 +249,8 @@ class _Connection:
                     await self._fair_share(1)
                 elif ev.streamed:
                     self._write_error = None
-                elif ev.cmd in _SPAWNED or ev.flags & CMD_FLAG_FUA:
+                elif (ev.cmd in _SPAWNED or ev.flags & CMD_FLAG_FUA
+                      or self.device.may_block(ev.offset, ev.length)):
                     if ev.data is not None:
                         ev.data = bytes(ev.data)  # outlives the input buffer
                     await self._limit.acquire()

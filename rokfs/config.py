@@ -17,6 +17,7 @@ import tomllib
 from . import paths
 from .endpoints import parse_tcp_address
 from .errors import InvalidArgument
+from .fusefs import DEFAULT_WORKERS as DEFAULT_FUSE_WORKERS
 from .runner import DEFAULT_CHUNK_SIZE
 from .units import format_size
 
@@ -26,7 +27,7 @@ def defaults():
         "pool": {"path": paths.default_pool(), "chunk_size": format_size(DEFAULT_CHUNK_SIZE)},
         "nbd": {"socket": paths.default_nbd_socket(), "listen": "", "tls": "off",
                 "tls_cert": "", "tls_key": "", "tls_ca": ""},
-        "fuse": {"mountpoint": ""},
+        "fuse": {"mountpoint": "", "workers": DEFAULT_FUSE_WORKERS},
         "control": {"socket": paths.default_control_socket(), "mode": "0600", "group": ""},
         "metrics": {"listen": "127.0.0.1:9436"},
         "log": {"level": "info", "format": "kv"},
@@ -44,6 +45,7 @@ SETTINGS = [   # section, key, environment variable, argparse dest
     ("nbd", "tls_key", "ROKFS_NBD_TLS_KEY", "nbd_tls_key"),
     ("nbd", "tls_ca", "ROKFS_NBD_TLS_CA", "nbd_tls_ca"),
     ("fuse", "mountpoint", "ROKFS_MOUNT", "mount"),
+    ("fuse", "workers", "ROKFS_FUSE_WORKERS", "fuse_workers"),
     ("control", "socket", paths.CONTROL_ENV, "control_socket"),
     ("control", "mode", "ROKFS_CONTROL_MODE", "control_mode"),
     ("control", "group", "ROKFS_CONTROL_GROUP", "control_group"),
@@ -89,6 +91,17 @@ def _merge_file(config, path):
             config[section][key] = value
 
 
+def _whole_number(value, name, low, high):
+    try:
+        number = int(str(value), 10)
+    except ValueError:
+        number = None
+    if isinstance(value, bool) or number is None or not low <= number <= high:
+        raise InvalidArgument(f"{name} must be a whole number from {low} to {high}, "
+                              f"not {value!r}")
+    return number
+
+
 def _check(config):
     if config["nbd"]["tls"] not in ("off", "on", "require"):
         raise InvalidArgument("nbd.tls must be off, on or require")
@@ -100,6 +113,7 @@ def _check(config):
         config["control"]["mode"] = int(str(config["control"]["mode"]), 8)
     except ValueError:
         raise InvalidArgument("control.mode must be an octal file mode such as 0660") from None
+    config["fuse"]["workers"] = _whole_number(config["fuse"]["workers"], "fuse.workers", 1, 1024)
     for section, what in (("nbd", "NBD listen address"), ("metrics", "metrics address")):
         if config[section]["listen"]:
             parse_tcp_address(config[section]["listen"], what)

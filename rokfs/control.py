@@ -493,6 +493,12 @@ class Device:
     def size(self):
         return self.image.size
 
+    def may_block(self, offset, length):
+        """Would a request on this range wait for the remote (cold chunks)?
+        Adapters run such requests apart, so one slow remote read holds no
+        other request; False at once for an image with no remote base."""
+        return self.image.touches_cold(offset, length)
+
     def stat(self):
         """Control.stat of the open image, also once it is deleted (deferred)."""
         return _stat_of(self.image)

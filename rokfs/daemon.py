@@ -66,7 +66,8 @@ async def serve(control, cfg, tls):
                 serve_nbd, control, socket_path=nbd["socket"] or None,
                 listen=nbd["listen"] or None, tls=tls))
         if cfg["fuse"]["mountpoint"]:
-            bound["fuse"] = await nursery.start(mount, control, cfg["fuse"]["mountpoint"])
+            bound["fuse"] = await nursery.start(functools.partial(
+                mount, control, cfg["fuse"]["mountpoint"], workers=cfg["fuse"]["workers"]))
         c = cfg["control"]
         bound["control"] = await nursery.start(functools.partial(
             serve_control, control, c["socket"], mode=c["mode"], group=c["group"] or None))

@@ -215,6 +215,14 @@ class Image:
         if old >= SLOT_BASE:
             self.pool.slots.decref(old - SLOT_BASE)
 
+    def touches_cold(self, offset, length):
+        """Does [offset, offset+length) meet a cold chunk? O(1) for an image
+        with no base; else O(chunks in the range)."""
+        if not self.base_chunks or length <= 0:
+            return False
+        return any(self.is_cold(c, self.entry(c)) for c, _, _ in
+                   self.spans(offset, max(0, min(length, self.size - offset))))
+
     def cold_chunks(self, start=0, stop=None):
         """Chunks in [start, stop) still to be fetched from the base."""
         stop = min(self.base_chunks if stop is None else stop, self.base_chunks)

@@ -47,11 +47,21 @@ class S3Server:
             self.server = None
 
 
+def _swallow(sock):
+    """Read and drop what `sock` sends until it closes."""
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
 class FlakyProxy:
     """Forward TCP to a target; drop (close) or delay a share of requests."""
 
     def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1):
         self.target_port = target_port
+        self.stall = ()        # request paths containing one of these are never answered
         self.drop, self.delay, self.delay_share = drop, delay, delay_share
         self.random = random.Random(seed)
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -85,6 +95,11 @@ class FlakyProxy:
             except OSError:
                 break
             if not data:
+                break
+            if fresh and any(part.encode() in data.split(b"\r\n", 1)[0]
+                             for part in self.stall):
+                self.delayed += 1
+                _swallow(client)               # answer nothing, ever
                 break
             if fresh:       # the start of a request: maybe misbehave
                 r = self.random.random()

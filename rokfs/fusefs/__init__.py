@@ -18,7 +18,7 @@ from ..errors import Busy, NotFound
 
 log = logging.getLogger("rokfs.fuse")
 
-DEFAULT_WORKERS = 1
+DEFAULT_WORKERS = 16
 
 
 def is_mounted(mountpoint):
@@ -59,11 +59,12 @@ async def mount(control, mountpoint, *, allow_other=False, page_cache=False,
     """Serve the FUSE view of `control` at `mountpoint` until cancelled or
     unmounted from outside; reports the absolute mountpoint when ready.
 
-    `workers` bounds pyfuse3's request tasks. Reads and writes never
-    suspend, so one worker serves them fastest (no hand-off of the FUSE fd
-    between tasks: +20-90% 4K IOPS measured); but while a request awaits
-    (fsync's commit, a hydration fetch) the others wait. Raise it for
-    lazily restored volumes read by many processes at once."""
+    `workers` bounds pyfuse3's request tasks. While a request awaits
+    (fsync's commit, a fetch from a slow or stalled remote) the others need
+    a task of their own: with one, a single cold read froze the whole view
+    (`ls` included) until the remote answered. One task is ~10-15% faster
+    for 4 KiB reads at queue depth 1 (no hand-off of the FUSE fd between
+    tasks): `--fuse-workers 1` for pools that restore nothing lazily."""
     import pyfuse3
     from .ops import RokfsOperations
     mountpoint = os.path.abspath(mountpoint)

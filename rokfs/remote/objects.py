@@ -20,6 +20,7 @@ import urllib.parse
 from ..errors import InvalidArgument, NotFound, RemoteError
 
 DEFAULT_DEADLINE = 30.0
+READ_TIMEOUT = 5.0              # seconds without a byte before one attempt fails (then retried)
 
 
 class ObjectInfo(tuple):
@@ -175,7 +176,7 @@ class S3Store(ObjectStore):
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         config = botocore.config.Config(
             retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3,
-            read_timeout=20, max_pool_connections=max_connections)
+            read_timeout=READ_TIMEOUT, max_pool_connections=max_connections)
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1", config=config)
 

@@ -10,6 +10,9 @@ Invariants:
   chunk that fails is an error for the chunks a caller requires and left
   out of read-ahead.
 - A segment is fetched once however many tasks ask for it at once.
+- A fetch ends within the remote's deadline (plus a request timeout at
+  most, for the thread it leaves behind): a stalled remote fails the reads
+  that need it with EIO and holds nothing else.
 """
 
 import copy
@@ -22,7 +25,7 @@ import trio
 from .chunks import SEGMENT_CHUNKS, ChunkStore, open_chunk
 from .objects import open_object_store, parse_url
 from .push import PushJob
-from ..errors import Corrupt, RokfsError, single_errors
+from ..errors import Corrupt, RemoteError, RokfsError, single_errors
 
 DEFAULT_CONCURRENCY = 8
 READAHEAD = 15                 # cold neighbours fetched along with a read
@@ -50,8 +53,11 @@ class RemoteStore:
         self.on_demand = 0       # on-demand fetches in flight (hydrators yield to them)
 
     async def run(self, fn, *args, **kwargs):
+        """Run blocking `fn` in a worker thread. A cancelled caller does not
+        wait for it: the thread ends by itself within the request timeouts
+        (objects.py), and its result is dropped."""
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                             limiter=self.limiter)
+                                             limiter=self.limiter, abandon_on_cancel=True)
 
     # -- chunk index --------------------------------------------------------------
     async def load_index(self, state):
@@ -144,7 +150,15 @@ class RemoteStore:
     async def fetch(self, manifest, chunks, chunk_size, *, on_demand=False, required=None):
         """{chunk: bytes or None (zeros)} for manifest chunks, verified. A chunk
         that fails verification raises if it is `required` (default: all),
-        else it is left out (read-ahead)."""
+        else it is left out (read-ahead). All of it within the remote's
+        deadline, however many requests it takes: RemoteError after that."""
+        deadline = self.objects.deadline
+        with trio.move_on_after(deadline):
+            return await self._fetch(manifest, chunks, chunk_size, on_demand, required)
+        raise RemoteError(f"{self.url}: no answer within {deadline:.0f}s (the remote's deadline)"
+                          ": is it reachable and answering?")
+
+    async def _fetch(self, manifest, chunks, chunk_size, on_demand, required):
         out, wanted = {}, []
         for c, loc in (await self.locate(manifest, chunks)).items():
             if loc is None:
