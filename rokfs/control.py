@@ -26,12 +26,13 @@ Invariants:
   call that can meet a cold chunk fetches it and retries (`_hydrating`).
 """
 
+import contextlib
 import logging
 import time
 
 import trio
 
-from . import names
+from . import freeze, names
 from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RokfsError,
                      single_errors)
 from .fsck import fsck
@@ -111,10 +112,11 @@ class Control:
         await self.flush()
         return vol.info()
 
-    async def delete_volume(self, name, *, recursive=False, defer=False):
+    async def delete_volume(self, name, *, recursive=False, defer=False, force=False):
         """Delete a volume (and its snapshots if `recursive`); refused while
-        held unless `defer` (freed when the last holder closes)."""
-        self.pool.delete_volume(name, recursive=recursive, defer=defer)
+        open unless `defer` (freed when the last holder closes), and while a
+        snapshot of it is held unless `force`."""
+        self.pool.delete_volume(name, recursive=recursive, defer=defer, force=force)
         await self.flush()
 
     async def rename_volume(self, old, new):
@@ -151,11 +153,62 @@ class Control:
         self.counters.snapshot_latency.observe(time.perf_counter() - start)
         return snap.info()
 
-    async def delete_snapshot(self, full_name, *, defer=False):
-        """Delete a snapshot; refused while held unless `defer` (hidden at
-        once, freed when the last holder closes)."""
-        self.pool.delete_snapshot(full_name, defer=defer)
+    async def delete_snapshot(self, full_name, *, defer=False, force=False):
+        """Delete a snapshot; refused while open unless `defer` (hidden at
+        once, freed when the last holder closes), under holds unless `force`."""
+        self.pool.delete_snapshot(full_name, defer=defer, force=force)
         await self.flush()
+
+    async def hold_snapshot(self, full_name, reason="", *, tag="user"):
+        """Keep a snapshot from deletion (retention never deletes it; a
+        manual delete needs force) until release_snapshot(tag)."""
+        snap = self.pool.add_hold(full_name, tag, reason)
+        await self.flush()
+        return snap.info()
+
+    async def release_snapshot(self, full_name, *, tag="user"):
+        snap = self.pool.remove_hold(full_name, tag)
+        await self.flush()
+        return snap.info()
+
+    # -- group snapshots -------------------------------------------------------------------
+    async def create_group_snapshot(self, group, volumes, labels=None, freeze=None):
+        """Snapshot `volumes` as VOLUME@GROUP in one step and one commit: a
+        consistent cut across them. `freeze` lists mountpoints of
+        filesystems on those volumes to freeze around it (fsfreeze), for
+        application consistency; they are thawed whatever happens."""
+        start = time.perf_counter()
+        async with _frozen(freeze or ()):
+            snaps = self.pool.create_group_snapshot(group, volumes, labels)
+        await self.flush()
+        self.counters.snapshots_created += len(snaps)
+        self.counters.snapshot_latency.observe(time.perf_counter() - start)
+        return _group_info(group, snaps)
+
+    def list_groups(self, labels=None):
+        want = names.check_labels(labels)
+        return [_group_info(group, snaps) for group, snaps in sorted(self.pool.groups().items())
+                if all(snaps[0].labels.get(k) == v for k, v in want.items())]
+
+    def group_info(self, group):
+        return _group_info(group, self.pool.get_group(group))
+
+    async def delete_group(self, group, *, defer=False, force=False):
+        self.pool.delete_group(group, defer=defer, force=force)
+        await self.flush()
+
+    async def clone_group(self, group, suffix=None):
+        """A new volume VOLUME+suffix (default "-GROUP") from each member."""
+        vols = self.pool.clone_group(group, f"-{group}" if suffix is None else suffix)
+        await self.flush()
+        return [v.info() for v in vols]
+
+    # -- lineage -------------------------------------------------------------------------
+    def lineage(self, name):
+        """Where image `name` came from (`ancestors`, oldest first: remote
+        manifests, volumes, snapshots) and what came from it (`tree`)."""
+        image = self.pool.get_image(name)
+        return {"ancestors": _ancestors(self.pool, image), "tree": _descendants(self.pool, image)}
 
     async def set_labels(self, full_name, labels, *, replace=False):
         snap = self.pool.set_labels(full_name, labels, replace=replace)
@@ -165,10 +218,12 @@ class Control:
     def snapshot_info(self, full_name):
         return self.pool.get_snapshot(full_name).info()
 
-    def list_snapshots(self, volume=None, labels=None):
+    def list_snapshots(self, volume=None, labels=None, group=None):
+        """Snapshots (of `volume`), with every label in `labels`, in `group`."""
         want = names.check_labels(labels)
         return [s.info() for s in self.pool.list_snapshots(volume)
-                if all(s.labels.get(k) == v for k, v in want.items())]
+                if all(s.labels.get(k) == v for k, v in want.items())
+                and (group is None or s.group == group)]
 
     # -- pool ------------------------------------------------------------------------
     def status(self):
@@ -459,6 +514,87 @@ class Control:
             await self.flush()
             status.update(state="hydrated", chunks_done=total, error=None)
             log.info("event=hydrated volume=%s chunks=%d", vol.name, total)
+
+
+@contextlib.asynccontextmanager
+async def _frozen(mountpoints):
+    """Freeze each mountpoint (in a worker thread: the flush it waits for
+    may need this very loop, for a filesystem on one of our volumes), and
+    thaw every one frozen on the way out, also on error or cancellation."""
+    done = []
+    try:
+        for mountpoint in mountpoints:
+            await trio.to_thread.run_sync(freeze.freeze, mountpoint)
+            done.append(mountpoint)
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            for mountpoint in reversed(done):
+                await trio.to_thread.run_sync(freeze.thaw, mountpoint)
+
+
+def _group_info(group, snaps):
+    return {"name": group, "created": min(s.created for s in snaps),
+            "labels": dict(snaps[0].labels), "members": [s.full_name for s in snaps],
+            "volumes": [s.volume_name for s in snaps]}
+
+
+def _node(image):
+    kind = "snapshot" if image.read_only else "volume"
+    out = {"name": image.full_name, "kind": kind, "created": image.created}
+    if image.read_only and image.group:
+        out["group"] = image.group
+    return out
+
+
+def _parent(pool, image):
+    """The lineage parent of `image`: a node dict, an image, or None."""
+    if image.read_only:
+        return pool.image_by_id(image.volume_id) or {"name": image.volume_name,
+                                                     "kind": "volume (deleted)"}
+    if not image.origin:
+        return None
+    if "#" in image.origin:
+        return {"name": image.origin, "kind": "remote snapshot"}
+    try:
+        return pool.get_image(image.origin)
+    except RokfsError:
+        return {"name": image.origin, "kind": "snapshot (deleted)" if "@" in image.origin
+                else "volume (deleted)"}
+
+
+def _ancestors(pool, image):
+    chain, seen = [], {image.id}
+    parent = _parent(pool, image)
+    while parent is not None:
+        if isinstance(parent, dict):
+            chain.append(parent)
+            break
+        if parent.id in seen:           # a volume cloned from its own snapshot's clone...
+            break
+        seen.add(parent.id)
+        chain.append(_node(parent))
+        parent = _parent(pool, parent)
+    return chain[::-1]
+
+
+def _descendants(pool, image):
+    """`image`'s node with its children: snapshots of a volume, clones of a
+    volume or snapshot, recursively (O(images) for the index)."""
+    clones = {}
+    for vol in pool.list_volumes():
+        if vol.origin and "#" not in vol.origin:
+            clones.setdefault(vol.origin, []).append(vol)
+    snaps = {}
+    for snap in pool.list_snapshots():
+        snaps.setdefault(snap.volume_id, []).append(snap)
+
+    def tree(img, seen):
+        children = (snaps.get(img.id, []) if not img.read_only else []) + \
+            clones.get(img.full_name, [])
+        return {**_node(img), "children": [tree(c, seen | {c.id}) for c in children
+                                           if c.id not in seen]}
+    return tree(image, {image.id})
 
 
 def _reason(exc):

@@ -60,7 +60,8 @@ class Image:
         self.base = row.get("base")
         self.base_chunks = row.get("base_chunks") or 0
         self.state = DELETING if row.get("deleting") else LIVE
-        self.holders = collections.Counter()
+        self.holders = collections.Counter()    # who has it open now (not persisted)
+        self.holds = dict(row.get("holds") or {})   # tag -> reason: kept from deletion
         self._leaves = {}
         self._owned = {}
 
@@ -273,6 +274,7 @@ class Snapshot(Image):
         self.volume_id = row["volume_id"]
         self.volume_name = volume_name      # kept current by Pool.rename_volume
         self.labels = dict(row["labels"])
+        self.group = row.get("group_name")  # the group snapshot it was taken in, if any
 
     @property
     def full_name(self):
@@ -282,12 +284,13 @@ class Snapshot(Image):
         return {"id": self.id, "volume_id": self.volume_id, "name": self.name,
                 "size": self.size, "root": self.root, "created": self.created,
                 "labels": self.labels, "base": self.base, "base_chunks": self.base_chunks,
-                "deleting": int(self.state == DELETING)}
+                "deleting": int(self.state == DELETING), "group_name": self.group,
+                "holds": self.holds}
 
     def info(self):
         return {"name": self.full_name, "volume": self.volume_name, "snapshot": self.name,
-                "created": self.created, "labels": dict(self.labels), **self.usage(),
-                **self.lifecycle()}
+                "created": self.created, "labels": dict(self.labels), "group": self.group,
+                "holds": dict(self.holds), **self.usage(), **self.lifecycle()}
 
 
 class Volume(Image):

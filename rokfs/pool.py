@@ -238,26 +238,28 @@ class Pool:
         self.changed(vol)
         return vol
 
-    def delete_volume(self, name, *, recursive=False, defer=False):
-        """Delete a volume (with its snapshots if `recursive`). Held images
+    def delete_volume(self, name, *, recursive=False, defer=False, force=False):
+        """Delete a volume (with its snapshots if `recursive`). Open images
         are refused unless `defer`: then they go DELETING and are freed when
-        their last holder lets go."""
+        their last holder lets go. Snapshots under holds need `force`."""
         vol = self.get_volume(name)
         snaps = self.list_snapshots(name)
         if snaps and not recursive:
             raise NotEmpty(f"volume {name!r} has {len(snaps)} snapshots; delete them "
                            "first or delete recursively")
-        images = [*snaps, vol]
+        self._delete_all([*snaps, vol], defer, force)
+
+    def delete_snapshot(self, full_name, *, defer=False, force=False):
+        self._delete_all([self.get_snapshot(full_name)], defer, force)
+
+    def _delete_all(self, images, defer, force):
+        """Delete `images` together, or none of them (checks first)."""
+        if not force:
+            _refuse_kept(images)
         if not defer:
             _refuse_held(images)
         for image in images:
             self._delete(image)
-
-    def delete_snapshot(self, full_name, *, defer=False):
-        snap = self.get_snapshot(full_name)
-        if not defer:
-            _refuse_held([snap])
-        self._delete(snap)
 
     def _delete(self, image):
         image.state = DELETING
@@ -300,22 +302,89 @@ class Pool:
         vol.resize(size, force=force)
         return vol
 
-    def create_snapshot(self, full_name, labels=None):
+    def create_snapshot(self, full_name, labels=None, *, group=None):
         vol_name, snap_name = names.split_snapshot(full_name)
         labels = names.check_labels(labels)
         vol = self.get_volume(vol_name)
-        taken = self._snapshots.get((vol.id, snap_name))
-        if taken is not None:
-            raise AlreadyExists(f"snapshot {full_name!r} already exists" if taken.live else
-                                f"snapshot {full_name!r} is being deleted (held by "
-                                f"{taken.describe_holders()}); its name is free once they close")
+        self._refuse_taken_snapshot(vol, snap_name)
         snap = Snapshot(self, {"id": self._new_id(), "volume_id": vol.id, "name": snap_name,
                                "size": vol.size, "root": vol.root, "created": time.time(),
                                "labels": labels, "base": vol.base,
-                               "base_chunks": vol.base_chunks}, vol.name)
+                               "base_chunks": vol.base_chunks, "group_name": group}, vol.name)
         self.nodes.incref(vol.root)
         vol._shared()
         self._images[snap.id] = self._snapshots[(vol.id, snap_name)] = snap
+        self.changed(snap)
+        return snap
+
+    def _refuse_taken_snapshot(self, vol, snap_name):
+        taken = self._snapshots.get((vol.id, snap_name))
+        if taken is not None:
+            full_name = f"{vol.name}@{snap_name}"
+            raise AlreadyExists(f"snapshot {full_name!r} already exists" if taken.live else
+                                f"snapshot {full_name!r} is being deleted (held by "
+                                f"{taken.describe_holders()}); its name is free once they close")
+
+    # -- group snapshots: VOLUME@GROUP for several volumes, in one step ----------------
+    def create_group_snapshot(self, group, volumes, labels=None):
+        """Snapshot every volume of `volumes` as VOLUME@GROUP, all or none.
+        Nothing runs between the members (one synchronous step), so the
+        group is one consistent cut; the caller commits it in one go."""
+        names.check_name(group, "group")
+        labels = names.check_labels(labels)
+        if not volumes or len(set(volumes)) != len(volumes):
+            raise InvalidArgument(f"group {group!r} needs distinct volumes, got {volumes!r}")
+        if self.group_members(group):
+            raise AlreadyExists(f"group snapshot {group!r} already exists")
+        vols = [self.get_volume(name) for name in volumes]
+        for vol in vols:
+            self._refuse_taken_snapshot(vol, group)
+        return [self.create_snapshot(f"{vol.name}@{group}", labels, group=group)
+                for vol in vols]
+
+    def group_members(self, group):
+        """The live snapshots of group snapshot `group` (O(snapshots))."""
+        return [s for s in self.list_snapshots() if s.group == group]
+
+    def groups(self):
+        """{group name: [member snapshots]} of every group snapshot."""
+        out = {}
+        for snap in self.list_snapshots():
+            if snap.group is not None:
+                out.setdefault(snap.group, []).append(snap)
+        return out
+
+    def delete_group(self, group, *, defer=False, force=False):
+        self._delete_all(self.get_group(group), defer, force)
+
+    def clone_group(self, group, suffix):
+        """A volume VOLUME+suffix cloned from each member; all or none."""
+        members = self.get_group(group)
+        new_names = [f"{s.volume_name}{suffix}" for s in members]
+        for name in new_names:
+            names.check_name(name)
+            self._refuse_taken_name(name)
+        return [self.clone(s.full_name, name) for s, name in zip(members, new_names)]
+
+    def get_group(self, group):
+        members = self.group_members(group)
+        if not members:
+            raise NotFound(f"no group snapshot named {group!r}")
+        return members
+
+    # -- holds: kept from deletion until released -----------------------------------------
+    def add_hold(self, full_name, tag, reason=""):
+        snap = self.get_snapshot(full_name)
+        names.check_name(tag, "hold tag")
+        snap.holds[tag] = str(reason)
+        self.changed(snap)
+        return snap
+
+    def remove_hold(self, full_name, tag):
+        snap = self.get_snapshot(full_name)
+        if tag not in snap.holds:
+            raise NotFound(f"snapshot {full_name} has no hold {tag!r}")
+        del snap.holds[tag]
         self.changed(snap)
         return snap
 
@@ -474,6 +543,15 @@ class Pool:
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
                 "free_bytes": st.f_bavail * st.f_frsize}
+
+
+def _refuse_kept(images):
+    kept = [s for s in images if s.holds]
+    if kept:
+        what = "; ".join(f"snapshot {s.full_name} has holds " + ", ".join(
+            f"{tag} ({reason})" if reason else tag for tag, reason in sorted(s.holds.items()))
+            for s in kept)
+        raise Busy(f"{what}: release them first, or delete with --force")
 
 
 def _refuse_held(images):

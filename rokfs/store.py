@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     id INTEGER PRIMARY KEY, volume_id INTEGER NOT NULL, name TEXT NOT NULL,
     size INTEGER NOT NULL, root INTEGER NOT NULL, created REAL NOT NULL,
     labels TEXT NOT NULL, base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0,
-    deleting INTEGER NOT NULL DEFAULT 0, UNIQUE (volume_id, name));
+    deleting INTEGER NOT NULL DEFAULT 0, group_name TEXT, holds TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (volume_id, name));
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_rc (block INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_hash (slot INTEGER PRIMARY KEY, hash TEXT NOT NULL);
@@ -37,10 +38,13 @@ CREATE TABLE IF NOT EXISTS slot_hash (slot INTEGER PRIMARY KEY, hash TEXT NOT NU
 VOLUME_COLUMNS = ("id", "name", "size", "root", "created", "origin", "base", "base_chunks",
                   "deleting")
 SNAPSHOT_COLUMNS = ("id", "volume_id", "name", "size", "root", "created", "labels",
-                    "base", "base_chunks", "deleting")
+                    "base", "base_chunks", "deleting", "group_name", "holds")
+JSON_COLUMNS = ("labels", "holds")
 ADDED_COLUMNS = [   # (table, column definition) added since format 1 was first written
     ("volumes", "deleting INTEGER NOT NULL DEFAULT 0"),
     ("snapshots", "deleting INTEGER NOT NULL DEFAULT 0"),
+    ("snapshots", "group_name TEXT"),
+    ("snapshots", "holds TEXT NOT NULL DEFAULT '{}'"),
 ]
 
 
@@ -84,7 +88,8 @@ class MetaStore:
         rows = [dict(zip(SNAPSHOT_COLUMNS, row))
                 for row in self.db.execute(f"SELECT {cols} FROM snapshots")]
         for row in rows:
-            row["labels"] = json.loads(row["labels"])
+            for column in JSON_COLUMNS:
+                row[column] = json.loads(row[column])
         return rows
 
     def load_node_refcounts(self):
@@ -122,7 +127,7 @@ class MetaStore:
                            [tuple(row[c] for c in VOLUME_COLUMNS) for row in batch.volumes])
             db.executemany(f"INSERT OR REPLACE INTO snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
                            f"VALUES ({', '.join('?' * len(SNAPSHOT_COLUMNS))})",
-                           [tuple(json.dumps(row[c], sort_keys=True) if c == "labels" else row[c]
+                           [tuple(json.dumps(row[c], sort_keys=True) if c in JSON_COLUMNS else row[c]
                                   for c in SNAPSHOT_COLUMNS) for row in batch.snapshots])
             db.executemany("DELETE FROM nodes WHERE id = ?", [(i,) for i in batch.deleted_nodes])
             db.executemany("INSERT OR REPLACE INTO nodes (id, rc, data) VALUES (?, ?, ?)",
