@@ -81,7 +81,8 @@ class Client:
 
     @contextlib.contextmanager
     def step_snapshots(self, volumes, *, run, step, labels=None):
-        """Snapshot `volumes` before (phase=pre) and after (phase=post) the block.
+        """Snapshot `volumes` before (phase=pre) and after (phase=post) the block,
+        each time as one group snapshot (the same instant for every volume).
 
         Snapshots are named STEP-RUN-pre / STEP-RUN-post (made name-safe,
         with a numeric suffix when taken) and labelled run, step and phase
@@ -98,14 +99,16 @@ class Client:
         self._step_snapshot(volumes, {**base, "outcome": "succeeded"}, "post")
 
     def _step_snapshot(self, volumes, labels, phase):
+        """One group snapshot of `volumes` (a consistent cut across them)."""
         stem = _safe_name(f"{labels['step']}-{labels['run']}-{phase}")
+        taken = {g["name"] for g in self.list_groups()}
         for volume in volumes:
-            taken = set(self.volume_info(volume)["snapshots"])
-            name, n = stem, 1
-            while name in taken:
-                n += 1
-                name = f"{stem[:58]}-{n}"
-            self.create_snapshot(f"{volume}@{name}", {**labels, "phase": phase})
+            taken.update(self.volume_info(volume)["snapshots"])
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem[:58]}-{n}"
+        self.create_group_snapshot(name, list(volumes), {**labels, "phase": phase})
 
 
 def _safe_name(text):

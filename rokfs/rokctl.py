@@ -67,6 +67,8 @@ VOLUME_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"])),
 SNAPSHOT_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"])),
                     ("exclusive", lambda r: format_size(r.get("exclusive", 0))),
                     ("created", _when), ("labels", _labels)]
+GROUP_COLUMNS = [("name", "name"), ("volumes", lambda r: ",".join(r["volumes"])),
+                 ("created", _when), ("labels", _labels)]
 REMOTE_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r.get("size", 0))),
                   ("parent", lambda r: r.get("parent") or ""), ("created", _when),
                   ("labels", _labels)]
@@ -94,7 +96,8 @@ def volume_ls(c, a):
 
 
 def volume_rm(c, a):
-    c.delete_volume(a.name, recursive=a.recursive or None, defer=a.defer or None)
+    c.delete_volume(a.name, recursive=a.recursive or None, defer=a.defer or None,
+                    force=a.force or None)
     _show(a, {"deleted": a.name, "deferred": a.defer}, lambda r: print(_deleted("volume", a)))
 
 
@@ -112,17 +115,76 @@ def volume_info(c, a):
 
 
 def snapshot_create(c, a):
-    _show(a, c.create_snapshot(a.name, parse_labels(a.label)), _one(SNAPSHOT_COLUMNS))
+    if a.group:
+        _show(a, c.create_group_snapshot(a.group, a.names, parse_labels(a.label) or None,
+                                         a.freeze or None), _one(GROUP_COLUMNS))
+    elif len(a.names) != 1 or a.freeze:
+        raise errors.InvalidArgument("several volumes, or --freeze, need --group NAME "
+                                     "(one consistent snapshot of them all)")
+    else:
+        _show(a, c.create_snapshot(a.names[0], parse_labels(a.label)), _one(SNAPSHOT_COLUMNS))
 
 
 def snapshot_ls(c, a):
-    _show(a, c.list_snapshots(a.volume, parse_labels(a.label) or None),
+    _show(a, c.list_snapshots(a.volume, parse_labels(a.label) or None, a.group),
           lambda rows: table(rows, SNAPSHOT_COLUMNS))
 
 
 def snapshot_rm(c, a):
-    c.delete_snapshot(a.name, defer=a.defer or None)
+    c.delete_snapshot(a.name, defer=a.defer or None, force=a.force or None)
     _show(a, {"deleted": a.name, "deferred": a.defer}, lambda r: print(_deleted("snapshot", a)))
+
+
+def snapshot_hold(c, a):
+    _show(a, c.hold_snapshot(a.name, a.reason, tag=a.tag), lambda r: print(
+        f"held {a.name} ({a.tag}{': ' + a.reason if a.reason else ''})"))
+
+
+def snapshot_release(c, a):
+    _show(a, c.release_snapshot(a.name, tag=a.tag), lambda r: print(
+        f"released {a.name} ({a.tag})" + (f"; still held: {', '.join(r['holds'])}"
+                                           if r["holds"] else "")))
+
+
+def group_ls(c, a):
+    _show(a, c.list_groups(parse_labels(a.label) or None), lambda rows: table(rows, GROUP_COLUMNS))
+
+
+def group_info(c, a):
+    _show(a, c.group_info(a.name), lambda r: print(json.dumps(r, indent=2)))
+
+
+def group_rm(c, a):
+    c.delete_group(a.name, defer=a.defer or None, force=a.force or None)
+    _show(a, {"deleted": a.name, "deferred": a.defer}, lambda r: print(_deleted("group", a)))
+
+
+def group_clone(c, a):
+    _show(a, c.clone_group(a.name, a.suffix), lambda rows: table(rows, VOLUME_COLUMNS))
+
+
+def lineage(c, a):
+    _show(a, c.lineage(a.name), lambda r: print("\n".join(lineage_lines(r))))
+
+
+def lineage_lines(result):
+    """The ancestors, one per line, then the image's own tree, indented."""
+    lines, depth = [], 0
+    for node in result["ancestors"]:
+        lines.append(f"{'   ' * (depth - 1) + '└─ ' if depth else ''}{_node_text(node)}")
+        depth += 1
+
+    def tree(node, depth):
+        lines.append(f"{'   ' * (depth - 1) + '└─ ' if depth else ''}{_node_text(node)}")
+        for child in node.get("children", []):
+            tree(child, depth + 1)
+    tree(result["tree"], depth)
+    return lines
+
+
+def _node_text(node):
+    group = f", group {node['group']}" if node.get("group") else ""
+    return f"{node['name']}  ({node['kind']}{group})"
 
 
 def _deleted(kind, a):
@@ -264,23 +326,42 @@ def build_parser():
     cmd(v, "ls", volume_ls, "list volumes")
     cmd(v, "rm", volume_rm, "delete a volume", A("name"),
         A("-r", "--recursive", action="store_true", help="and its snapshots"),
-        A("--defer", action="store_true", help=defer_help))
+        A("--defer", action="store_true", help=defer_help),
+        A("--force", action="store_true", help="even if a snapshot of it is held"))
     cmd(v, "resize", volume_resize, "grow (or --force shrink) a volume", A("name"), A("size"),
         A("--force", action="store_true"))
     cmd(v, "rename", volume_rename, "rename a volume", A("old"), A("new"))
     cmd(v, "info", volume_info, "one volume's details", A("name"))
 
-    s = group("snapshot", "create, list, remove, label snapshots")
-    cmd(s, "create", snapshot_create, "snapshot VOLUME@SNAP", A("name", metavar="VOLUME@SNAP"),
-        labels)
-    cmd(s, "ls", snapshot_ls, "list snapshots", A("volume", nargs="?"), labels)
+    force = A("--force", action="store_true", help="even if held (rokctl snapshot hold)")
+    s = group("snapshot", "create, list, remove, label, hold snapshots")
+    cmd(s, "create", snapshot_create, "snapshot VOLUME@SNAP, or with --group several volumes "
+        "as VOLUME@GROUP at one instant", A("names", nargs="+", metavar="VOLUME@SNAP|VOLUME"),
+        A("--group", metavar="NAME", help="one consistent snapshot of every VOLUME given"),
+        A("--freeze", action="append", default=[], metavar="MOUNTPOINT",
+          help="with --group: fsfreeze this mounted filesystem around the snapshot"), labels)
+    cmd(s, "ls", snapshot_ls, "list snapshots", A("volume", nargs="?"), labels,
+        A("--group", metavar="NAME", help="only this group snapshot's members"))
     cmd(s, "rm", snapshot_rm, "delete a snapshot", A("name", metavar="VOLUME@SNAP"),
-        A("--defer", action="store_true", help=defer_help))
+        A("--defer", action="store_true", help=defer_help), force)
+    tag = A("--tag", default="user", help="the hold's tag (default: %(default)s)")
+    cmd(s, "hold", snapshot_hold, "keep a snapshot from deletion (and retention)",
+        A("name", metavar="VOLUME@SNAP"), A("--reason", default="", metavar="TEXT"), tag)
+    cmd(s, "release", snapshot_release, "release a hold", A("name", metavar="VOLUME@SNAP"), tag)
     cmd(s, "label", snapshot_label, "set labels", A("name", metavar="VOLUME@SNAP"),
         A("labels", nargs="+", metavar="KEY=VALUE"),
         A("--replace", action="store_true", help="drop labels not given"))
     cmd(s, "info", snapshot_info, "one snapshot's details", A("name", metavar="VOLUME@SNAP"))
 
+    g = group("group", "group snapshots: list, inspect, clone, remove")
+    cmd(g, "ls", group_ls, "list group snapshots", labels)
+    cmd(g, "info", group_info, "one group snapshot", A("name"))
+    cmd(g, "clone", group_clone, "a new volume from each member",
+        A("name"), A("--suffix", help="new volume names: VOLUME+SUFFIX (default: -GROUP)"))
+    cmd(g, "rm", group_rm, "delete every member", A("name"),
+        A("--defer", action="store_true", help=defer_help), force)
+    cmd(sub, "lineage", lineage, "where an image came from and what came from it",
+        A("name", metavar="VOLUME|VOLUME@SNAP"))
     cmd(sub, "clone", clone, "clone VOLUME@SNAP into a new volume",
         A("source", metavar="VOLUME@SNAP"), A("new_name", metavar="NEW_VOLUME"))
     cmd(sub, "push", push, "push a snapshot to a remote", A("name", metavar="VOLUME@SNAP"),

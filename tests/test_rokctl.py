@@ -155,6 +155,32 @@ def test_step_snapshots_context_manager(daemon):
     assert "xxxx" in out
     out = daemon.nbdsh("nb-data@train-42-pre", "print(h.pread(4, 0))")
     assert "\\x00\\x00" in out
+    groups = {g["name"]: g["volumes"] for g in daemon.json("group", "ls", "--label", "run=42")}
+    assert groups["train-42-pre"] == ["nb-data", "nb-models"]      # one cut for both
+    assert groups["train-42-post-2"] == ["nb-data"]
+
+
+def test_group_snapshots_holds_and_lineage_from_rokctl(daemon):
+    for name in ("ga", "gb"):
+        daemon.ok("volume", "create", name, "--size", "1M")
+    rc, _, err = daemon.rokctl("snapshot", "create", "ga", "gb")
+    assert rc == 2 and "--group" in err
+    group = daemon.json("snapshot", "create", "--group", "g1", "ga", "gb", "--label", "k=v")
+    assert group["members"] == ["ga@g1", "gb@g1"]
+    assert "ga,gb" in daemon.ok("group", "ls")
+    assert [s["name"] for s in daemon.json("snapshot", "ls", "--group", "g1")] == \
+        ["ga@g1", "gb@g1"]
+    daemon.ok("snapshot", "hold", "ga@g1", "--reason", "paper figures")
+    rc, _, err = daemon.rokctl("group", "rm", "g1")
+    assert rc == 6 and "paper figures" in err
+    clones = daemon.json("group", "clone", "g1", "--suffix=-r")
+    assert [v["name"] for v in clones] == ["ga-r", "gb-r"]
+    tree = daemon.ok("lineage", "ga-r")
+    assert tree.splitlines()[:3] == ["ga  (volume)", "└─ ga@g1  (snapshot, group g1)",
+                                     "   └─ ga-r  (volume)"]
+    daemon.ok("snapshot", "release", "ga@g1")
+    daemon.ok("group", "rm", "g1")
+    assert "g1" not in {g["name"] for g in daemon.json("group", "ls")}
 
 
 def test_metrics_count_nbd_io(daemon):
