@@ -32,7 +32,7 @@ import time
 
 import trio
 
-from . import freeze, names
+from . import freeze, lineage, names
 from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RokfsError,
                      single_errors)
 from .fsck import fsck
@@ -207,8 +207,7 @@ class Control:
     def lineage(self, name):
         """Where image `name` came from (`ancestors`, oldest first: remote
         manifests, volumes, snapshots) and what came from it (`tree`)."""
-        image = self.pool.get_image(name)
-        return {"ancestors": _ancestors(self.pool, image), "tree": _descendants(self.pool, image)}
+        return lineage.of(self.pool, self.pool.get_image(name))
 
     async def set_labels(self, full_name, labels, *, replace=False):
         snap = self.pool.set_labels(full_name, labels, replace=replace)
@@ -537,64 +536,6 @@ def _group_info(group, snaps):
     return {"name": group, "created": min(s.created for s in snaps),
             "labels": dict(snaps[0].labels), "members": [s.full_name for s in snaps],
             "volumes": [s.volume_name for s in snaps]}
-
-
-def _node(image):
-    kind = "snapshot" if image.read_only else "volume"
-    out = {"name": image.full_name, "kind": kind, "created": image.created}
-    if image.read_only and image.group:
-        out["group"] = image.group
-    return out
-
-
-def _parent(pool, image):
-    """The lineage parent of `image`: a node dict, an image, or None."""
-    if image.read_only:
-        return pool.image_by_id(image.volume_id) or {"name": image.volume_name,
-                                                     "kind": "volume (deleted)"}
-    if not image.origin:
-        return None
-    if "#" in image.origin:
-        return {"name": image.origin, "kind": "remote snapshot"}
-    try:
-        return pool.get_image(image.origin)
-    except RokfsError:
-        return {"name": image.origin, "kind": "snapshot (deleted)" if "@" in image.origin
-                else "volume (deleted)"}
-
-
-def _ancestors(pool, image):
-    chain, seen = [], {image.id}
-    parent = _parent(pool, image)
-    while parent is not None:
-        if isinstance(parent, dict):
-            chain.append(parent)
-            break
-        if parent.id in seen:           # a volume cloned from its own snapshot's clone...
-            break
-        seen.add(parent.id)
-        chain.append(_node(parent))
-        parent = _parent(pool, parent)
-    return chain[::-1]
-
-
-def _descendants(pool, image):
-    """`image`'s node with its children: snapshots of a volume, clones of a
-    volume or snapshot, recursively (O(images) for the index)."""
-    clones = {}
-    for vol in pool.list_volumes():
-        if vol.origin and "#" not in vol.origin:
-            clones.setdefault(vol.origin, []).append(vol)
-    snaps = {}
-    for snap in pool.list_snapshots():
-        snaps.setdefault(snap.volume_id, []).append(snap)
-
-    def tree(img, seen):
-        children = (snaps.get(img.id, []) if not img.read_only else []) + \
-            clones.get(img.full_name, [])
-        return {**_node(img), "children": [tree(c, seen | {c.id}) for c in children
-                                           if c.id not in seen]}
-    return tree(image, {image.id})
 
 
 def _reason(exc):
