@@ -10,6 +10,9 @@ Invariants:
   chunk that fails is an error for the chunks a caller requires and left
   out of read-ahead.
 - A segment is fetched once however many tasks ask for it at once.
+- A push cancelled before its manifest PUT starts writes no manifest; that
+  PUT, once started, and dropping the push's lock are shielded, so a
+  cancelled push neither half-commits nor leaves its lock behind to block GC.
 """
 
 import copy
@@ -78,20 +81,30 @@ class RemoteStore:
         started = time.monotonic()
         lock = await self.run(self.chunks.take_lock, "push", grace)
         try:
-            async with single_errors():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._refresh_lock, lock, grace)
-                    await self.load_index(state)
-                    job = PushJob(self, pool, state, snap, progress, base_entry)
-                    await job.upload_chunks()
-                    manifest = await job.write_manifest()
-                    nursery.cancel_scope.cancel()
+            job = PushJob(self, pool, state, snap, progress, base_entry)
+            manifest = await self._upload(job, state, lock, grace)
+            with trio.CancelScope(shield=True):     # the commit point: one PUT
+                if manifest is not None:
+                    await job.put_manifest(manifest)
         finally:
-            await self.run(self.chunks.drop_lock, lock)
+            with trio.CancelScope(shield=True):
+                await self.run(self.chunks.drop_lock, lock)
         return {"snapshot": snap.full_name, "remote": self.url, "chunks": snap.nchunks,
                 "uploaded_chunks": job.uploaded_chunks, "uploaded_bytes": job.uploaded_bytes,
                 "skipped_chunks": snap.nchunks - job.uploaded_chunks,
-                "manifest_written": manifest, "seconds": time.monotonic() - started}
+                "manifest_written": manifest is not None, "seconds": time.monotonic() - started}
+
+    async def _upload(self, job, state, lock, grace):
+        """Chunks, then segments, our lock kept fresh meanwhile; the manifest
+        to write (None if the same one is there already)."""
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refresh_lock, lock, grace)
+                await self.load_index(state)
+                await job.upload_chunks()
+                manifest = await job.write_segments()
+                nursery.cancel_scope.cancel()
+        return manifest
 
     async def _refresh_lock(self, lock, grace):
         """Rewrite our lock well within the grace period, so a long push stays
