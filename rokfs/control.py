@@ -417,14 +417,14 @@ class Control:
         """Running pushes, pulls and hydrations, then the last finished ones."""
         return self.jobs.list()
 
-    async def cancel_job(self, id):
+    async def cancel_job(self, job_id):
         """Cancel a job; returns its info once it has stopped."""
-        return await self.jobs.cancel(id)
+        return await self.jobs.cancel(job_id)
 
-    async def wait_job(self, id, *, progress=None):
+    async def wait_job(self, job_id, *, progress=None):
         """Follow a job until it ends; its info (Cancelled or its error if it
         did not succeed). Cancelling this call leaves the job running."""
-        return await self.jobs.follow(id, progress)
+        return await self.jobs.follow(job_id, progress)
 
     async def run_background(self, *, task_status=trio.TASK_STATUS_IGNORED):
         """Hydrate every volume that has a base, including ones pulled later;

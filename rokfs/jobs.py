@@ -187,8 +187,8 @@ class Jobs:
         self._finished.append(job)
         job.finished.set()
         log.info("event=job_ended job=%s kind=%s target=%s state=%s done_bytes=%d "
-                 "total_bytes=%d reason=%s", job.id, job.kind, job.target, state,
-                 job.done_bytes, job.total_bytes, job.reason or job.error or "-")
+                 "total_bytes=%d reason=%r", job.id, job.kind, job.target, state,
+                 job.done_bytes, job.total_bytes, job.reason or job.error or "")
 
     # -- what the verbs offer ------------------------------------------------------
     def list(self):

@@ -279,8 +279,7 @@ def _detached(a, job):
 
 def _job_progress(row):
     done, total = row.get("done_bytes", 0), row.get("total_bytes", 0)
-    percent = f"{done / total:.0%} " if total else ""
-    return f"{percent}{format_size(done)}/{format_size(total)}"
+    return f"{done / total:.0%} {format_size(done)}/{format_size(total)}" if total else "-"
 
 
 def _age(started):

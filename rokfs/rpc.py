@@ -63,8 +63,8 @@ VERBS = {
     "resume_hydration": ("volume",),
     "wait_hydrated": ("volume", "detach"),
     "list_jobs": (),
-    "cancel_job": ("id",),
-    "wait_job": ("id",),
+    "cancel_job": ("job_id",),
+    "wait_job": ("job_id",),
 }
 # verbs taking progress=callback (with on_job); their RPC streams Progress
 STREAMING = {"push", "pull", "wait_hydrated", "wait_job"}
