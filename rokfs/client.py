@@ -102,6 +102,15 @@ class Client:
             self.create_snapshot(f"{volume}@{name}", {**labels, "phase": phase})
 
 
+def _safe_name(text):
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "step"
+    return name[:63]
+
+
+def _request(kwargs):
+    return pb.Call(args_json=json.dumps({k: v for k, v in kwargs.items() if v is not None}))
+
+
 def _follow(verb, call, progress):
     """The result of a streaming call, its progress and job passed on."""
     for msg in call:
@@ -114,15 +123,6 @@ def _follow(verb, call, progress):
         elif progress is not None:
             progress(msg.done_bytes, msg.total_bytes)
     raise rpc.errors.RokfsError(f"{verb}: the daemon ended the call without a result")
-
-
-def _safe_name(text):
-    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "step"
-    return name[:63]
-
-
-def _request(kwargs):
-    return pb.Call(args_json=json.dumps({k: v for k, v in kwargs.items() if v is not None}))
 
 
 def _verb_method(verb, params):

@@ -10,7 +10,10 @@ Invariants:
   names is there. A chunk whose hash is in the chunk index is never
   uploaded again; an interrupted or cancelled push leaves only unreferenced
   packs (recorded in remote.db as they are uploaded, and when it ends), which
-  the next push finds in the index (resume) and GC removes later.
+  the next push finds in the index (resume) and GC removes later. A pack
+  PUT in flight when the push is cancelled completes first (shielded; one
+  request, bounded by the remote's deadline), so a cancelled push has
+  recorded every pack it will ever have uploaded.
 - The manifest is built by `write_segments` and written by `put_manifest`,
   a step of its own, so the caller decides where the push commits.
 - The slot hashes it learns are cached through the engine and committed
@@ -130,7 +133,8 @@ class PushJob:
 
     async def _upload(self, items):
         try:
-            key, size, entries = await self.remote.run(self.remote.chunks.put_pack, items)
+            with trio.CancelScope(shield=True):     # lands and is recorded, cancelled or not
+                key, size, entries = await self.remote.run(self.remote.chunks.put_pack, items)
         finally:
             self.inflight.release()
         self.unsaved[key] = entries

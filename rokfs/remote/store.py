@@ -11,8 +11,9 @@ Invariants:
   out of read-ahead.
 - A segment is fetched once however many tasks ask for it at once.
 - A push cancelled before its manifest PUT starts writes no manifest; that
-  PUT, once started, and dropping the push's lock are shielded, so a
-  cancelled push neither half-commits nor leaves its lock behind to block GC.
+  PUT, once started, is shielded from cancellation, and so are the PUTs of
+  the push's lock and its DELETE, so a cancelled push neither half-commits
+  nor leaves its lock behind to block GC.
 """
 
 import copy
@@ -79,7 +80,8 @@ class RemoteStore:
     # -- push ---------------------------------------------------------------------
     async def push(self, pool, state, snap, *, progress=None, grace=3600, base_entry=None):
         started = time.monotonic()
-        lock = await self.run(self.chunks.take_lock, "push", grace)
+        with trio.CancelScope(shield=True):         # a lock written is a lock dropped
+            lock = await self.run(self.chunks.take_lock, "push", grace)
         try:
             job = PushJob(self, pool, state, snap, progress, base_entry)
             manifest = await self._upload(job, state, lock, grace)
@@ -111,7 +113,8 @@ class RemoteStore:
         protected from GC (a lock older than the grace counts as stale)."""
         while True:
             await trio.sleep(max(grace / 4, 0.05))
-            await self.run(self.objects.put, lock, b"{}")
+            with trio.CancelScope(shield=True):     # not to land after the lock is dropped
+                await self.run(self.objects.put, lock, b"{}")
 
     # -- pull / hydrate ------------------------------------------------------------
     async def segment(self, key):
