@@ -74,8 +74,6 @@ VOLUME_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"])),
 SNAPSHOT_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"])),
                     ("exclusive", lambda r: format_size(r.get("exclusive", 0))),
                     ("created", _when), ("labels", _labels)]
-JOB_COLUMNS = [("id", "id"), ("kind", "kind"), ("target", "target"), ("state", "state"),
-               ("progress", lambda r: _job_progress(r)), ("started", lambda r: _age(r["started"]))]
 REMOTE_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r.get("size", 0))),
                   ("parent", lambda r: r.get("parent") or ""), ("created", _when),
                   ("labels", _labels)]
@@ -269,8 +267,13 @@ def _how_it_ended(client, job, label):
         return f"{label} (job {job['id']}): could not learn how it ended: {exc}"
 
 
+def _rokctl(a):
+    """How to call rokctl again for the same daemon."""
+    return f"rokctl --socket {a.socket}" if a.socket else "rokctl"
+
+
 def _detached(a, job):
-    ctl = f"rokctl --socket {a.socket}" if a.socket else "rokctl"
+    ctl = _rokctl(a)
     _show(a, job, lambda j: print(
         f"{j['kind']} of {j['target']} runs as job {j['id']} (detached)\n"
         f"  follow: {ctl} jobs wait {j['id']}    (or {ctl} jobs)\n"
@@ -282,10 +285,14 @@ def _job_progress(row):
     return f"{done / total:.0%} {format_size(done)}/{format_size(total)}" if total else "-"
 
 
-def _age(started):
-    seconds = int(time.time() - started)
+def _age(row):
+    seconds = int(time.time() - row["started"])
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m ago" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s ago"
+
+
+JOB_COLUMNS = [("id", "id"), ("kind", "kind"), ("target", "target"), ("state", "state"),
+               ("progress", _job_progress), ("started", _age)]
 
 
 def jobs_ls(c, a):
@@ -303,7 +310,7 @@ def jobs_wait(c, a):
     except KeyboardInterrupt:
         bar.close()
         print(f"rokctl: interrupted: stopped following job {a.id}, which goes on "
-              f"(rokctl jobs cancel {a.id} cancels it)", file=sys.stderr)
+              f"({_rokctl(a)} jobs cancel {a.id} cancels it)", file=sys.stderr)
         raise
     bar.close()
     _show(a, result, lambda r: print(r["message"]))

@@ -347,6 +347,12 @@ def test_a_detached_push_is_listed_and_cancelled_with_rokctl_jobs(daemon):
         job_under_way(daemon, "push", "det@s")
         listing = daemon.ok("jobs")
         assert re.search(rf"{job_id}\s+push\s+det@s\s+running\s+\d+% ", listing), listing
+        follower = rokctl_process(daemon, "jobs", "wait", job_id)
+        time.sleep(1)
+        follower.send_signal(signal.SIGINT)                       # stops following only
+        _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 130 and f"stopped following job {job_id}" in err, err
+        assert [j["state"] for j in daemon.json("jobs") if j["id"] == job_id] == ["running"]
         cancelled = daemon.ok("jobs", "cancel", job_id)
     finally:
         daemon.proxy.rate = None
