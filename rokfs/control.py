@@ -27,8 +27,8 @@ Invariants:
 - Pushes, and waits for a pull's or a hydration's end, run as jobs
   (jobs.py), attached to their caller or detached, listed and cancellable.
   A cancelled push leaves no manifest (the manifest PUT, once started,
-  completes) and what it uploaded is reused by the next push; a pull's
-  volume is created and committed whole or not at all, and a cancelled
+  completes) and what it uploaded is reused by the next push; no cancel
+  falls between a pulled volume's creation and its commit, and a cancelled
   pull or hydration job leaves the volume usable with its hydration paused.
 """
 
@@ -278,6 +278,8 @@ class Control:
         hydrated in the background. `wait` follows the hydration as a "pull"
         job until it is done (returns the volume); `detach` starts that job
         and returns it."""
+        if detach:
+            self.jobs.check_detach()        # before anything is made
         vol = await self._create_pulled(remote_snapshot, new_volume, remote)
         if not (wait or detach):
             return vol.info()
@@ -295,7 +297,7 @@ class Control:
                                   f"this pool uses {self.pool.chunk_size}")
         if new_volume in {v.name for v in self.pool.list_volumes()}:
             raise AlreadyExists(f"volume {new_volume!r} already exists")
-        with trio.CancelScope(shield=True):     # made and committed whole, or not at all
+        with trio.CancelScope(shield=True):     # a cancel cannot come between make and commit
             base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
             vol = self.pool.create_volume(new_volume, manifest["size"], base=base_id,
                                           base_chunks=manifest["chunks"],

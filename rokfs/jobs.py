@@ -138,13 +138,17 @@ class Jobs:
     async def run(self, job, work, *, progress=None, detach=False):
         """Run `await work(job)` as `job`: attached, returning what it
         returns, or detached, returning the job's info at once."""
-        if detach and self._nursery is None:
-            raise Unsupported("detached jobs run only in a daemon (rokfs serve)")
+        if detach:
+            self.check_detach()
         self._start(job, progress, detach)
         if detach:
             self._nursery.start_soon(self._run_detached, job, work)
             return job.info()
         return await self._run(job, work, CLIENT_GONE)
+
+    def check_detach(self):
+        if self._nursery is None:
+            raise Unsupported("detached jobs run only in a daemon (rokfs serve)")
 
     def _start(self, job, progress, detach):
         job.detached, job.progress = detach, None if detach else progress
