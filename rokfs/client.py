@@ -9,12 +9,17 @@
 Methods have the names and arguments of the rokfs.control.Control verbs and
 return plain JSON values (dicts, lists); a failed call raises the same
 rokfs.errors class the daemon raised (rokfs.rpc.error_from, the one place).
+
+The long verbs (push, pull with wait, wait_hydrated) run as jobs in the
+daemon, attached to the call: interrupting the call (KeyboardInterrupt, an
+exception raised by the progress callback) or the client going away cancels
+the job, unless it was started with `detach=True` (then the call returns the
+job at once: follow it with wait_job, cancel it with cancel_job).
 """
 
 import contextlib
 import json
 import re
-import time
 
 import grpc
 
@@ -53,31 +58,20 @@ class Client:
         return json.loads(reply.json)
 
     def call_streaming(self, verb, progress=None, **kwargs):
-        """Run a streaming verb; `progress(done, total)` sees each update."""
+        """Run a streaming verb; `progress(done, total)` sees each update and,
+        if it has an `on_job` method, the job's description first. Anything
+        raised meanwhile (KeyboardInterrupt too) cancels the call."""
         stub = self._channel.unary_stream(rpc.method_path(verb),
                                           request_serializer=pb.Call.SerializeToString,
                                           response_deserializer=pb.Progress.FromString)
+        call = stub(_request(kwargs), timeout=self.timeout)
         try:
-            for msg in stub(_request(kwargs), timeout=self.timeout):
-                if msg.done:
-                    return json.loads(msg.result_json)
-                if progress is not None:
-                    progress(msg.done_bytes, msg.total_bytes)
+            return _follow(verb, call, progress)
         except grpc.RpcError as exc:
             raise rpc.error_from(exc) from None
-        raise rpc.errors.RokfsError(f"{verb}: the daemon ended the call without a result")
-
-    def wait_hydrated(self, volume, progress=None, poll=0.5):
-        """Block until `volume` is hydrated; `progress(done, total)` on each poll."""
-        while True:
-            st = self.hydration_status(volume)
-            if progress is not None:
-                progress(st.get("bytes_done", 0), st.get("bytes_total", 0))
-            if st["state"] == "hydrated":
-                return st
-            if st["state"] == "failed":
-                raise rpc.errors.RemoteError(f"hydration of {volume} failed: {st.get('error')}")
-            time.sleep(poll)
+        except BaseException:
+            call.cancel()
+            raise
 
     @contextlib.contextmanager
     def step_snapshots(self, volumes, *, run, step, labels=None):
@@ -118,6 +112,20 @@ def _safe_name(text):
 
 def _request(kwargs):
     return pb.Call(args_json=json.dumps({k: v for k, v in kwargs.items() if v is not None}))
+
+
+def _follow(verb, call, progress):
+    """The result of a streaming call, its progress and job passed on."""
+    for msg in call:
+        if msg.done:
+            return json.loads(msg.result_json)
+        if msg.job_json:
+            on_job = getattr(progress, "on_job", None)
+            if on_job is not None:
+                on_job(json.loads(msg.job_json))
+        elif progress is not None:
+            progress(msg.done_bytes, msg.total_bytes)
+    raise rpc.errors.RokfsError(f"{verb}: the daemon ended the call without a result")
 
 
 def _verb_method(verb, params):

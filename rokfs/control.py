@@ -24,25 +24,35 @@ Invariants:
   committed right after.
 - The engine's NeedsChunks never leaves this module: every verb and device
   call that can meet a cold chunk fetches it and retries (`_hydrating`).
+- Pushes, and waits for a pull's or a hydration's end, run as jobs
+  (jobs.py), attached to their caller or detached, listed and cancellable.
+  A cancelled push leaves no manifest (the manifest PUT, once started,
+  completes) and what it uploaded is reused by the next push; no cancel
+  falls between a pulled volume's creation and its commit, and a cancelled
+  pull or hydration job leaves the volume usable with its hydration paused.
 """
 
 import contextlib
+import functools
 import logging
 import time
 
 import trio
 
 from . import freeze, lineage, names
-from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RokfsError,
-                     single_errors)
+from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RemoteError,
+                     RokfsError, one_line, single_errors)
 from .fsck import fsck
 from .image import NeedsChunks
+from .jobs import Job, Jobs
 from .stats import Counters
 
 log = logging.getLogger("rokfs.control")
 HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHUNKS)
 HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
 HOLDER_OF_FRONT = {"nbd": "NBD connection", "fuse": "FUSE handle"}
+HYDRATION_POLL = 0.2            # seconds between checks of a hydration job
+PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
 
 
 class Control:
@@ -50,6 +60,7 @@ class Control:
         self.pool = pool
         self.remotes = dict(remotes or {})
         self.counters = Counters()
+        self.jobs = Jobs()
         self._remote_state = None
         self._hydration = {}
         self._paused = set()            # volume ids whose hydration a person paused
@@ -281,17 +292,24 @@ class Control:
         self.remotes[store.url] = store
         return store
 
-    async def push(self, full_name, *, remote="default", progress=None, grace_seconds=3600):
+    async def push(self, full_name, *, remote="default", progress=None, grace_seconds=3600,
+                   detach=False):
+        """Push a snapshot as a job: attached (returns the push's result) or
+        `detach`ed (returns the job at once)."""
         snap = self.pool.get_snapshot(full_name)
+        store = self.remote(remote)
+        job = Job("push", snap.full_name, remote=store.url, cancelled_note=PUSH_CANCELLED)
+        work = functools.partial(self._push_held, snap, store, grace_seconds)
+        return await self.jobs.run(job, work, progress=progress, detach=detach)
+
+    async def _push_held(self, snap, store, grace_seconds, job):
         self.hold(snap, "push")
         try:
-            return await self._push(snap, remote, progress, grace_seconds)
+            return await self._push(snap, store, job.report, grace_seconds)
         finally:
             self.release(snap, "push")
 
-    async def _push(self, snap, remote, progress, grace_seconds):
-        store = self.remote(remote)
-
+    async def _push(self, snap, store, progress, grace_seconds):
         async def base_entry(image, chunk):
             base = self.remote_state.base(image.base)
             if self._remote_for_spec(base["remote"]) is not store:
@@ -308,7 +326,22 @@ class Control:
         self.counters.push_chunks += result["uploaded_chunks"]
         return result
 
-    async def pull(self, remote_snapshot, new_volume, *, remote="default"):
+    async def pull(self, remote_snapshot, new_volume, *, remote="default", wait=False,
+                   detach=False, progress=None):
+        """Restore a remote snapshot as a new volume, usable at once and
+        hydrated in the background. `wait` follows the hydration as a "pull"
+        job until it is done (returns the volume); `detach` starts that job
+        and returns it."""
+        if detach:
+            self.jobs.check_detach()        # before anything is made
+        vol = await self._create_pulled(remote_snapshot, new_volume, remote)
+        if not (wait or detach):
+            return vol.info()
+        job = self._hydration_job("pull", vol)
+        return await self.jobs.run(job, functools.partial(self._pull_job, vol),
+                                   progress=progress, detach=detach)
+
+    async def _create_pulled(self, remote_snapshot, new_volume, remote):
         names.check_name(new_volume)
         names.split_snapshot(remote_snapshot)
         store = self.remote(remote)
@@ -318,13 +351,18 @@ class Control:
                                   f"this pool uses {self.pool.chunk_size}")
         if new_volume in {v.name for v in self.pool.list_volumes()}:
             raise AlreadyExists(f"volume {new_volume!r} already exists")
-        base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
-        vol = self.pool.create_volume(new_volume, manifest["size"], base=base_id,
-                                      base_chunks=manifest["chunks"],
-                                      origin=f"{store.url}#{remote_snapshot}")
-        await self.flush()
+        with trio.CancelScope(shield=True):     # a cancel cannot come between make and commit
+            base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
+            vol = self.pool.create_volume(new_volume, manifest["size"], base=base_id,
+                                          base_chunks=manifest["chunks"],
+                                          origin=f"{store.url}#{remote_snapshot}")
+            await self.flush()
         if self._bases_changed is not None:
             self._bases_changed.set()
+        return vol
+
+    async def _pull_job(self, vol, job):
+        await self._until_hydrated(vol, job)
         return vol.info()
 
     async def list_remote(self, *, remote="default"):
@@ -382,7 +420,9 @@ class Control:
         self.pool.finish_install(image, plan)
 
     def hydration_status(self, volume):
-        vol = self.pool.get_volume(volume)
+        return self._hydration_of(self.pool.get_volume(volume))
+
+    def _hydration_of(self, vol):
         h = self._hydration_now(vol)
         cs = self.pool.chunk_size
         return {"volume": vol.name, **h, "bytes_done": h["chunks_done"] * cs,
@@ -394,15 +434,61 @@ class Control:
         if h is None:
             total = vol.base_chunks
             done = total - vol.cold_count() if total else 0
-            h = {"state": "hydrated" if not vol.base else "hydrating", "chunks_done": done,
+            h = {"state": self._unhydrated_state(vol) if vol.base else "hydrated",
+                 "chunks_done": done,
                  "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
         return h
 
+    def _unhydrated_state(self, vol):
+        return "paused: by request" if vol.id in self._paused else "hydrating"
+
+    async def wait_hydrated(self, volume, *, progress=None, detach=False):
+        """Follow a volume's hydration as a "hydration" job until it is done
+        (returns its hydration status); `detach` starts the job and returns it."""
+        vol = self.pool.get_volume(volume)
+        job = self._hydration_job("hydration", vol)
+        return await self.jobs.run(job, functools.partial(self._until_hydrated, vol),
+                                   progress=progress, detach=detach)
+
+    def _hydration_job(self, kind, vol):
+        """A job following `vol`'s hydration; cancelling it pauses the hydration."""
+        note = (f"volume {vol.name} stays usable (reads fetch what they need); its "
+                f"hydration is paused: rokctl hydration resume {vol.name}")
+        return Job(kind, vol.name, cancelled_note=note, on_cancel=lambda: self._pause(vol))
+
+    async def _until_hydrated(self, vol, job):
+        while True:
+            status = self._hydration_of(vol)
+            job.report(status["bytes_done"], status["bytes_total"])
+            if status["state"] == "hydrated":
+                return status
+            if status["state"].startswith("failed"):
+                raise RemoteError(f"hydration of {vol.name} failed: {status['error']}")
+            if not vol.live:
+                raise NotFound(f"volume {vol.name} was deleted")
+            await trio.sleep(HYDRATION_POLL)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def list_jobs(self):
+        """Running pushes, pulls and hydrations, then the last finished ones."""
+        return self.jobs.list()
+
+    async def cancel_job(self, job_id):
+        """Cancel a job; returns its info once it has stopped."""
+        return await self.jobs.cancel(job_id)
+
+    async def wait_job(self, job_id, *, progress=None):
+        """Follow a job until it ends; its info (Cancelled or its error if it
+        did not succeed). Cancelling this call leaves the job running."""
+        return await self.jobs.follow(job_id, progress)
+
     async def run_background(self, *, task_status=trio.TASK_STATUS_IGNORED):
-        """Hydrate every volume that has a base, including ones pulled later."""
+        """Hydrate every volume that has a base, including ones pulled later;
+        host detached jobs."""
         self._bases_changed = trio.Event()
         running = set()
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.jobs.serve)
             task_status.started()
             while True:
                 for vol in self.pool.list_volumes():
@@ -425,9 +511,9 @@ class Control:
                     await self._until_space_returns()
                 except Exception as exc:        # one volume's failure stays its own
                     self._hydration[vol.id] = {**self._hydration_now(vol), "state": "failed",
-                                               "error": _reason(exc)}
+                                               "error": one_line(exc)}
                     log.warning("event=hydrate_failed volume=%s error=%s", vol.name,
-                                _reason(exc), exc_info=not isinstance(exc, RokfsError))
+                                one_line(exc), exc_info=not isinstance(exc, RokfsError))
                     await trio.sleep(5)
         finally:
             running.discard(vol.id)
@@ -442,10 +528,13 @@ class Control:
         """Stop fetching `volume`'s chunks in the background (reads still
         fetch what they need) until resume_hydration; not kept across a restart."""
         vol = self.pool.get_volume(volume)
+        self._pause(vol)
+        return self._hydration_of(vol)
+
+    def _pause(self, vol):
         self._paused.add(vol.id)
-        if vol.id in self._hydration:
+        if vol.id in self._hydration and vol.base:
             self._hydration[vol.id]["state"] = "paused: by request"
-        return self.hydration_status(volume)
 
     def resume_hydration(self, volume):
         vol = self.pool.get_volume(volume)
@@ -467,7 +556,7 @@ class Control:
         base = self.remote_state.base(vol.base)
         store = self._remote_for_spec(base["remote"])
         total = vol.base_chunks
-        status = {"state": "hydrating", "chunks_done": total - vol.cold_count(),
+        status = {"state": self._unhydrated_state(vol), "chunks_done": total - vol.cold_count(),
                   "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
         self._hydration[vol.id] = status
         started, start_done = time.monotonic(), status["chunks_done"]
@@ -536,12 +625,6 @@ def _group_info(group, snaps):
     return {"name": group, "created": min(s.created for s in snaps),
             "labels": dict(snaps[0].labels), "members": [s.full_name for s in snaps],
             "volumes": [s.volume_name for s in snaps]}
-
-
-def _reason(exc):
-    """A one-line reason for a failure: the message of a rokfs error, the
-    class and message of anything else (a bug, reported as such)."""
-    return str(exc) if isinstance(exc, RokfsError) else f"internal error: {exc!r}"
 
 
 def _stat_of(image):

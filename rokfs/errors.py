@@ -74,10 +74,23 @@ class RemoteError(RokfsError):
     errno = _errno.EIO
 
 
+class Cancelled(RokfsError):
+    """A job (a push, a pull's or a hydration's wait) was cancelled before it
+    completed: by request, or because the client that started it went away."""
+
+    errno = _errno.ECANCELED
+
+
 def from_os_error(exc: OSError, what: str) -> RokfsError:
     """Wrap an OSError from the local disk into the rokfs vocabulary."""
     cls = NoSpace if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else RokfsError
     return cls(f"{what}: {exc.strerror or exc}", errno=exc.errno or _errno.EIO)
+
+
+def one_line(exc):
+    """A one-line reason for a failure: the message of a rokfs error, the
+    class and message of anything else (a bug, reported as such)."""
+    return str(exc) if isinstance(exc, RokfsError) else f"internal error: {exc!r}"
 
 
 def first_leaf(exc):

@@ -8,9 +8,15 @@
 Human tables by default, `-o json` for scripts. The daemon is found with
 --socket, else ROKFS_CONTROL, else the default control socket. Exit codes
 are listed in EXIT_CODES (and docs/daemon.md).
+
+Push, pull --wait and hydration --wait run as jobs in the daemon, attached
+to this command: Ctrl-C cancels the job and says how it ended (exit 130).
+With --detach they return at once and print how to follow and cancel the
+job (`rokctl jobs`).
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -32,6 +38,7 @@ EXIT_CODES = [   # (error class, code); first match wins; 0 = ok, 2 = usage
     (errors.NoSpace, 7),
     (errors.RemoteError, 8),
     (errors.Unsupported, 9),
+    (errors.Cancelled, 10),
 ]
 
 
@@ -207,9 +214,10 @@ def clone(c, a):
 
 
 def push(c, a):
-    bar = ProgressBar(f"push {a.name}", a.progress)
-    result = c.push(a.name, remote=a.remote, progress=bar)
-    bar.close()
+    if a.detach:
+        return _detached(a, c.push(a.name, remote=a.remote, detach=True))
+    with _attached_job(c, f"push {a.name}", a.progress) as follow:
+        result = c.push(a.name, remote=a.remote, progress=follow)
     _show(a, result, lambda r: print(
         f"pushed {r['snapshot']} to {r['remote']}: {r['uploaded_chunks']} of {r['chunks']} "
         f"chunks uploaded ({format_size(r['uploaded_bytes'])}), "
@@ -227,12 +235,12 @@ def _remote_and_snapshot(a):
 
 def pull(c, a):
     remote, name = _remote_and_snapshot(a)
-    result = c.pull(name, a.new_volume, remote=remote)
-    if a.wait:
-        bar = ProgressBar(f"hydrate {a.new_volume}", a.progress)
-        c.wait_hydrated(a.new_volume, progress=bar)
-        bar.close()
-        result = c.volume_info(a.new_volume)
+    if a.detach:
+        return _detached(a, c.pull(name, a.new_volume, remote=remote, detach=True))
+    if not a.wait:
+        return _show(a, c.pull(name, a.new_volume, remote=remote), _one(VOLUME_COLUMNS))
+    with _attached_job(c, f"pull {a.new_volume}", a.progress) as follow:
+        result = c.pull(name, a.new_volume, remote=remote, wait=True, progress=follow)
     _show(a, result, _one(VOLUME_COLUMNS))
 
 
@@ -257,10 +265,11 @@ def hydration(c, a):
         result = c.pause_hydration(a.volume)
     elif action == "resume":
         result = c.resume_hydration(a.volume)
+    elif a.detach:
+        return _detached(a, c.wait_hydrated(a.volume, detach=True))
     elif a.wait:
-        bar = ProgressBar(f"hydrate {a.volume}", a.progress)
-        result = c.wait_hydrated(a.volume, progress=bar)
-        bar.close()
+        with _attached_job(c, f"hydrate {a.volume}", a.progress) as follow:
+            result = c.wait_hydrated(a.volume, progress=follow)
     else:
         result = c.hydration_status(a.volume)
     _show(a, result, lambda r: print(
@@ -276,6 +285,97 @@ def _hydration_action(words):
     if len(words) == 2 and words[0] in ("pause", "resume"):
         return words[0], words[1]
     raise errors.InvalidArgument("usage: rokctl hydration [pause|resume] VOLUME")
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+class _JobFollower:
+    """The progress callback of an attached job: draws the bar and keeps the
+    job's description, to cancel it and say how it ended if interrupted."""
+
+    def __init__(self, label, enabled):
+        self.bar = ProgressBar(label, enabled)
+        self.job = None
+
+    def __call__(self, done, total):
+        self.bar(done, total)
+
+    def on_job(self, info):
+        self.job = info
+
+
+@contextlib.contextmanager
+def _attached_job(client, label, progress):
+    """Follow a job the command runs; on Ctrl-C (the call is cancelled, and
+    so is the job in the daemon) wait for the job to stop and say how it
+    ended, then exit 130."""
+    follow = _JobFollower(label, progress)
+    try:
+        yield follow
+    except KeyboardInterrupt:
+        follow.bar.close()
+        print(f"rokctl: interrupted: {_how_it_ended(client, follow.job, label)}",
+              file=sys.stderr)
+        raise
+    follow.bar.close()
+
+
+def _how_it_ended(client, job, label):
+    if job is None:
+        return f"{label} cancelled before the daemon started it"
+    try:
+        return client.cancel_job(job["id"])["message"]
+    except errors.RokfsError as exc:
+        return f"{label} (job {job['id']}): could not learn how it ended: {exc}"
+
+
+def _rokctl(a):
+    """How to call rokctl again for the same daemon."""
+    return f"rokctl --socket {a.socket}" if a.socket else "rokctl"
+
+
+def _detached(a, job):
+    ctl = _rokctl(a)
+    _show(a, job, lambda j: print(
+        f"{j['kind']} of {j['target']} runs as job {j['id']} (detached)\n"
+        f"  follow: {ctl} jobs wait {j['id']}    (or {ctl} jobs)\n"
+        f"  cancel: {ctl} jobs cancel {j['id']}"))
+
+
+def _job_progress(row):
+    done, total = row.get("done_bytes", 0), row.get("total_bytes", 0)
+    return f"{done / total:.0%} {format_size(done)}/{format_size(total)}" if total else "-"
+
+
+def _age(row):
+    seconds = int(time.time() - row["started"])
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m ago" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s ago"
+
+
+JOB_COLUMNS = [("id", "id"), ("kind", "kind"), ("target", "target"), ("state", "state"),
+               ("progress", _job_progress), ("started", _age)]
+
+
+def jobs_ls(c, a):
+    _show(a, c.list_jobs(), lambda rows: table(rows, JOB_COLUMNS) if rows else print("no jobs"))
+
+
+def jobs_cancel(c, a):
+    _show(a, c.cancel_job(a.id), lambda r: print(r["message"]))
+
+
+def jobs_wait(c, a):
+    bar = ProgressBar(f"job {a.id}", a.progress)
+    try:
+        result = c.wait_job(a.id, progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"rokctl: interrupted: stopped following job {a.id}, which goes on "
+              f"({_rokctl(a)} jobs cancel {a.id} cancels it)", file=sys.stderr)
+        raise
+    bar.close()
+    _show(a, result, lambda r: print(r["message"]))
 
 
 def status(c, a):
@@ -302,7 +402,7 @@ def build_parser():
                                      epilog="exit codes: 0 ok, 1 error, 2 usage or invalid "
                                      "argument, 3 not found, 4 daemon unreachable, 5 already "
                                      "exists, 6 busy/not empty/read-only, 7 no space, "
-                                     "8 remote error, 9 unsupported")
+                                     "8 remote error, 9 unsupported, 10 cancelled, 130 interrupted")
     sub = parser.add_subparsers(dest="noun", required=True)
 
     def cmd(parent, name, func, help_text, *arguments):
@@ -320,6 +420,8 @@ def build_parser():
     labels = A("--label", action="append", default=[], metavar="KEY=VALUE")
     defer_help = ("if it is open (NBD, FUSE, a push), hide it now and free it when the "
                   "last holder closes, instead of refusing")
+    detach = A("--detach", action="store_true",
+               help="run it as a job in the daemon and return at once (see rokctl jobs)")
 
     v = group("volume", "create, list, remove, resize, rename volumes")
     cmd(v, "create", volume_create, "create a volume", A("name"), A("--size", required=True))
@@ -364,12 +466,13 @@ def build_parser():
         A("name", metavar="VOLUME|VOLUME@SNAP"))
     cmd(sub, "clone", clone, "clone VOLUME@SNAP into a new volume",
         A("source", metavar="VOLUME@SNAP"), A("new_name", metavar="NEW_VOLUME"))
-    cmd(sub, "push", push, "push a snapshot to a remote", A("name", metavar="VOLUME@SNAP"),
-        remote)
+    cmd(sub, "push", push, "push a snapshot to a remote (Ctrl-C cancels it)",
+        A("name", metavar="VOLUME@SNAP"), remote, detach)
     cmd(sub, "pull", pull, "restore a remote snapshot as a new volume (lazily)",
         A("remote_snapshot", metavar="[REMOTE/]VOLUME@SNAP"),
         A("--as", dest="new_volume", required=True, metavar="VOLUME"), remote,
-        A("--wait", action="store_true", help="wait until fully hydrated"))
+        A("--wait", action="store_true",
+          help="wait until fully hydrated (Ctrl-C pauses the hydration)"), detach)
     r = group("remote", "snapshots on a remote")
     cmd(r, "ls", remote_ls, "list a remote's snapshots", remote)
     cmd(r, "rm", remote_rm, "delete a remote snapshot", A("name", metavar="VOLUME@SNAP"), remote)
@@ -378,9 +481,23 @@ def build_parser():
           help="keep objects younger than this (default: %(default)s)"))
     cmd(sub, "hydration", hydration, "a restored volume's hydration; pause or resume it",
         A("what", nargs="+", metavar="[pause|resume] VOLUME"),
-        A("--wait", action="store_true", help="until hydrated, with a progress bar"))
+        A("--wait", action="store_true",
+          help="until hydrated, with a progress bar (Ctrl-C pauses the hydration)"), detach)
+    _jobs_parser(sub, cmd, A, common)
     cmd(sub, "status", status, "the pool's state")
     return parser
+
+
+def _jobs_parser(sub, cmd, A, common):
+    p = sub.add_parser("jobs", parents=[common],
+                       help="running pushes, pulls and hydrations; cancel or follow one")
+    p.set_defaults(func=jobs_ls)
+    jobs = p.add_subparsers(dest="verb")
+    job_id = A("id", metavar="ID")
+    cmd(jobs, "ls", jobs_ls, "list jobs: running ones, then the last finished")
+    cmd(jobs, "cancel", jobs_cancel, "cancel a job; returns once it has stopped", job_id)
+    cmd(jobs, "wait", jobs_wait, "follow a job until it ends (Ctrl-C stops following, "
+        "not the job)", job_id)
 
 
 def main(argv=None):

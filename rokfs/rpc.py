@@ -10,7 +10,13 @@ Invariants:
 - Errors cross the wire in ONE place each way: `status_of(exc)` on the
   server, `error_from(rpc_error)` in the client. The rokfs.errors class name
   rides in trailing metadata so the client raises the very same class.
-- Push is server-streaming: the verb's progress callback feeds the stream.
+- The long verbs (STREAMING: the jobs of jobs.py, and following one) are
+  server-streaming: the job's description first (`job_json`), then the
+  verb's progress, then its result. Each runs on the loop in a cancel scope
+  of its own, cancelled when the call ends before the verb does (the client
+  cancelled, was interrupted, died or hit its deadline), so a job attached
+  to a client that went away stops. Unary verbs are short and run to their
+  end whatever happens to their caller.
 """
 
 import functools
@@ -55,16 +61,21 @@ VERBS = {
     "list_snapshots": ("volume", "labels", "group"),
     "status": (),
     "max_volume_size": (),
-    "push": ("full_name", "remote"),
-    "pull": ("remote_snapshot", "new_volume", "remote"),
+    "push": ("full_name", "remote", "detach"),
+    "pull": ("remote_snapshot", "new_volume", "remote", "wait", "detach"),
     "list_remote": ("remote",),
     "delete_remote": ("remote_snapshot", "remote"),
     "gc_remote": ("remote", "grace_seconds"),
     "hydration_status": ("volume",),
     "pause_hydration": ("volume",),
     "resume_hydration": ("volume",),
+    "wait_hydrated": ("volume", "detach"),
+    "list_jobs": (),
+    "cancel_job": ("job_id",),
+    "wait_job": ("job_id",),
 }
-STREAMING = {"push"}          # verbs taking progress=callback; their RPC streams Progress
+# verbs taking progress=callback (with on_job); their RPC streams Progress
+STREAMING = {"push", "pull", "wait_hydrated", "wait_job"}
 
 # -- errors: the one mapping each way -------------------------------------------------
 
@@ -78,6 +89,7 @@ _CODES = [   # most specific first
     (errors.ReadOnly, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unsupported, grpc.StatusCode.UNIMPLEMENTED),
     (errors.RemoteError, grpc.StatusCode.UNAVAILABLE),
+    (errors.Cancelled, grpc.StatusCode.CANCELLED),
 ]
 _CLASSES = {name: cls for name, cls in vars(errors).items()
             if isinstance(cls, type) and issubclass(cls, errors.RokfsError)}
@@ -181,45 +193,18 @@ class ControlService:
             self._fail(context, verb, exc)
 
     def streaming(self, verb, request, context):
+        call = _StreamingCall(self, verb)
         try:
             args = _decode_args(verb, request)
+            trio.from_thread.run_sync(self.nursery.start_soon, call.run, args,
+                                      trio_token=self.token)
+        except trio.RunFinishedError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
         except Exception as exc:
             self._fail(context, verb, exc)
-        events = queue.Queue()
-        scope = trio.from_thread.run_sync(self._start_streaming, verb, args, events,
-                                          trio_token=self.token)
-        while True:
-            try:
-                kind, *payload = events.get(timeout=0.5)
-            except queue.Empty:
-                if not context.is_active():
-                    trio.from_thread.run_sync(scope.cancel, trio_token=self.token)
-                continue
-            if kind == "progress":
-                yield pb.Progress(done_bytes=payload[0], total_bytes=payload[1])
-            elif kind == "done":
-                yield pb.Progress(done=True, result_json=json.dumps(payload[0]))
-                return
-            else:
-                self._fail(context, verb, payload[0])
-
-    def _start_streaming(self, verb, args, events):
-        """On the loop: run the verb in the daemon's nursery, feeding `events`."""
-        scope = trio.CancelScope()
-
-        async def run():
-            with scope:
-                try:
-                    result = await self._call(verb, args, progress=lambda done, total:
-                                              events.put(("progress", done, total)))
-                except Exception as exc:
-                    events.put(("error", exc))
-                    return
-                events.put(("done", result))
-            if scope.cancelled_caught:
-                events.put(("error", errors.RokfsError(f"{verb} cancelled")))
-        self.nursery.start_soon(run)
-        return scope
+        if not context.add_callback(call.ended_by_grpc):
+            call.ended_by_grpc()
+        yield from call.relay(context)
 
     def handlers(self):
         methods = {}
@@ -235,6 +220,80 @@ class ControlService:
                     request_deserializer=pb.Call.FromString,
                     response_serializer=pb.Result.SerializeToString)
         return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+class _Feed:
+    """The progress callback a streaming verb gets: its (done, total)
+    updates and the job it runs (`on_job`) go to the handler's thread."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def __call__(self, done, total):
+        self.events.put(("progress", (done, total)))
+
+    def on_job(self, info):
+        self.events.put(("job", info))
+
+
+class _StreamingCall:
+    """One call of a streaming verb: the verb runs on the loop in a cancel
+    scope of its own; its events cross to the gRPC thread through a queue;
+    the call ending first (the client went away) cancels the scope."""
+
+    def __init__(self, service, verb):
+        self.service, self.verb = service, verb
+        self.events = queue.Queue()
+        self.scope = trio.CancelScope()
+        self.verb_ended = False          # read and written on the loop only
+
+    async def run(self, args):
+        try:
+            with self.scope:
+                result = await self.service._call(self.verb, args, progress=_Feed(self.events))
+                self.events.put(("done", result))
+        except Exception as exc:
+            self.events.put(("error", exc))
+        except BaseException:            # the service is stopping
+            self.events.put(("error", errors.Cancelled(f"{self.verb}: the daemon is stopping")))
+            raise
+        finally:
+            self.verb_ended = True
+        if self.scope.cancelled_caught:
+            self.events.put(("error", errors.Cancelled(f"{self.verb} cancelled")))
+
+    def ended_by_grpc(self):
+        """gRPC's callback when the call ends, for whatever reason: if the
+        verb still runs, its client went away: cancel it."""
+        try:
+            trio.from_thread.run_sync(self._cancel_if_running, trio_token=self.service.token)
+        except trio.RunFinishedError:
+            pass
+
+    def _cancel_if_running(self):
+        if not self.verb_ended:
+            log.info("event=rpc_client_gone verb=%s action=cancel", self.verb)
+            self.scope.cancel()
+
+    def relay(self, context):
+        """The verb's events as Progress messages, until its result or error."""
+        while True:
+            try:
+                kind, payload = self.events.get(timeout=0.5)
+            except queue.Empty:
+                if not context.is_active():
+                    self.ended_by_grpc()
+                    return
+                continue
+            if kind == "job":
+                yield pb.Progress(job_json=json.dumps(payload))
+            elif kind == "progress":
+                yield pb.Progress(done_bytes=payload[0], total_bytes=payload[1])
+            elif kind == "done":
+                yield pb.Progress(done=True, result_json=json.dumps(payload))
+                return
+            else:
+                self.service._fail(context, self.verb, payload)
 
 
 def _secure_socket(path, mode, group):

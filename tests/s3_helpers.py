@@ -57,12 +57,15 @@ def _swallow(sock):
 
 
 class FlakyProxy:
-    """Forward TCP to a target; drop (close) or delay a share of requests."""
+    """Forward TCP to a target; drop (close) or delay a share of requests;
+    `rate` (bytes per second, each connection and direction; None = no
+    limit, may be changed at any time) slows every transfer down."""
 
-    def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1):
+    def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1, rate=None):
         self.target_port = target_port
         self.stall = ()        # request paths containing one of these are never answered
         self.drop, self.delay, self.delay_share = drop, delay, delay_share
+        self.rate = rate
         self.random = random.Random(seed)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -110,6 +113,7 @@ class FlakyProxy:
                     self.delayed += 1
                     time.sleep(self.delay)
             fresh = False
+            self._throttle(len(data))
             try:
                 upstream.sendall(data)
             except OSError:
@@ -122,13 +126,18 @@ class FlakyProxy:
                 pass
             s.close()
 
-    @staticmethod
-    def _pump(src, dst):
+    def _throttle(self, nbytes):
+        rate = self.rate
+        if rate:
+            time.sleep(nbytes / rate)
+
+    def _pump(self, src, dst):
         while True:
             try:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._throttle(len(data))
                 dst.sendall(data)
             except OSError:
                 break

@@ -169,3 +169,32 @@ async def test_a_client_that_goes_away_cancels_its_push(pool, tmp_path):
 
     await with_service(pool, tmp_path, body, control)
     assert control.push_cancelled
+
+
+async def test_a_job_is_named_first_and_listed(pool, tmp_path):
+    pool.create_volume("data", 1 << 20)
+    pool.create_snapshot("data@a")
+    control = Control(pool)         # the default remote: a directory beside the pool
+
+    class Progress:
+        def __init__(self):
+            self.seen = []
+
+        def on_job(self, info):
+            self.seen.append(("job", info["kind"], info["target"], info["state"]))
+
+        def __call__(self, done, total):
+            self.seen.append(("progress", total))
+
+    def body(client):
+        progress = Progress()
+        result = client.push("data@a", progress=progress)
+        with pytest.raises(errors.Unsupported, match="detached jobs run only in a daemon"):
+            client.push("data@a", detach=True)       # no background tasks in this service
+        return progress.seen, result, client.list_jobs()
+
+    seen, result, jobs = await with_service(pool, tmp_path, body, control)
+    assert seen[0] == ("job", "push", "data@a", "running")
+    assert seen[1:] and all(s == ("progress", 1 << 20) for s in seen[1:])
+    assert result["snapshot"] == "data@a"
+    assert [(j["kind"], j["state"], j["result"]) for j in jobs] == [("push", "succeeded", result)]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x10rokfs.control.v1\"\x19\n\x04\x43\x61ll\x12\x11\n\targs_json\x18\x01 \x01(\t\"\x16\n\x06Result\x12\x0c\n\x04json\x18\x01 \x01(\t\"V\n\x08Progress\x12\x12\n\ndone_bytes\x18\x01 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x10rokfs.control.v1\"\x19\n\x04\x43\x61ll\x12\x11\n\targs_json\x18\x01 \x01(\t\"\x16\n\x06Result\x12\x0c\n\x04json\x18\x01 \x01(\t\"h\n\x08Progress\x12\x12\n\ndone_bytes\x18\x01 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x10\n\x08job_json\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,5 +36,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULT']._serialized_start=62
   _globals['_RESULT']._serialized_end=84
   _globals['_PROGRESS']._serialized_start=86
-  _globals['_PROGRESS']._serialized_end=172
+  _globals['_PROGRESS']._serialized_end=190
 # @@protoc_insertion_point(module_scope)

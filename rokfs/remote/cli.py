@@ -2,7 +2,7 @@
 
 Invariants:
 - Each command is a Control verb (push, pull, list_remote, delete_remote,
-  gc_remote; run_background and hydration_status for `pull --wait`) given
+  gc_remote; run_background and wait_hydrated for `pull --wait`) given
   `--remote` as the verb's `remote` (a URL; without it the verbs' "default",
   a directory next to the pool). The rokfs program runs it through the one
   run sequence, which flushes and closes the pool.
@@ -17,7 +17,6 @@ import time
 import trio
 
 from ..args import add_output_argument, add_pool_argument, add_progress_argument
-from ..errors import RemoteError
 from ..progress import ProgressBar
 from ..units import format_size
 
@@ -86,19 +85,13 @@ async def _pull(control, args):
     if not args.wait:
         return info
     bar = ProgressBar(f"hydrate {args.new_name}", args.progress)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(control.run_background)
-        while True:
-            st = control.hydration_status(args.new_name)
-            bar(st["bytes_done"], st["bytes_total"])
-            if st["state"] == "hydrated":
-                break
-            if st["state"] == "failed":
-                bar.close()
-                raise RemoteError(f"hydration of {args.new_name} failed: {st['error']}")
-            await trio.sleep(0.2)
-        nursery.cancel_scope.cancel()
-    bar.close()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control.run_background)
+            await control.wait_hydrated(args.new_name, progress=bar)
+            nursery.cancel_scope.cancel()
+    finally:
+        bar.close()
     return control.volume_info(args.new_name)
 
 

@@ -8,8 +8,14 @@ Invariants:
 - Chunks are uploaded (in packs) before the segments naming them, segments
   before the manifest, so a manifest is only visible once every chunk it
   names is there. A chunk whose hash is in the chunk index is never
-  uploaded again; an interrupted push leaves only unreferenced packs, which
-  the next push finds in the index (resume) and GC removes later.
+  uploaded again; an interrupted or cancelled push leaves only unreferenced
+  packs (recorded in remote.db as they are uploaded, and when it ends), which
+  the next push finds in the index (resume) and GC removes later. A pack
+  PUT in flight when the push is cancelled completes first (shielded; one
+  request, bounded by the remote's deadline), so a cancelled push has
+  recorded every pack it will ever have uploaded.
+- The manifest is built by `write_segments` and written by `put_manifest`,
+  a step of its own, so the caller decides where the push commits.
 - The slot hashes it learns are cached through the engine and committed
   with the next commit.
 """
@@ -127,7 +133,8 @@ class PushJob:
 
     async def _upload(self, items):
         try:
-            key, size, entries = await self.remote.run(self.remote.chunks.put_pack, items)
+            with trio.CancelScope(shield=True):     # lands and is recorded, cancelled or not
+                key, size, entries = await self.remote.run(self.remote.chunks.put_pack, items)
         finally:
             self.inflight.release()
         self.unsaved[key] = entries
@@ -143,9 +150,10 @@ class PushJob:
         packs, self.unsaved = self.unsaved, {}
         self.state.add_packs(self.remote.url, packs)
 
-    async def write_manifest(self):
+    async def write_segments(self):
         """The segments, all at once and together with reading the manifest
-        already there (if any), then the manifest: last."""
+        already there (if any); the manifest to write last (put_manifest),
+        or None when the same one is there already."""
         snap, chunks = self.snap, self.remote.chunks
         firsts = range(0, len(self.hashes), SEGMENT_CHUNKS)
         segments, old = [None] * len(firsts), []
@@ -168,14 +176,15 @@ class PushJob:
                     nursery.start_soon(put_segment, i, first)
         if old:
             if old[0]["segments"] == segments and old[0]["size"] == snap.size:
-                return False    # already pushed: nothing to write
+                return None     # already pushed: nothing to write
             raise AlreadyExists(f"{snap.full_name} already exists on {self.remote.url} "
                                 "with other content; delete it there first")
         parent = self.state.base(snap.base)["name"] if snap.base else None
-        manifest = new_manifest(snap.full_name, snap.size, self.cs, snap.labels, parent,
-                                segments, snap.nchunks)
-        self.uploaded_bytes += await self.remote.run(chunks.put_manifest, manifest)
-        return True
+        return new_manifest(snap.full_name, snap.size, self.cs, snap.labels, parent,
+                            segments, snap.nchunks)
+
+    async def put_manifest(self, manifest):
+        self.uploaded_bytes += await self.remote.run(self.remote.chunks.put_manifest, manifest)
 
     def _segment(self, hashes):
         packs, pack_no, chunks = [], {}, []

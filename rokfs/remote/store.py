@@ -13,6 +13,10 @@ Invariants:
 - A fetch ends within the remote's deadline (plus a request timeout at
   most, for the thread it leaves behind): a stalled remote fails the reads
   that need it with EIO and holds nothing else.
+- A push cancelled before its manifest PUT starts writes no manifest; that
+  PUT, once started, is shielded from cancellation, and so are the PUTs of
+  the push's lock and its DELETE, so a cancelled push neither half-commits
+  nor leaves its lock behind to block GC.
 """
 
 import copy
@@ -82,29 +86,41 @@ class RemoteStore:
     # -- push ---------------------------------------------------------------------
     async def push(self, pool, state, snap, *, progress=None, grace=3600, base_entry=None):
         started = time.monotonic()
-        lock = await self.run(self.chunks.take_lock, "push", grace)
+        with trio.CancelScope(shield=True):         # a lock written is a lock dropped
+            lock = await self.run(self.chunks.take_lock, "push", grace)
         try:
-            async with single_errors():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._refresh_lock, lock, grace)
-                    await self.load_index(state)
-                    job = PushJob(self, pool, state, snap, progress, base_entry)
-                    await job.upload_chunks()
-                    manifest = await job.write_manifest()
-                    nursery.cancel_scope.cancel()
+            job = PushJob(self, pool, state, snap, progress, base_entry)
+            manifest = await self._upload(job, state, lock, grace)
+            with trio.CancelScope(shield=True):     # the commit point: one PUT
+                if manifest is not None:
+                    await job.put_manifest(manifest)
         finally:
-            await self.run(self.chunks.drop_lock, lock)
+            with trio.CancelScope(shield=True):
+                await self.run(self.chunks.drop_lock, lock)
         return {"snapshot": snap.full_name, "remote": self.url, "chunks": snap.nchunks,
                 "uploaded_chunks": job.uploaded_chunks, "uploaded_bytes": job.uploaded_bytes,
                 "skipped_chunks": snap.nchunks - job.uploaded_chunks,
-                "manifest_written": manifest, "seconds": time.monotonic() - started}
+                "manifest_written": manifest is not None, "seconds": time.monotonic() - started}
+
+    async def _upload(self, job, state, lock, grace):
+        """Chunks, then segments, our lock kept fresh meanwhile; the manifest
+        to write (None if the same one is there already)."""
+        async with single_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refresh_lock, lock, grace)
+                await self.load_index(state)
+                await job.upload_chunks()
+                manifest = await job.write_segments()
+                nursery.cancel_scope.cancel()
+        return manifest
 
     async def _refresh_lock(self, lock, grace):
         """Rewrite our lock well within the grace period, so a long push stays
         protected from GC (a lock older than the grace counts as stale)."""
         while True:
             await trio.sleep(max(grace / 4, 0.05))
-            await self.run(self.objects.put, lock, b"{}")
+            with trio.CancelScope(shield=True):     # not to land after the lock is dropped
+                await self.run(self.objects.put, lock, b"{}")
 
     # -- pull / hydrate ------------------------------------------------------------
     async def segment(self, key):
