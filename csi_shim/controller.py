@@ -5,6 +5,12 @@ name, compatible request) returns it, deleting what is gone succeeds. The
 shim keeps no state of its own: the daemon's volumes and snapshots are the
 truth (a CSI snapshot's name is kept in its `csi.rokfs.dev/name` label).
 
+Every snapshot id the shim hands out or accepts (`VOLUME@SNAP`, or
+`REMOTE:VOLUME@SNAP` for one on a remote store) is looked up the same way
+by GetSnapshot and ListSnapshots (`find_snapshot`); a member of a group
+snapshot (group_controller.py) is an ordinary snapshot that names its group
+in `group_snapshot_id`.
+
 StorageClass parameters (anything under `csi.storage.k8s.io/` is the
 sidecars' and ignored):
 - `chunkSize`: checked against the pool's chunk size (one per pool).
@@ -13,6 +19,7 @@ sidecars' and ignored):
 import grpc
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
+from rokfs import names
 from rokfs.errors import AlreadyExists, NotFound
 
 from . import capability, naming
@@ -23,8 +30,8 @@ from .locks import KeyLocks
 
 RPC = csi.ControllerServiceCapability.RPC
 CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
-                RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME,
-                RPC.EXPAND_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER)
+                RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT,
+                RPC.CLONE_VOLUME, RPC.EXPAND_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER)
 SNAPSHOT_NAME_LABEL = "csi.rokfs.dev/name"
 SIDECAR_PARAMETER_PREFIX = "csi.storage.k8s.io/"
 INT64_MAX = (1 << 63) - 1
@@ -192,7 +199,7 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
                 raise CsiError(grpc.StatusCode.ALREADY_EXISTS,
                                f"snapshot {csi_name!r} exists for volume {info['volume']!r}, "
                                f"not {volume!r}")
-        return csi.CreateSnapshotResponse(snapshot=_snapshot(info))
+        return csi.CreateSnapshotResponse(snapshot=snapshot_message(info))
 
     def _snapshot_named(self, csi_name):
         found = self.client.list_snapshots(labels={SNAPSHOT_NAME_LABEL: csi_name})
@@ -218,18 +225,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
     def ListSnapshots(self, request):
         snaps = self._filtered_snapshots(request.snapshot_id, request.source_volume_id)
         page, next_token = _page(snaps, request.max_entries, request.starting_token)
-        entries = [csi.ListSnapshotsResponse.Entry(snapshot=_snapshot(s)) for s in page]
+        entries = [csi.ListSnapshotsResponse.Entry(snapshot=snapshot_message(s)) for s in page]
         return csi.ListSnapshotsResponse(entries=entries, next_token=next_token)
 
     def _filtered_snapshots(self, snapshot_id, volume):
         if snapshot_id:
-            parsed = naming.split_snapshot_id(snapshot_id)
-            if parsed is None or parsed[0] is not None:
-                return []
-            try:
-                snaps = [self.client.snapshot_info(parsed[1])]
-            except NotFound:
-                return []
+            snaps = [s for s in [find_snapshot(self.client, snapshot_id)] if s is not None]
             return [s for s in snaps if not volume or s["volume"] == volume]
         if volume:
             if not naming.is_volume_id(volume):
@@ -239,6 +240,14 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
             except NotFound:
                 return []
         return self.client.list_snapshots()
+
+    @rpc
+    def GetSnapshot(self, request):
+        snapshot_id = require(request.snapshot_id, "snapshot_id")
+        info = find_snapshot(self.client, snapshot_id)
+        if info is None:
+            raise not_found(f"snapshot {snapshot_id!r} does not exist")
+        return csi.GetSnapshotResponse(snapshot=snapshot_message(info))
 
     # -- helpers ---------------------------------------------------------------------
     def _volume_or_none(self, name):
@@ -287,12 +296,41 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         return vol
 
 
-def _snapshot(info):
-    created = timestamp_pb2.Timestamp()
-    created.FromNanoseconds(int(info["created"] * 1e9))
-    return csi.Snapshot(snapshot_id=naming.snapshot_id(info["name"]),
+def find_snapshot(client, snapshot_id):
+    """The snapshot a CSI snapshot id names (a snapshot_info dict, plus
+    "remote" for one on a remote store), or None if there is none."""
+    parsed = naming.split_snapshot_id(snapshot_id)
+    if parsed is None:
+        return None
+    remote, full_name = parsed
+    try:
+        if remote is None:
+            return client.snapshot_info(full_name)
+        return _remote_snapshot(client, remote, full_name)
+    except NotFound:
+        return None
+
+
+def _remote_snapshot(client, remote, full_name):
+    found = [m for m in client.list_remote(remote=remote) if m["name"] == full_name]
+    if not found:
+        return None
+    volume, _ = names.split_snapshot(full_name)
+    return {**found[0], "volume": volume, "remote": remote}
+
+
+def snapshot_message(info):
+    """The CSI Snapshot for a snapshot_info dict (from find_snapshot or a list)."""
+    return csi.Snapshot(snapshot_id=naming.snapshot_id(info["name"], info.get("remote")),
                         source_volume_id=info["volume"], size_bytes=info["size"],
-                        creation_time=created, ready_to_use=True)
+                        creation_time=timestamp(info["created"]), ready_to_use=True,
+                        group_snapshot_id=info.get("group") or "")
+
+
+def timestamp(seconds):
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
 
 
 def _page(items, max_entries, token):

@@ -32,6 +32,7 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
         caps = [csi.PluginCapability(service=Service(type=Service.CONTROLLER_SERVICE)),
                 csi.PluginCapability(service=Service(
                     type=Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+                csi.PluginCapability(service=Service(type=Service.GROUP_CONTROLLER_SERVICE)),
                 # An attached export has the size it had at attach time, so a
                 # volume grows while it is not staged (NodeStage sees the size).
                 csi.PluginCapability(volume_expansion=Expansion(type=Expansion.OFFLINE))]

@@ -3,13 +3,15 @@
 CSI names are any string of up to 128 characters; rokfs names are
 `[a-z0-9][a-z0-9._-]{0,62}`. `rokfs_name` maps a CSI name to a rokfs name
 deterministically (a readable lowercase prefix plus a hash of the exact
-name), so a repeated CreateVolume/CreateSnapshot finds what the first one
-made, and two CSI names never share a rokfs name.
+name), so a repeated CreateVolume/CreateSnapshot/CreateVolumeGroupSnapshot
+finds what the first one made, and two CSI names never share a rokfs name.
 
 Ids handed back to the CO:
 - volume id   = the rokfs volume name;
 - snapshot id = `VOLUME@SNAP` for a local snapshot, or `REMOTE:VOLUME@SNAP`
-  for a snapshot on a remote store (restored with a lazy pull).
+  for a snapshot on a remote store (restored with a lazy pull);
+- group snapshot id = the rokfs group name GROUP (same rule as a volume
+  name); its members are the snapshots `VOLUME@GROUP`.
 """
 
 import hashlib
@@ -27,7 +29,7 @@ _REMOTE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def rokfs_name(csi_name):
-    """The rokfs volume/snapshot name for a CSI name (deterministic)."""
+    """The rokfs volume/snapshot/group name for a CSI name (deterministic)."""
     if not csi_name:
         raise invalid("name is required")
     if len(csi_name) > MAX_CSI_NAME:
@@ -43,6 +45,10 @@ def is_volume_id(volume_id):
         return True
     except Exception:  # noqa: BLE001 - any refusal means "not one of ours"
         return False
+
+
+def is_group_snapshot_id(group_snapshot_id):
+    return is_volume_id(group_snapshot_id)          # group names follow the volume rule
 
 
 def split_snapshot_id(snapshot_id):

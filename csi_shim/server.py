@@ -24,6 +24,7 @@ from rokfs.errors import RokfsError
 
 from . import attach, csi_pb2_grpc
 from .controller import ControllerServicer
+from .group_controller import GroupControllerServicer
 from .identity import IdentityServicer
 from .node import NodeServicer
 
@@ -75,6 +76,7 @@ def make_server(client, args):
     csi_pb2_grpc.add_ControllerServicer_to_server(
         ControllerServicer(client, args.node_id, args.topology_key, args.expand_on_node),
         server)
+    csi_pb2_grpc.add_GroupControllerServicer_to_server(GroupControllerServicer(client), server)
     csi_pb2_grpc.add_NodeServicer_to_server(
         NodeServicer(client, attacher, args.node_id, args.topology_key, args.max_volumes),
         server)

@@ -38,7 +38,7 @@ def stop(proc):
 
 
 class Driver:
-    """A rokfs daemon plus rokfs-csi, with stubs for the three services."""
+    """A rokfs daemon plus rokfs-csi, with stubs for its four services."""
 
     def __init__(self, root):
         self.root = root
@@ -62,6 +62,7 @@ class Driver:
         self.channel = grpc.insecure_channel(f"unix://{self.endpoint}")
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)
+        self.groups = csi_pb2_grpc.GroupControllerStub(self.channel)
         self.node = csi_pb2_grpc.NodeStub(self.channel)
 
     def close(self):
@@ -104,6 +105,10 @@ class Driver:
     def snapshot(self, vol_id, name):
         return self.controller.CreateSnapshot(csi.CreateSnapshotRequest(
             source_volume_id=vol_id, name=name)).snapshot
+
+    def group_snapshot(self, name, vol_ids, **kw):
+        return self.groups.CreateVolumeGroupSnapshot(csi.CreateVolumeGroupSnapshotRequest(
+            name=name, source_volume_ids=vol_ids, **kw)).group_snapshot
 
     def leftovers(self, vol_id):
         """Everything of `vol_id`'s attachment still on the node."""

@@ -38,7 +38,8 @@ def test_identity(driver):
     caps = driver.identity.GetPluginCapabilities(csi.GetPluginCapabilitiesRequest())
     services = {c.service.type for c in caps.capabilities if c.HasField("service")}
     assert services == {csi.PluginCapability.Service.CONTROLLER_SERVICE,
-                        csi.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS}
+                        csi.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS,
+                        csi.PluginCapability.Service.GROUP_CONTROLLER_SERVICE}
     assert driver.identity.Probe(csi.ProbeRequest()).ready.value is True
 
 

@@ -60,6 +60,7 @@ def test_kustomization_lists_every_manifest():
 def test_expected_objects(objects):
     for kind, name in [("CSIDriver", DRIVER_NAME), ("DaemonSet", "rokfs-node"),
                        ("StorageClass", "rokfs"), ("VolumeSnapshotClass", "rokfs"),
+                       ("VolumeGroupSnapshotClass", "rokfs"),
                        ("ServiceAccount", "rokfs-csi"), ("Namespace", "rokfs-system"),
                        ("ClusterRole", "rokfs-csi-provisioner"),
                        ("ClusterRole", "rokfs-csi-snapshotter"),
@@ -70,6 +71,7 @@ def test_expected_objects(objects):
 def test_one_driver_name_everywhere(objects, node):
     assert objects[("StorageClass", "rokfs")]["provisioner"] == DRIVER_NAME
     assert objects[("VolumeSnapshotClass", "rokfs")]["driver"] == DRIVER_NAME
+    assert objects[("VolumeGroupSnapshotClass", "rokfs")]["driver"] == DRIVER_NAME
     registrar = containers(node)["node-driver-registrar"]
     assert flag(registrar, "kubelet-registration-path") == \
         f"/var/lib/kubelet/plugins/{DRIVER_NAME}/csi.sock"
@@ -130,13 +132,29 @@ def test_rbac_covers_the_sidecars(objects, node):
     assert {"rokfs-csi-provisioner", "rokfs-csi-snapshotter", "rokfs-csi-resizer",
             "rokfs-csi-leader-election"} <= bound
 
-    def allows(role, resource, verb):
+    def allows(role, resource, verb, group=None):
         return any(resource in r["resources"] and verb in r["verbs"]
+                   and (group is None or group in r["apiGroups"])
                    for r in objects[role]["rules"])
     assert allows(("ClusterRole", "rokfs-csi-provisioner"), "persistentvolumes", "create")
     assert allows(("ClusterRole", "rokfs-csi-snapshotter"), "volumesnapshotcontents", "update")
+    snapshotter, groups = ("ClusterRole", "rokfs-csi-snapshotter"), "groupsnapshot.storage.k8s.io"
+    assert allows(snapshotter, "volumegroupsnapshotclasses", "watch", groups)
+    assert allows(snapshotter, "volumegroupsnapshotcontents", "update", groups)
+    assert allows(snapshotter, "volumegroupsnapshotcontents/status", "patch", groups)
     assert allows(("ClusterRole", "rokfs-csi-resizer"), "persistentvolumeclaims/status", "patch")
     assert allows(("Role", "rokfs-csi-leader-election"), "leases", "create")
+
+
+def test_group_snapshots_reach_the_group_controller(node, objects):
+    """The snapshotter calls CreateVolumeGroupSnapshot only with its gate on,
+    and the class's API version is one the pinned snapshotter (v8.x) serves."""
+    snapshotter = containers(node)["csi-snapshotter"]
+    gates = dict(g.split("=") for g in flag(snapshotter, "feature-gates").split(","))
+    assert gates["CSIVolumeGroupSnapshot"] == "true"
+    assert snapshotter["image"].rsplit(":", 1)[1].startswith("v8.")
+    group_class = objects[("VolumeGroupSnapshotClass", "rokfs")]
+    assert group_class["apiVersion"] == "groupsnapshot.storage.k8s.io/v1beta1"
 
 
 def test_images_are_pinned(node):

@@ -33,3 +33,11 @@ def test_snapshot_ids():
     assert naming.snapshot_id("vol@snap", "s3-eu") == "s3-eu:vol@snap"
     for bad in ("vol", "Vol@snap", "a@b@c", ":vol@snap", "bad remote:vol@snap", ""):
         assert naming.split_snapshot_id(bad) is None, bad
+
+
+def test_group_snapshot_ids_follow_the_volume_rule():
+    group = naming.rokfs_name("VolumeGroupSnapshot/Nightly")
+    assert naming.is_group_snapshot_id(group)
+    assert naming.split_snapshot_id(f"data@{group}") == (None, f"data@{group}")   # a member
+    for bad in ("", "Not A Group!", "a@b", "x" * 64):
+        assert not naming.is_group_snapshot_id(bad), bad
