@@ -218,17 +218,51 @@ def decode_segment(data, key):
              "packs must be an array of distinct pack keys", packs)
     _require(isinstance(chunks, list) and 1 <= len(chunks) <= MAX_SEGMENT_CHUNKS, key,
              f"chunks must be an array of 1 to {MAX_SEGMENT_CHUNKS} entries", chunks)
-    for i, entry in enumerate(chunks):
-        if entry is not None and not _is_segment_entry(entry, len(packs)):
-            _fail(key, f"chunks[{i}] must be null or [hash, pack number below {len(packs)}, "
-                       f"offset, length], not {_describe(entry)}")
+    columns = _segment_columns(len(packs))
+    if not _are_rows([e for e in chunks if e is not None], columns):
+        _fail(key, _first_bad_entry(chunks, columns))
     return segment
 
 
-def _is_segment_entry(entry, npacks):
-    return (type(entry) is list and len(entry) == 4 and _is_hash(entry[0])
-            and _is_int(entry[1], 0, npacks - 1) and _is_int(entry[2], PACK_PREFIX, MAX_OBJECT)
-            and _is_int(entry[3], 1, MAX_FRAME))
+def _segment_columns(npacks):
+    """(field, rule, check of a column) of each field of a segment's chunk entry."""
+    return (("hash", "64 lowercase hex digits", _are_hashes),
+            ("pack number", f"an integer below {npacks}", lambda v: _are_ints(v, 0, npacks - 1)),
+            ("offset", f"an integer from {PACK_PREFIX}",
+             lambda v: _are_ints(v, PACK_PREFIX, MAX_OBJECT)),
+            ("length", f"an integer from 1 to {MAX_FRAME}", lambda v: _are_ints(v, 1, MAX_FRAME)))
+
+
+def _are_rows(rows, columns):
+    """Are all `rows` arrays whose fields pass `columns`? Checked a column
+    at a time: a segment has 16384 rows."""
+    if not rows:
+        return True
+    if not set(map(type, rows)) <= {list} or not set(map(len, rows)) <= {len(columns)}:
+        return False
+    return all(check(values) for (*_, check), values in zip(columns, zip(*rows)))
+
+
+def _first_bad_entry(chunks, columns):
+    """What is wrong with the first entry of `chunks` that is not null and
+    fails `columns`."""
+    i, entry = next((i, e) for i, e in enumerate(chunks)
+                    if e is not None and not _are_rows([e], columns))
+    if type(entry) is not list or len(entry) != len(columns):
+        return (f"chunks[{i}] must be null or [{', '.join(field for field, *_ in columns)}], "
+                f"not {_describe(entry)}")
+    field, rule, value = next((field, rule, v) for (field, rule, check), v
+                              in zip(columns, entry) if not check([v]))
+    return f"chunks[{i}]: the {field} must be {rule}, not {_describe(value)}"
+
+
+def _are_hashes(values):
+    return (set(map(type, values)) <= {str} and set(map(len, values)) <= {64}
+            and not "".join(values).encode().translate(None, b"0123456789abcdef"))
+
+
+def _are_ints(values, lo, hi):
+    return set(map(type, values)) <= {int} and lo <= min(values) and max(values) <= hi
 
 
 def check_segment_fits(segment, key, manifest, seg_no):
