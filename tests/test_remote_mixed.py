@@ -29,6 +29,14 @@ def all_keys(remote):
     return sorted(o.key for o in remote.objects.list(""))
 
 
+async def assert_pulls_whole(tmp_path, remote, name, data):
+    """A fresh pool pulls `name`, hydrates it and reads `data`."""
+    c = make_control(tmp_path / f"pulled-{name}", remote)
+    await c.pull(name, "r")
+    await hydrate_all(c, "r")
+    assert await read_volume(c, "r") == data
+
+
 async def two_snapshots(tmp_path, remote):
     """A pool that pushed good@s and other@s (4 chunks each): (control, data)."""
     a = make_control(tmp_path / "a", remote)
@@ -62,9 +70,7 @@ async def test_gc_deletes_nothing_while_a_manifest_does_not_read(tmp_path, remot
     assert all_keys(remote) == before
     await a.delete_remote("bad@s")
     assert (await a.gc_remote(grace_seconds=0))["deleted_objects"] > 0
-    b = make_control(tmp_path / "b", remote)
-    await b.pull("good@s", "r")
-    assert await read_volume(b, "r") == data
+    await assert_pulls_whole(tmp_path, remote, "good@s", data)
 
 
 async def test_gc_deletes_nothing_while_a_segment_does_not_read(tmp_path, remote_spec):
@@ -97,9 +103,7 @@ async def test_pull_refuses_a_manifest_that_does_not_read_and_creates_nothing(
         with pytest.raises(errors.Corrupt, match="manifests/bad@s"):
             await b.pull("bad@s", "r")
         assert b.pool.list_volumes() == [], label
-    await b.pull("good@s", "r")
-    await hydrate_all(b, "r")
-    assert await read_volume(b, "r") == data
+    await assert_pulls_whole(tmp_path, remote, "good@s", data)
 
 
 async def test_push_leaves_a_corrupt_pack_out_and_uploads_its_chunks_again(
@@ -113,9 +117,7 @@ async def test_push_leaves_a_corrupt_pack_out_and_uploads_its_chunks_again(
     pushed = await push_new_volume(c, "copy@s", data)
     assert [pack in text for text in pushed["corrupt_objects"]] == [True]
     assert pushed["uploaded_chunks"] == len(segment["chunks"])       # up again, elsewhere
-    b = make_control(tmp_path / "b", remote)
-    await b.pull("copy@s", "r")
-    assert await read_volume(b, "r") == data
+    await assert_pulls_whole(tmp_path, remote, "copy@s", data)
 
 
 async def test_push_never_overwrites_a_manifest_that_does_not_read(tmp_path, remote_spec):
@@ -152,10 +154,7 @@ async def test_format_1_manifests_are_read_and_sealed_by_the_next_push(tmp_path,
     old = {**remote.chunks.get_manifest("good@s"), "format": 1}
     remote.objects.put("manifests/good@s", json.dumps(old, indent=1, sort_keys=True).encode())
     assert [m["name"] for m in await a.list_remote()] == ["good@s", "other@s"]
-    b = make_control(tmp_path / "b", remote)
-    await b.pull("good@s", "r")
-    await hydrate_all(b, "r")
-    assert await read_volume(b, "r") == data
+    await assert_pulls_whole(tmp_path, remote, "good@s", data)
     assert (await a.gc_remote(grace_seconds=0))["deleted_objects"] == 0
     assert (await a.push("good@s"))["manifest_written"]              # sealed now
     assert remote.objects.get("manifests/good@s").startswith(b'{"format":2,"hash":')
