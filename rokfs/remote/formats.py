@@ -136,8 +136,10 @@ def _json(data, key, what):
 
 def encode_pack(items):
     """items: [(hash, frame)] -> (key, body, entries). The header names every
-    chunk by hash and place and its hash is the key; the body is a bytearray
-    made with one copy of the frames (boto3 sends it as it is)."""
+    chunk by hash and place, and its hash is the key. The body is a
+    bytearray, made with one copy of the frames: boto3 sends it as it is (a
+    bytes body would be wrapped in a BytesIO and read back in 1 MiB copies
+    for its checksum, and sent after a 100-continue round trip)."""
     header_len = 0
     while True:
         offset = PACK_PREFIX + header_len
