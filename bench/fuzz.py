@@ -152,6 +152,10 @@ def main(argv=None):
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         p.error(f"unknown target(s) {', '.join(unknown)}; --list shows them")
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        p.error("atheris is not installed: pip install atheris (rokfs's dev extras have it)")
     outcomes = []
     for name in names:
         outcomes.append(fuzz(name, args.seconds, args.keep))
