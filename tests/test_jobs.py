@@ -155,7 +155,7 @@ async def test_finished_jobs_are_kept_up_to_a_limit():
 def chunks_in_packs(remote):
     """Every chunk hash stored on the remote, once per pack holding it."""
     return [h for o in remote.objects.list("packs/") for h, _, _ in
-            remote.chunks.pack_entries(o.key)]
+            remote.chunks.pack_entries(o.key, o.size)]
 
 
 def chunks_of(remote, snapshot):

@@ -1,52 +1,56 @@
 """The chunk store: deduplicated, compressed, content-addressed chunks in packs,
 and snapshot manifests, over any ObjectStore.
 
-Layout under the store:
+Layout under the store (the bytes of each object: formats.py):
   packs/<blake3 of its header> "RKPK1\\n" + 4-byte header length + JSON header
                                {"chunks": [[hash, offset, length], ...]} + lz4 frames
   segments/<blake3>            JSON {"packs": [...], "chunks": [null | [hash, pack#,
                                offset, length], ...]} for SEGMENT_CHUNKS chunks in order
-  manifests/<VOL@SNAP>         JSON: format, name, size, chunk_size, labels, parent,
-                               created, segments (keys), segment_chunks, chunks
+  manifests/<VOL@SNAP>         a head line {"format": 2, "hash": blake3 of the body},
+                               then the body, JSON: format, name, size, chunk_size,
+                               labels, parent, created, segments (keys), segment_chunks,
+                               chunks
   locks/push-<id>, locks/gc-<id>   liveness markers (see gc)
 
 Invariants:
 - A chunk's hash is blake3 of its uncompressed bytes; every chunk read is
-  decompressed and checked against it before anyone sees it (Corrupt).
+  decompressed (to at most one chunk's size) and checked against it before
+  anyone sees it (Corrupt).
+- Every pack header, segment and manifest read goes through a decoder of
+  formats.py: what comes back holds that module's invariants, anything
+  else is Corrupt naming the key.
 - All-zero chunks are never stored (null in the segment).
 - Objects are immutable once written; a manifest is written after every
   pack and segment it names, so a visible manifest is always complete.
 - GC deletes a pack or segment only if no manifest references it, it is
-  older than the grace period, and no push holds a fresh lock. A push
-  writes its lock and then looks for GC locks; GC writes its lock and then
-  looks for push locks: on a consistent store at least one sees the other.
+  older than the grace period, and no push holds a fresh lock; and nothing
+  at all unless every manifest and every segment they name reads well. A
+  push writes its lock and then looks for GC locks; GC writes its lock and
+  then looks for push locks: on a consistent store at least one sees the
+  other.
 """
 
 import functools
 import json
+import logging
 import os
-import struct
 import threading
 import time
 import uuid
 
-import blake3
 import lz4.frame
 
-from .. import names
 from ..errors import AlreadyExists, Busy, Corrupt, InvalidArgument, NotFound
+from .formats import (FORMAT, UNVERIFIED_FORMAT, chunk_hash, decode_manifest,
+                      decode_pack_header, decode_segment, encode_manifest, encode_pack,
+                      encode_segment, manifest_key)
 
-FORMAT = 1
-PACK_MAGIC = b"RKPK1\n"
+log = logging.getLogger("rokfs.remote")
+
 SEGMENT_CHUNKS = 16384
 PACK_CHUNKS = 128              # 4 MiB packs at 32 KiB chunks
 PACK_BYTES = 8 << 20           # cap for big chunk sizes; 64 KiB chunks fill by count
-HEADER_PROBE = 16384            # one ranged GET holds the header of a full pack (~10.6 KB)
 CLOCK_SLACK = 1.0   # S3's LastModified has whole seconds: a lock is stale only after grace + this
-
-
-def chunk_hash(data):
-    return blake3.blake3(data).hexdigest()
 
 
 def is_zero(data):
@@ -62,21 +66,25 @@ def compress(data):
 _per_thread = threading.local()
 
 
-def decompress(frame):
-    """The content of one lz4 frame, as a bytearray (ValueError if the frame
-    is cut short). Each thread reuses one decompression context: a new one
-    per call mmaps and unmaps its buffers in glibc, ~25 us per 32 KiB chunk
-    against ~1.4 us reused."""
+def decompress(frame, limit):
+    """The content of one lz4 frame, as a bytearray; ValueError if the frame
+    is cut short or holds more than `limit` bytes (it is never decoded
+    further than that). Each thread reuses one decompression context: a
+    new one per call mmaps and unmaps its buffers in glibc, ~25 us per
+    32 KiB chunk against ~1.4 us reused."""
     context = getattr(_per_thread, "lz4", None)
     if context is None:
         context = _per_thread.lz4 = lz4.frame.LZ4FrameDecompressor(return_bytearray=True)
     try:
-        data = context.decompress(frame)
+        data = context.decompress(frame, max_length=limit)
         if not context.eof:
-            raise ValueError("frame incomplete")
+            raise ValueError(f"not one whole frame of at most {limit} bytes")
         return data
     finally:
         context.reset()
+
+
+END_MARK = b"\0\0\0\0"       # an lz4 frame's last block size: zero
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,7 +96,7 @@ def _stored_prefix(size):
     frame = compress(data)
     prefix = frame[:-size - 4]
     stored = 7 <= len(prefix) <= 23 and frame[len(prefix):-4] == data \
-        and frame.endswith(b"\0\0\0\0")
+        and frame.endswith(END_MARK)
     return prefix if stored else None
 
 
@@ -98,7 +106,8 @@ def stored_content(frame, size):
     with no copy; None for any other frame (decompress it)."""
     prefix = _stored_prefix(size)
     view = memoryview(frame)
-    if prefix is None or len(view) != len(prefix) + size + 4 or view[:len(prefix)] != prefix:
+    if prefix is None or len(view) != len(prefix) + size + 4 or view[:len(prefix)] != prefix \
+            or view[-4:] != END_MARK:
         return None
     return view[len(prefix):len(prefix) + size]
 
@@ -109,53 +118,12 @@ def open_chunk(frame, want_hash, chunk_size):
     data = stored_content(frame, chunk_size)
     try:
         if data is None:
-            data = decompress(frame)
+            data = decompress(frame, chunk_size)
     except Exception as exc:
         raise Corrupt(f"chunk {want_hash[:16]}: bad lz4 frame ({exc})") from None
     if len(data) != chunk_size or chunk_hash(data) != want_hash:
         raise Corrupt(f"chunk {want_hash[:16]}: content does not match its hash")
     return data
-
-
-def build_pack(items):
-    """items: [(hash, frame)] -> (key, body, [(hash, offset, length)]). The
-    body is a bytearray, made with one copy of the frames: boto3 sends it as
-    it is (a bytes body would be wrapped in a BytesIO and read back in 1 MiB
-    copies for its checksum, and sent after a 100-continue round trip)."""
-    header_len = 0
-    while True:
-        offset = len(PACK_MAGIC) + 4 + header_len
-        entries = []
-        for h, frame in items:
-            entries.append([h, offset, len(frame)])
-            offset += len(frame)
-        header = json.dumps({"chunks": entries}, separators=(",", ":")).encode()
-        if len(header) == header_len:
-            break
-        header_len = len(header)
-    body = bytearray().join([PACK_MAGIC, struct.pack(">I", len(header)), header,
-                             *(frame for _, frame in items)])
-    # the header names every chunk by hash and place: it identifies the pack
-    return "packs/" + chunk_hash(header), body, entries
-
-
-def parse_pack_header(prefix, fetch_more):
-    """Entries of a pack from its first bytes; fetch_more(n) reads the first n."""
-    if prefix[:len(PACK_MAGIC)] != PACK_MAGIC:
-        raise Corrupt("pack object without the pack magic")
-    (n,) = struct.unpack(">I", prefix[len(PACK_MAGIC):len(PACK_MAGIC) + 4])
-    need = len(PACK_MAGIC) + 4 + n
-    if len(prefix) < need:
-        prefix = fetch_more(need)
-    try:
-        return json.loads(prefix[len(PACK_MAGIC) + 4:need])["chunks"]
-    except (ValueError, KeyError) as exc:
-        raise Corrupt(f"pack header unreadable: {exc}") from None
-
-
-def manifest_key(name):
-    names.split_snapshot(name)
-    return "manifests/" + name
 
 
 class ChunkStore:
@@ -164,16 +132,17 @@ class ChunkStore:
     def __init__(self, objects):
         self.objects = objects
         self.url = objects.url
+        self._warned_unverified = set()
 
     # -- packs ----------------------------------------------------------------
     def put_pack(self, items):
-        key, body, entries = build_pack(items)
+        key, body, entries = encode_pack(items)
         self.objects.put(key, body)
         return key, len(body), entries
 
-    def pack_entries(self, key):
-        first = self.objects.get(key, 0, HEADER_PROBE)
-        return parse_pack_header(first, lambda n: self.objects.get(key, 0, n))
+    def pack_entries(self, key, size):
+        """The entries of pack `key`, `size` bytes long (as listed)."""
+        return decode_pack_header(key, size, lambda start, end: self.objects.get(key, start, end))
 
     def read_range(self, key, start, end):
         data = self.objects.get(key, start, end)
@@ -183,47 +152,59 @@ class ChunkStore:
 
     # -- segments and manifests -------------------------------------------------
     def put_segment(self, segment):
-        body = json.dumps(segment, separators=(",", ":")).encode()
-        key = "segments/" + chunk_hash(body)
+        key, body = encode_segment(segment)
         if self.objects.exists(key):
             return key, 0
         self.objects.put(key, body)
         return key, len(body)
 
     def get_segment(self, key):
-        body = self.objects.get(key)
-        if "segments/" + chunk_hash(body) != key:
-            raise Corrupt(f"{key}: content does not match its hash")
-        return json.loads(body)
+        return decode_segment(self.objects.get(key), key)
 
     def put_manifest(self, manifest):
-        body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        body = encode_manifest(manifest)
         self.objects.put(manifest_key(manifest["name"]), body)
         return len(body)
 
     def get_manifest(self, name):
+        return self.read_manifest(manifest_key(name))
+
+    def read_manifest(self, key):
+        """The manifest stored as `key` (Corrupt if it does not read well)."""
         try:
-            manifest = json.loads(self.objects.get(manifest_key(name)))
+            data = self.objects.get(key)
         except NotFound:
-            raise NotFound(f"no snapshot {name!r} on {self.url}") from None
-        except ValueError as exc:
-            raise Corrupt(f"manifest {name}: not JSON ({exc})") from None
-        if manifest.get("format") != FORMAT:
-            raise Corrupt(f"manifest {name} has format {manifest.get('format')}, "
-                          f"this rokfs reads format {FORMAT}")
+            raise NotFound(f"no snapshot {key[len('manifests/'):]!r} on {self.url}") from None
+        manifest = decode_manifest(data, key)
+        if manifest["format"] == UNVERIFIED_FORMAT and key not in self._warned_unverified:
+            self._warned_unverified.add(key)
+            log.warning("event=manifest_unverified remote=%s key=%s reason=\"format 1, written "
+                        "by an older rokfs, carries no hash; push it again to seal it\"",
+                        self.url, key)
         return manifest
+
+    def survey_manifests(self):
+        """([manifests that read well], {key: Corrupt} of those that do not)."""
+        good, bad = [], {}
+        for obj in self.objects.list("manifests/"):
+            try:
+                good.append(self.read_manifest(obj.key))
+            except NotFound:
+                continue                # deleted since the listing
+            except Corrupt as exc:
+                bad[obj.key] = exc
+        return good, bad
+
+    def list_manifests(self):
+        """The manifests that read well; each one that does not is logged."""
+        good, bad = self.survey_manifests()
+        for key, exc in bad.items():
+            log.warning("event=remote_object_corrupt remote=%s key=%s error=\"%s\"",
+                        self.url, key, exc)
+        return good
 
     def manifest_names(self):
         return [o.key[len("manifests/"):] for o in self.objects.list("manifests/")]
-
-    def list_manifests(self):
-        out = []
-        for name in self.manifest_names():
-            try:
-                out.append(self.get_manifest(name))
-            except NotFound:
-                continue
-        return out
 
     def delete_manifest(self, name):
         key = manifest_key(name)
@@ -257,12 +238,26 @@ class ChunkStore:
             self.drop_lock(lock)
 
     def _mark(self):
+        """Every segment and pack a manifest references; Corrupt (and so
+        nothing deleted) unless every manifest and segment reads well."""
+        manifests, bad = self.survey_manifests()
+        if bad:
+            raise Corrupt(f"gc of {self.url} deletes nothing while a manifest does not read: "
+                          + "; ".join(map(str, bad.values())))
         live = set()
-        for manifest in self.list_manifests():
+        for manifest in manifests:
             for key in manifest["segments"]:
-                live.add(key)
-                live.update(self.get_segment(key)["packs"])
+                if key not in live:
+                    live.add(key)
+                    live.update(self._segment_for_gc(key, manifest["name"])["packs"])
         return live
+
+    def _segment_for_gc(self, key, name):
+        try:
+            return self.get_segment(key)
+        except (NotFound, Corrupt) as exc:
+            raise Corrupt(f"gc of {self.url} deletes nothing while a segment of {name} does "
+                          f"not read: {exc}") from None
 
     def _sweep(self, live, grace):
         now = time.time()
@@ -292,4 +287,4 @@ def new_manifest(name, size, chunk_size, labels, parent, segments, nchunks):
             "segments": segments, "segment_chunks": SEGMENT_CHUNKS, "chunks": nchunks}
 
 
-__all__ = ["ChunkStore", "AlreadyExists"]
+__all__ = ["ChunkStore", "AlreadyExists", "chunk_hash"]

@@ -7,6 +7,9 @@ Invariants:
 - Every operation that can fail transiently runs under `retry`: jittered
   exponential backoff until a deadline, then RemoteError (errno EIO).
   A missing key is NotFound, never retried.
+- A ranged get returns the bytes the object has in that range, so fewer
+  than asked (none at all past its end) when it is shorter: both backends
+  alike, and the caller judges (chunks.py: Corrupt).
 - These classes are blocking: callers run them in worker threads.
 """
 
@@ -201,8 +204,11 @@ class S3Store(ObjectStore):
         try:
             return retry(once, deadline=self.deadline, what=f"GET {key} {self.url}")
         except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
                 raise NotFound(f"no object {key!r} in {self.url}") from None
+            if code == "InvalidRange":        # the range starts past the object's end
+                return b""
             raise RemoteError(f"GET {key} {self.url}: {exc}") from exc
 
     def exists(self, key):

@@ -18,12 +18,17 @@ Invariants:
   a step of its own, so the caller decides where the push commits.
 - The slot hashes it learns are cached through the engine and committed
   with the next commit.
+- A manifest already there under the snapshot's name is kept if it has the
+  same content and is sealed (format 2); one of format 1 with the same
+  content is rewritten sealed; one with other content, or one that does not
+  read (Corrupt), is never overwritten: the push fails and says so.
 """
 
 import trio
 
 from .chunks import PACK_BYTES, PACK_CHUNKS, SEGMENT_CHUNKS, chunk_hash, compress, new_manifest
-from ..errors import AlreadyExists, NotFound, RemoteError, single_errors
+from .formats import FORMAT
+from ..errors import AlreadyExists, Corrupt, NotFound, RemoteError, single_errors
 
 HASH_BATCH = 256               # chunks hashed per worker-thread hop
 SAVE_PACKS = 64                # uploaded packs recorded in remote.db per transaction
@@ -168,23 +173,32 @@ class PushJob:
                 old.append(await self.remote.run(chunks.get_manifest, snap.full_name))
             except NotFound:
                 pass
+            except Corrupt as exc:
+                raise Corrupt(f"{exc}; it is left as it is: delete it there first "
+                              f"(rokfs remote rm {snap.full_name}) and push again") from None
 
         async with single_errors():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(get_old)
                 for i, first in enumerate(firsts):
                     nursery.start_soon(put_segment, i, first)
-        if old:
-            if old[0]["segments"] == segments and old[0]["size"] == snap.size:
-                return None     # already pushed: nothing to write
-            raise AlreadyExists(f"{snap.full_name} already exists on {self.remote.url} "
-                                "with other content; delete it there first")
+        if old and self._already_there(old[0], segments):
+            return None     # already pushed, and sealed: nothing to write
         parent = self.state.base(snap.base)["name"] if snap.base else None
         return new_manifest(snap.full_name, snap.size, self.cs, snap.labels, parent,
                             segments, snap.nchunks)
 
     async def put_manifest(self, manifest):
         self.uploaded_bytes += await self.remote.run(self.remote.chunks.put_manifest, manifest)
+
+    def _already_there(self, old, segments):
+        """True if `old`, the manifest under the snapshot's name, is this
+        snapshot's and sealed; False if it is this snapshot's of format 1
+        (to be rewritten sealed); AlreadyExists if it holds other content."""
+        if old["segments"] != segments or old["size"] != self.snap.size:
+            raise AlreadyExists(f"{self.snap.full_name} already exists on {self.remote.url} "
+                                "with other content; delete it there first")
+        return old["format"] == FORMAT
 
     def _segment(self, hashes):
         packs, pack_no, chunks = [], {}, []

@@ -8,12 +8,20 @@ Invariants:
   the start of every push, so a pack deleted by GC is never trusted. Rows
   are written many packs per transaction (one fsync each): a row lost in a
   crash costs one header GET at the next push, never a wrong dedup.
+- Every `packs` row holds entries of a header that passed
+  formats.decode_pack_header: rows cached by a rokfs that did not check
+  headers are dropped once, when remote.db is first opened by one that
+  does (PRAGMA user_version CHECKED_PACKS).
+- A base's manifest is checked (formats.check_manifest) when it is loaded,
+  so a base recorded from a manifest no rokfs should have accepted is
+  Corrupt, not a crash later.
 """
 
 import json
 import os
 import sqlite3
 
+from .formats import check_manifest
 from ..transactions import transaction
 
 SCHEMA = """
@@ -22,6 +30,7 @@ CREATE TABLE IF NOT EXISTS bases (id INTEGER PRIMARY KEY, remote TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS packs (remote TEXT NOT NULL, key TEXT NOT NULL,
     entries TEXT NOT NULL, PRIMARY KEY (remote, key));
 """
+CHECKED_PACKS = 1       # user_version from which every packs row was checked
 
 
 class LocalState:
@@ -31,7 +40,14 @@ class LocalState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._drop_unchecked_packs()
         self._bases = {}
+
+    def _drop_unchecked_packs(self):
+        if self.db.execute("PRAGMA user_version").fetchone()[0] < CHECKED_PACKS:
+            with transaction(self.db):
+                self.db.execute("DELETE FROM packs")
+                self.db.execute(f"PRAGMA user_version = {CHECKED_PACKS}")
 
     def close(self):
         self.db.close()
@@ -49,7 +65,8 @@ class LocalState:
             if row is None:
                 from ..errors import Corrupt
                 raise Corrupt(f"base {base_id} is missing from remote.db")
-            hit = {"remote": json.loads(row[0]), "name": row[1], "manifest": json.loads(row[2])}
+            manifest = check_manifest(json.loads(row[2]), f"base {base_id} in remote.db", row[1])
+            hit = {"remote": json.loads(row[0]), "name": row[1], "manifest": manifest}
             self._bases[base_id] = hit
         return hit
 

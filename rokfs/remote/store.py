@@ -17,19 +17,28 @@ Invariants:
   PUT, once started, is shielded from cancellation, and so are the PUTs of
   the push's lock and its DELETE, so a cancelled push neither half-commits
   nor leaves its lock behind to block GC.
+- A segment is used only once it has been checked to hold as many chunks
+  as its place in the manifest says (so every chunk below the manifest's
+  count has an entry).
+- The chunk index holds only packs whose header read well; a pack whose
+  header does not is reported and left out (its chunks go up again).
 """
 
 import copy
 import functools
 import itertools
+import logging
 import time
 
 import trio
 
-from .chunks import SEGMENT_CHUNKS, ChunkStore, open_chunk
+from .chunks import ChunkStore, open_chunk
+from .formats import check_segment_fits
 from .objects import open_object_store, parse_url
 from .push import PushJob
 from ..errors import Corrupt, RemoteError, RokfsError, single_errors
+
+log = logging.getLogger("rokfs.remote")
 
 DEFAULT_CONCURRENCY = 8
 READAHEAD = 15                 # cold neighbours fetched along with a read
@@ -65,23 +74,31 @@ class RemoteStore:
 
     # -- chunk index --------------------------------------------------------------
     async def load_index(self, state):
-        """Index every pack on the remote: cached headers, fetched for new packs."""
-        listed = {o.key for o in await self.run(self.objects.list, "packs/")}
+        """Index every pack on the remote: cached headers, fetched for new
+        packs. Returns {key: Corrupt} of the packs whose header does not
+        read (left out of the index and of the cache)."""
+        listed = {o.key: o.size for o in await self.run(self.objects.list, "packs/")}
         cached = state.packs(self.url)
         state.forget_packs(self.url, [k for k in cached if k not in listed])
-        new = {}
+        new, corrupt = {}, {}
         async with single_errors():
             async with trio.open_nursery() as nursery:
-                for key in sorted(listed - set(cached)):
-                    nursery.start_soon(self._fetch_header, key, new)
+                for key in sorted(listed.keys() - cached.keys()):
+                    nursery.start_soon(self._fetch_header, key, listed[key], new, corrupt)
         state.add_packs(self.url, new)
         self.index = {}
         for key, entries in {**{k: v for k, v in cached.items() if k in listed}, **new}.items():
             for h, offset, length in entries:
                 self.index[h] = (key, offset, length)
+        return corrupt
 
-    async def _fetch_header(self, key, out):
-        out[key] = await self.run(self.chunks.pack_entries, key)
+    async def _fetch_header(self, key, size, out, corrupt):
+        try:
+            out[key] = await self.run(self.chunks.pack_entries, key, size)
+        except Corrupt as exc:
+            log.warning("event=remote_object_corrupt remote=%s key=%s error=\"%s\"",
+                        self.url, key, exc)
+            corrupt[key] = exc
 
     # -- push ---------------------------------------------------------------------
     async def push(self, pool, state, snap, *, progress=None, grace=3600, base_entry=None):
@@ -90,7 +107,7 @@ class RemoteStore:
             lock = await self.run(self.chunks.take_lock, "push", grace)
         try:
             job = PushJob(self, pool, state, snap, progress, base_entry)
-            manifest = await self._upload(job, state, lock, grace)
+            manifest, corrupt = await self._upload(job, state, lock, grace)
             with trio.CancelScope(shield=True):     # the commit point: one PUT
                 if manifest is not None:
                     await job.put_manifest(manifest)
@@ -100,19 +117,21 @@ class RemoteStore:
         return {"snapshot": snap.full_name, "remote": self.url, "chunks": snap.nchunks,
                 "uploaded_chunks": job.uploaded_chunks, "uploaded_bytes": job.uploaded_bytes,
                 "skipped_chunks": snap.nchunks - job.uploaded_chunks,
-                "manifest_written": manifest is not None, "seconds": time.monotonic() - started}
+                "manifest_written": manifest is not None, "seconds": time.monotonic() - started,
+                "corrupt_objects": [str(exc) for _, exc in sorted(corrupt.items())]}
 
     async def _upload(self, job, state, lock, grace):
         """Chunks, then segments, our lock kept fresh meanwhile; the manifest
-        to write (None if the same one is there already)."""
+        to write (None if the same one is there already) and {key: Corrupt}
+        of the packs whose header does not read."""
         async with single_errors():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._refresh_lock, lock, grace)
-                await self.load_index(state)
+                corrupt = await self.load_index(state)
                 await job.upload_chunks()
                 manifest = await job.write_segments()
                 nursery.cancel_scope.cancel()
-        return manifest
+        return manifest, corrupt
 
     async def _refresh_lock(self, lock, grace):
         """Rewrite our lock well within the grace period, so a long push stays
@@ -153,13 +172,14 @@ class RemoteStore:
 
     async def locate(self, manifest, chunks):
         """{chunk: (hash, pack, offset, length), or None for zeros} of manifest chunks."""
-        out = {}
-        for seg_no, group in itertools.groupby(sorted(set(chunks)),
-                                               key=lambda c: c // SEGMENT_CHUNKS):
-            seg = await self.segment(manifest["segments"][seg_no])
+        out, per = {}, manifest["segment_chunks"]
+        for seg_no, group in itertools.groupby(sorted(set(chunks)), key=lambda c: c // per):
+            key = manifest["segments"][seg_no]
+            seg = await self.segment(key)
+            check_segment_fits(seg, key, manifest, seg_no)
             packs, entries = seg["packs"], seg["chunks"]
             for c in group:
-                e = entries[c % SEGMENT_CHUNKS]
+                e = entries[c % per]
                 out[c] = None if e is None else (e[0], packs[e[1]], e[2], e[3])
         return out
 
