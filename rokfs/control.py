@@ -35,6 +35,7 @@ from . import names
 from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RokfsError,
                      single_errors)
 from .fsck import fsck
+from .extentmap import FANOUT, INHERIT, ZERO
 from .image import NeedsChunks
 from .stats import Counters
 
@@ -210,9 +211,9 @@ class Control:
         if store is None:
             from .remote import default_remote_spec, open_remote
             if name != "default":
-                if "://" not in name and not name.startswith("/"):
+                if names.is_name(name):
                     raise NotFound(f"no remote named {name!r} (give a URL or a configured name)")
-                store = open_remote(name)
+                store = open_remote(name)           # a URL, or InvalidArgument saying why not
             else:
                 store = open_remote(default_remote_spec(self.pool.path))
             self.remotes[name] = store
@@ -255,8 +256,8 @@ class Control:
         return result
 
     async def pull(self, remote_snapshot, new_volume, *, remote="default"):
-        names.check_name(new_volume)
-        names.split_snapshot(remote_snapshot)
+        names.check_name(new_volume, "new volume")
+        names.split_snapshot(remote_snapshot, "remote snapshot")
         store = self.remote(remote)
         manifest = await store.run(store.chunks.get_manifest, remote_snapshot)
         if manifest["chunk_size"] != self.pool.chunk_size:
@@ -264,6 +265,7 @@ class Control:
                                   f"this pool uses {self.pool.chunk_size}")
         if new_volume in {v.name for v in self.pool.list_volumes()}:
             raise AlreadyExists(f"volume {new_volume!r} already exists")
+        self.pool.check_size(manifest["size"])          # refused before anything is recorded
         base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
         vol = self.pool.create_volume(new_volume, manifest["size"], base=base_id,
                                       base_chunks=manifest["chunks"],
@@ -469,7 +471,21 @@ def _reason(exc):
 
 def _stat_of(image):
     return {"id": image.id, "name": image.full_name, "size": image.size,
-            "read_only": image.read_only, "created": image.created}
+            "allocated": _allocated_bytes(image), "read_only": image.read_only,
+            "created": image.created}
+
+
+def _allocated_bytes(image):
+    """Bytes of `image` held in slots: the `allocated` of its info(), counted
+    a map leaf at a time with array counts (no per-chunk Python work), so
+    that a stat stays cheap for any size. (It belongs beside Image.usage in
+    image.py; kept here while that file's space accounting is reworked.)"""
+    nodes, chunks = image.pool.nodes, image.nchunks
+    total = 0
+    for leaf_no, leaf_id, _ in nodes.walk_leaves(image.root, 0, max(chunks - 1, 0) // FANOUT):
+        entries = nodes.get(leaf_id)[:chunks - leaf_no * FANOUT]
+        total += len(entries) - entries.count(INHERIT) - entries.count(ZERO)
+    return total * image.pool.chunk_size
 
 
 class Device:

@@ -41,14 +41,14 @@ def test_only_init_makes_a_pool_and_rm_deletes_offline(tmp_path):
         args = [*command, pool] if command == ["fsck"] else [*command, "--pool", pool]
         proc = subprocess.run([sys.executable, "-m", "rokfs.cli", *args],
                               capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 1 and "no rokfs pool" in proc.stderr, (command, proc.stderr)
+        assert proc.returncode == 3 and "no rokfs pool" in proc.stderr, (command, proc.stderr)
         assert not os.path.exists(pool)
     rokfs_without_fuse("init", "--pool", pool)
     rokfs_without_fuse("create", "v", "--size", "1M", "--pool", pool)
     rokfs_without_fuse("snapshot", "v@s", "--pool", pool)
     proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "rm", "v", "--pool", pool],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "snapshots" in proc.stderr
+    assert proc.returncode == 6 and "snapshots" in proc.stderr
     assert "deleted v@s" in rokfs_without_fuse("rm", "v@s", "--pool", pool)
     assert "deleted v" in rokfs_without_fuse("rm", "v", "--pool", pool)
     assert "volume v" not in rokfs_without_fuse("status", "--pool", pool)

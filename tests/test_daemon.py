@@ -94,20 +94,20 @@ def test_second_serve_on_the_same_pool_is_refused(tmp_path):
                                  str(cfg), "--control-socket", str(tmp_path / "c2.sock"),
                                  "--nbd-socket", str(tmp_path / "n2.sock")],
                                 capture_output=True, text=True, timeout=60)
-        assert second.returncode == 1
+        assert second.returncode == 6
         assert "already open by pid" in second.stderr
         assert "another rokfs daemon already serves this pool" in second.stderr
         third = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
                                 str(cfg), "--pool", str(tmp_path / "pool2"),
                                 "--nbd-socket", str(tmp_path / "n3.sock")],
                                capture_output=True, text=True, timeout=60)
-        assert third.returncode == 1, third.stderr
+        assert third.returncode == 6, third.stderr
         assert f"control socket {daemon.control} is in use" in third.stderr
         fourth = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
                                  str(cfg), "--pool", str(tmp_path / "pool3"),
                                  "--control-socket", str(tmp_path / "c4.sock")],
                                 capture_output=True, text=True, timeout=60)
-        assert fourth.returncode == 1, fourth.stderr
+        assert fourth.returncode == 6, fourth.stderr
         assert f"NBD socket {daemon.nbd_socket} is in use" in fourth.stderr
         assert daemon.ok("status")                 # the first one is unharmed
 
@@ -124,7 +124,7 @@ def test_bad_settings_are_refused_clearly(tmp_path, extra, flags, message):
     bad.write_text(write_config(tmp_path).read_text().replace("[nbd]\n", "[nbd]\n" + extra))
     proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config", str(bad),
                            *flags], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "run" / "control.sock")
 
