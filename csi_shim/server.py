@@ -93,14 +93,14 @@ def make_server(client, args):
 
 
 def main(argv=None):
+    return run_program("rokfs-csi", lambda: serve(argv))
+
+
+def serve(argv):
+    """Serve CSI until SIGTERM or SIGINT; errors end the program (rokfs.exits)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return run_program("rokfs-csi", lambda: serve(args))
-
-
-def serve(args):
-    """Serve CSI until SIGTERM or SIGINT; errors end the program (rokfs.exits)."""
     server = make_server(Client(args.rokfs), args)
     server.start()
     stop = threading.Event()

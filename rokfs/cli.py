@@ -77,10 +77,16 @@ def run_main(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    return run_program("rokfs", lambda: run(argv))
+
+
+def run(argv):
     args = build_parser(chosen_command(argv)).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return run_program("rokfs", lambda: args.run(args))
+    if not args.verbose:                  # "Found credentials in ..." is no news to a user
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+    return args.run(args)
 
 
 if __name__ == "__main__":

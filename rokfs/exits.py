@@ -2,7 +2,8 @@
 from the one error table and at most one line on stderr, never a traceback.
 
 Invariants:
-- `run_program(prog, body)` returns `body()`'s exit code. A rokfs error
+- `run_program(prog, body)` returns `body()`'s exit code (or argparse's,
+  for usage errors, --help and --version: run parsing inside). A rokfs error
   (also the first one inside an exception group) becomes one line,
   `PROG: error: MESSAGE`, and the exit code of its row in
   rokfs.errors.ERRORS. Anything else is a bug: one line, `PROG: internal
@@ -29,38 +30,58 @@ def run_program(prog, body):
     """Run `body() -> exit code` and end the way the invariants say."""
     try:
         code = body()
-        sys.stdout.flush()
-        return code
+    except SystemExit as exc:             # argparse: usage errors, --help, --version
+        code = _exit_status(exc.code)
     except KeyboardInterrupt:
         say(prog, "interrupted")
-        return errors.EXIT_INTERRUPTED
+        code = errors.EXIT_INTERRUPTED
     except BaseException as exc:          # noqa: B036 - every way out is answered here
-        return _failed(prog, exc)
+        code = _failed(prog, exc)
+    return _flushed(code)
+
+
+def _exit_status(code):
+    """What sys.exit(code) would make the process exit with."""
+    if code is None:
+        return errors.EXIT_OK
+    return code if isinstance(code, int) else 1
 
 
 def _failed(prog, exc):
-    if isinstance(exc, SystemExit):
-        raise exc                         # argparse usage errors, --help, --version
     leaf = errors.first_leaf(exc)
     if isinstance(leaf, BrokenPipeError):
-        return _quiet_broken_pipe()
+        return EXIT_BROKEN_PIPE
     if isinstance(leaf, errors.RokfsError):
         say(prog, f"error: {leaf}")
         return errors.exit_code(leaf)
     log.debug("internal error", exc_info=exc)
-    say(prog, f"internal error: {type(leaf).__name__}: {leaf} (a bug: run with -v or "
-        "log level debug for the traceback)")
+    say(prog, f"internal error: {type(leaf).__name__}: {leaf} (a bug: run with -v for "
+        "its traceback)")
     return errors.exit_code(leaf)
+
+
+def _flushed(code):
+    """`code`, once what is left for stdout is written; a closed stdout
+    makes it EXIT_BROKEN_PIPE, quietly."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = EXIT_BROKEN_PIPE
+    if code == EXIT_BROKEN_PIPE:
+        _stdout_to_devnull()
+    return code
 
 
 def say(prog, text):
     """One line on stderr, whatever newlines `text` holds."""
-    print(f"{prog}: {' '.join(str(text).split())}", file=sys.stderr, flush=True)
+    try:
+        print(f"{prog}: {' '.join(str(text).split())}", file=sys.stderr, flush=True)
+    except BrokenPipeError:               # stderr closed too: nobody to tell
+        pass
 
 
-def _quiet_broken_pipe():
-    """Point stdout at /dev/null so that the exit's own flush fails no more."""
+def _stdout_to_devnull():
+    """So that the interpreter's own flush at exit fails no more."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return EXIT_BROKEN_PIPE

@@ -315,18 +315,17 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)     # common options may come before or after the verb
+    return run_program("rokctl", lambda: run(argv))
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)  # common options may come before or after the verb
     args.socket = getattr(args, "socket", None)
     args.output = getattr(args, "output", "human")
     if not hasattr(args, "progress"):
         args.progress = sys.stdout.isatty() and args.output == "human"
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.DEBUG)
-    return run_program("rokctl", lambda: run(args))
-
-
-def run(args):
     with Client(args.socket) as client:
         args.func(client, args)
     return errors.EXIT_OK

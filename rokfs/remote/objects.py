@@ -372,7 +372,9 @@ def _type_name(value):
 
 
 def _text(value, what, required=False):
-    if value is None and not required:
+    if value is None:
+        if required:
+            raise InvalidArgument(f"{what} is missing")
         return None
     if not isinstance(value, str) or (required and not value) or "\0" in value:
         raise InvalidArgument(f"{what} must be a {'non-empty ' if required else ''}string, "
