@@ -4,10 +4,11 @@ calls into the rokfs daemon's control API (rokfs.client.Client).
     rokfs-csi --endpoint unix:///csi/csi.sock --rokfs unix:///run/rokfs/control.sock \
               --node-id NODE [--nbd unix:///run/rokfs/nbd.sock]
 
-It keeps no state of its own: volumes and snapshots live in the daemon,
-attachments in the node's mount table and loop devices. It ends as every
-rokfs program does (rokfs.exits): one line per error, the exit codes of
-rokfs.errors.ERRORS.
+Invariants:
+- It keeps no state of its own: volumes and snapshots live in the daemon,
+  attachments in the node's mount table and loop devices.
+- It ends as every rokfs program does (rokfs.exits): one line per error,
+  the exit code of its row in rokfs.errors.ERRORS, never a traceback.
 """
 
 import argparse

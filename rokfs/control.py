@@ -24,6 +24,10 @@ Invariants:
   committed right after.
 - The engine's NeedsChunks never leaves this module: every verb and device
   call that can meet a cold chunk fetches it and retries (`_hydrating`).
+- `stat` stays cheap for listings and every FUSE getattr: no per-chunk
+  work; its `allocated` equals that of the image's info().
+- A create verb that fails leaves no image behind; pull checks the name
+  and the size the pool can hold before it records the remote base.
 """
 
 import logging

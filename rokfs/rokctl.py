@@ -5,12 +5,17 @@
     rokctl snapshot ls --label run=42
     rokctl push data@before
 
-Human tables by default (sizes in binary units, times in local time), `-o
-json` for scripts (sizes in bytes, times as ISO-8601 UTC plus FIELD_epoch).
-The daemon is found with --socket, else ROKFS_CONTROL, else the default
-control socket. Exit codes are those of rokfs.errors.ERRORS (shown by
---help, listed in docs/daemon.md); rokfs.exits ends the program: one line
-per error, never a traceback, quietly on a closed stdout.
+Invariants:
+- Every command is one Client call of a Control verb (pull --wait and
+  hydration --wait poll one); rokctl computes nothing of its own.
+- Human output shows sizes in binary units and times in local time; `-o
+  json` prints the verb's result with sizes in bytes and times as ISO-8601
+  UTC, the number kept beside them as FIELD_epoch (rokfs.units.json_view).
+- The daemon is found with --socket, else ROKFS_CONTROL, else the default
+  control socket.
+- The program ends through rokfs.exits: the exit code of the error's row
+  in rokfs.errors.ERRORS (listed by --help and in docs/daemon.md), one
+  line per error, never a traceback, quietly on a closed stdout.
 """
 
 import argparse
