@@ -3,14 +3,15 @@ becomes at every boundary.
 
 Invariants:
 - Every failure the engine, the control verbs, the remote store or a client
-  reports is a `RokfsError`; nothing below the adapters knows about FUSE,
-  NBD, gRPC, CSI or exit codes.
-- ERRORS is the one ordered list of error classes: each row gives a class
-  its errno, its NBD error, its gRPC status on the control API, its CSI
-  status and the exit code of the command-line programs (rokfs, rokctl,
-  rokfs-csi). `kind_of(exc)` answers with the first row `exc` is an
-  instance of (subclasses come before their bases); the last row,
-  RokfsError itself, answers for any other exception, bugs included.
+  reports on purpose is a `RokfsError` (anything else is a bug); nothing
+  below the adapters knows about FUSE, NBD, gRPC, CSI or exit codes.
+- ERRORS (parsed from the text table _TABLE) is the one ordered list of
+  error classes: each row gives a class its errno, its NBD error, its gRPC
+  status on the control API, its CSI status and the exit code of the
+  command-line programs (rokfs, rokctl, rokfs-csi). `kind_of(exc)`
+  answers with the first row `exc` is an instance of (subclasses come
+  before their bases); the last row, RokfsError itself, answers for any
+  other exception, bugs included.
 - The adapters derive their mappings from ERRORS and keep none of their
   own: FUSE and NBD through the errno (`nbd_server.constants`), rokfs.rpc
   and csi_shim.errors through `kind_of`, the programs through `exit_code`.
@@ -93,35 +94,44 @@ class Kind(NamedTuple):
     grpc: str         # grpc.StatusCode name on the control API
     csi: str          # grpc.StatusCode name the CSI driver answers
     exit: int         # exit code of rokfs, rokctl and rokfs-csi
-    meaning: str      # for help texts ("" when a row above says it)
 
 
-ERRORS = [   # first match wins: a subclass before its base; RokfsError last
-    Kind(DaemonUnreachable, _errno.ECONNREFUSED, "EIO", "UNAVAILABLE", "UNAVAILABLE", 4,
-         "daemon unreachable"),
-    Kind(OutOfRange, _errno.EINVAL, "EINVAL", "OUT_OF_RANGE", "OUT_OF_RANGE", 2,
-         ""),                                     # said by InvalidArgument's row
-    Kind(InvalidArgument, _errno.EINVAL, "EINVAL", "INVALID_ARGUMENT", "INVALID_ARGUMENT", 2,
-         "usage error or invalid argument"),
-    Kind(NotFound, _errno.ENOENT, "EIO", "NOT_FOUND", "NOT_FOUND", 3, "not found"),
-    Kind(AlreadyExists, _errno.EEXIST, "EIO", "ALREADY_EXISTS", "ALREADY_EXISTS", 5,
-         "already exists"),
-    Kind(Busy, _errno.EBUSY, "EIO", "FAILED_PRECONDITION", "FAILED_PRECONDITION", 6, "busy"),
-    Kind(NotEmpty, _errno.ENOTEMPTY, "EIO", "FAILED_PRECONDITION", "FAILED_PRECONDITION", 6,
-         "not empty"),
-    Kind(ReadOnly, _errno.EROFS, "EPERM", "FAILED_PRECONDITION", "FAILED_PRECONDITION", 6,
-         "read-only"),
-    Kind(NoSpace, _errno.ENOSPC, "ENOSPC", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", 7,
-         "no space"),
-    Kind(RemoteError, _errno.EIO, "EIO", "UNAVAILABLE", "UNAVAILABLE", 8, "remote store error"),
-    # CSI keeps UNIMPLEMENTED for RPCs a driver lacks (a CO reads it as a
-    # missing capability): an unsupported request is INVALID_ARGUMENT there.
-    Kind(Unsupported, _errno.ENOTSUP, "ENOTSUP", "UNIMPLEMENTED", "INVALID_ARGUMENT", 9,
-         "unsupported by this daemon"),
-    Kind(Corrupt, _errno.EIO, "EIO", "DATA_LOSS", "DATA_LOSS", 10, "corrupt data or metadata"),
-    Kind(RokfsError, _errno.EIO, "EIO", "INTERNAL", "INTERNAL", 1, "any other error"),
-]
+# First match wins: a subclass before its base; RokfsError last. CSI keeps
+# UNIMPLEMENTED for RPCs a driver lacks (a CO reads it as a missing
+# capability), so an unsupported request is INVALID_ARGUMENT there.
+_TABLE = """
+class              errno         NBD       gRPC                 CSI                  exit
+DaemonUnreachable  ECONNREFUSED  EIO       UNAVAILABLE          UNAVAILABLE          4
+OutOfRange         EINVAL        EINVAL    OUT_OF_RANGE         OUT_OF_RANGE         2
+InvalidArgument    EINVAL        EINVAL    INVALID_ARGUMENT     INVALID_ARGUMENT     2
+NotFound           ENOENT        EIO       NOT_FOUND            NOT_FOUND            3
+AlreadyExists      EEXIST        EIO       ALREADY_EXISTS       ALREADY_EXISTS       5
+Busy               EBUSY         EIO       FAILED_PRECONDITION  FAILED_PRECONDITION  6
+NotEmpty           ENOTEMPTY     EIO       FAILED_PRECONDITION  FAILED_PRECONDITION  6
+ReadOnly           EROFS         EPERM     FAILED_PRECONDITION  FAILED_PRECONDITION  6
+NoSpace            ENOSPC        ENOSPC    RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED   7
+RemoteError        EIO           EIO       UNAVAILABLE          UNAVAILABLE          8
+Unsupported        ENOTSUP       ENOTSUP   UNIMPLEMENTED        INVALID_ARGUMENT     9
+Corrupt            EIO           EIO       DATA_LOSS            DATA_LOSS            10
+RokfsError         EIO           EIO       INTERNAL             INTERNAL             1
+"""
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_MEANINGS = {   # for --help texts
+    EXIT_OK: "ok", 1: "any other error", 2: "usage error or invalid argument",
+    3: "not found", 4: "daemon unreachable", 5: "already exists",
+    6: "busy, not empty or read-only", 7: "no space", 8: "remote store error",
+    9: "unsupported by this daemon", 10: "corrupt data or metadata",
+    EXIT_INTERRUPTED: "interrupted"}
+
+
+def _parse_table(text):
+    """The rows of _TABLE as Kinds (its header line skipped)."""
+    rows = [line.split() for line in text.strip().splitlines()[1:]]
+    return [Kind(globals()[cls], getattr(_errno, errno), nbd, grpc, csi, int(code))
+            for cls, errno, nbd, grpc, csi, code in rows]
+
+
+ERRORS = _parse_table(_TABLE)
 
 
 def _set_errnos():
@@ -145,12 +155,8 @@ def exit_code(exc):
 
 def exit_code_help():
     """'exit codes: 0 ok, 1 any other error, 2 ...' for a program's --help."""
-    meanings = {EXIT_OK: ["ok"], EXIT_INTERRUPTED: ["interrupted"]}
-    for kind in ERRORS:
-        if kind.meaning:
-            meanings.setdefault(kind.exit, []).append(kind.meaning)
-    return "exit codes: " + ", ".join(f"{code} {' / '.join(words)}"
-                                      for code, words in sorted(meanings.items()))
+    return "exit codes: " + ", ".join(f"{code} {meaning}"
+                                      for code, meaning in sorted(EXIT_MEANINGS.items()))
 
 
 def from_os_error(exc: OSError, what: str) -> RokfsError:

@@ -281,7 +281,8 @@ NO_CREDENTIALS = (
 DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
 CREDENTIALS_REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                        "ExpiredToken", "TokenRefreshRequired", "InvalidSecurity"}
-WRONG_REGION = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+WRONG_REGION = {"PermanentRedirect", "AuthorizationHeaderMalformed",
+                "IllegalLocationConstraintException"}
 
 
 def one_line(exc):
