@@ -123,6 +123,7 @@ class Control:
         await self.flush()
 
     async def rename_volume(self, old, new):
+        names.check_name(new, "new volume")
         vol = self.pool.rename_volume(old, new)
         await self.flush()
         return vol.info()
@@ -133,6 +134,7 @@ class Control:
         return vol.info()
 
     async def clone(self, source, new_name):
+        names.check_name(new_name, "new volume")
         vol = self.pool.clone(source, new_name)
         await self.flush()
         return vol.info()

@@ -85,6 +85,15 @@ def test_snapshots_labels_and_clone_through_nbd(daemon):
     (["snapshot", "create", "nosnapname"], 2, "VOLUME@SNAP"),
     (["snapshot", "create", "x@y", "--label", "novalue"], 2, "KEY=VALUE"),
     (["volume", "bogus"], 2, "invalid choice"),
+    (["snapshot", "create", "Bad@x"], 2, "invalid volume name 'Bad' in 'Bad@x'"),
+    (["snapshot", "create", "x@Bad"], 2, "invalid snapshot name 'Bad' in 'x@Bad'"),
+    (["clone", "x@y", "New"], 2, "invalid new volume name 'New'"),
+    (["volume", "rename", "x", "New"], 2, "invalid new volume name 'New'"),
+    (["pull", "x@y", "--as", "New"], 2, "invalid new volume name 'New'"),
+    (["volume", "create", "x", "--size", "nan"], 2, "invalid size 'nan'"),
+    (["remote", "ls", "--remote", "s3://b/p?endpont_url=http://h"], 2,
+     "unknown parameter 'endpont_url'"),
+    (["remote", "ls", "--remote", "s3:/b"], 2, "bucket must be a non-empty string"),
 ])
 def test_errors_have_meaningful_exit_codes(daemon, args, code, message):
     rc, out, err = daemon.rokctl(*args)
