@@ -146,11 +146,16 @@ SETTINGS = [   # section, key, environment variable, argparse dest, check
 
 def load(path=None, env=None, flags=None):
     """The effective configuration as a dict of sections, every value checked."""
+    return from_document(read_file(path) if path else {}, path, env, flags)
+
+
+def from_document(document, path=None, env=None, flags=None):
+    """The configuration from a parsed file (`document`), the environment
+    and the flags, every value checked."""
     env = os.environ if env is None else env
     config = defaults()
     origin = {}                      # (section, key) -> where its value came from
-    if path:
-        _merge_file(config, origin, path)
+    _merge_file(config, origin, document, path)
     for section, key, var, dest, _ in SETTINGS:
         value = getattr(flags, dest, None) if flags is not None else None
         if value is not None:
@@ -165,9 +170,16 @@ def read_file(path):
     """The TOML document at `path`, or InvalidArgument saying why not."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
     except OSError as exc:
         raise InvalidArgument(f"cannot read config {path}: {exc.strerror}") from None
+    return parse(data, path)
+
+
+def parse(data, path):
+    """The TOML document in `data` (bytes), or InvalidArgument saying why not."""
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"config {path} is not UTF-8 text (byte "
                               f"0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
@@ -177,8 +189,8 @@ def read_file(path):
         raise InvalidArgument(f"config {path} nests arrays or tables too deeply") from None
 
 
-def _merge_file(config, origin, path):
-    for section, table in read_file(path).items():
+def _merge_file(config, origin, document, path):
+    for section, table in document.items():
         if section not in config or not isinstance(table, dict):
             raise InvalidArgument(f"config {path}: unknown section [{section}]")
         if section == "remotes":

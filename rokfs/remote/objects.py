@@ -356,7 +356,7 @@ def check_spec(spec, where="remote"):
     if not isinstance(spec, dict):
         raise InvalidArgument(f"{where} must be a table or a URL, not {_type_name(spec)}")
     kind = spec.get("type")
-    if kind not in SPEC_KEYS:
+    if not isinstance(kind, str) or kind not in SPEC_KEYS:
         raise InvalidArgument(f"{where}: unknown remote type {kind!r} (use 'dir' or 's3')")
     unknown = sorted(set(spec) - set(SPEC_KEYS[kind]))
     if unknown:
@@ -394,19 +394,28 @@ def check_bucket(value, what):
 
 
 def check_endpoint(value, what):
-    """None, or an http(s) URL of a host (and port), nothing else."""
+    """None, or an http(s) URL of a host (and port) that botocore takes too."""
     if _text(value, what) is None:
         return None
+    if not (_is_plain_http_url(value) and _botocore_takes(value)):
+        raise InvalidArgument(f"{what}: {value!r} is not an endpoint URL "
+                              "(use http(s)://HOST[:PORT])")
+    return value
+
+
+def _is_plain_http_url(value):
     try:
         parts = urllib.parse.urlsplit(value)
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
-        port_ok = False
-    if (parts.scheme not in ("http", "https") or not parts.hostname or not port_ok
-            or parts.query or parts.fragment or "@" in parts.netloc or " " in value):
-        raise InvalidArgument(f"{what}: {value!r} is not an endpoint URL "
-                              "(use http(s)://HOST[:PORT])")
-    return value
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok
+            and not (parts.query or parts.fragment or "@" in parts.netloc or " " in value))
+
+
+def _botocore_takes(endpoint):
+    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+    return bool(is_valid_endpoint_url(endpoint) or is_valid_ipv6_endpoint_url(endpoint))
 
 
 def check_region(value, what):
