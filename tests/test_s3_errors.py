@@ -106,3 +106,25 @@ def test_rokctl_says_the_daemon_needs_the_credentials(tmp_path, s3_server, monke
             assert "no S3 credentials found" in err and "the daemon (rokfs serve)" in err
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize("response, words", [
+    ({"Error": {"Code": "403", "Message": ""}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+     ["access denied (403: no message)", "s3:GetObject"]),
+    ({"Error": {"Code": "PermanentRedirect", "Message": "use\nthe other"},
+      "ResponseMetadata": {"HTTPStatusCode": 301}},
+     ["another region (PermanentRedirect: use the other)", "set region="]),
+    ({"Error": {"Code": "SlowDownPlease", "Message": "busy"},
+      "ResponseMetadata": {"HTTPStatusCode": 429}},
+     ["the S3 server answered 429 SlowDownPlease: busy"]),
+])
+def test_answers_without_a_server_of_their_own_are_worded_too(response, words):
+    """The answers moto does not give (a HEAD's bare 403, a redirect to the
+    bucket's region, a code nobody knows), as botocore raises them."""
+    import botocore.exceptions as bx
+    from rokfs.remote.objects import S3Store, s3_failure
+    store = S3Store("bkt", "pre", endpoint_url="http://127.0.0.1:9")
+    failure = s3_failure(bx.ClientError(response, "HeadObject"), "HEAD k s3://bkt/pre", store)
+    assert type(failure).__name__ == "RemoteError" and "\n" not in str(failure)
+    for word in words:
+        assert word in str(failure), str(failure)

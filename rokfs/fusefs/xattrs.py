@@ -7,8 +7,9 @@ attribute, write a small function and add one line to the table.
 
 Getters return a str or a JSON-able value (sent as JSON, times as ISO-8601
 with the number beside them: rokfs.units.json_view); setters receive the
-value decoded as UTF-8 and stripped. A setter checks every word of its value
-before it calls a verb, names first, so an error names the field that is
+value decoded as UTF-8 and stripped. A setter checks the words of its value,
+names first, before its verb changes anything (a remote URL is parsed by the
+verb, before it opens anything), so an error names the field that is
 wrong; bad values (names, sizes, labels, remote URLs) raise InvalidArgument
 (EINVAL, the reason logged once); unknown names are ENODATA on get and
 ENOTSUP on set, decided in ops.py.

@@ -309,19 +309,20 @@ def _client_failure(exc, store):
     """Cause and hint for an error answer of the S3 server."""
     code = _error_code(exc)
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    said = f"{code or status}: {exc.response.get('Error', {}).get('Message') or 'no message'}"
+    said = one_line(f"{code or status}: "
+                    f"{exc.response.get('Error', {}).get('Message') or 'no message'}")
     if code == "NoSuchBucket":
         return (f"no bucket {store.bucket!r} at {store.endpoint()} ({said}): the bucket must "
                 "exist (rokfs never creates one); create it or fix the name")
     if code in CREDENTIALS_REFUSED:
         return (f"the S3 server refused the credentials ({said}): check the access key and "
                 "secret of the process that talks to S3 (for rokctl: the daemon)")
-    if code in DENIED or (status == 403 and not code):
+    if code in DENIED or status == 403:            # a HEAD's 403 has no code but "403"
         return f"access denied ({said}): the credentials need {policy_needed(store)}"
     if code in WRONG_REGION:
         return (f"the bucket answers from another region ({said}): set region= to the "
                 "bucket's region")
-    return f"the S3 server answered {status} {one_line(said)}"
+    return f"the S3 server answered {status} {said}"
 
 
 def policy_needed(store):
