@@ -3,8 +3,9 @@
 Handlers raise `CsiError(code, message)` for what the CSI spec names
 (missing fields, unsupported capabilities, ...) and let the daemon's
 `rokfs.errors` exceptions (raised by `rokfs.client.Client`) pass through;
-`rpc` turns both into the status the spec asks for. A bug becomes INTERNAL
-with its traceback logged, never a hung call.
+`rpc` turns both into the status the spec asks for: a rokfs error gets the
+CSI column of its row in rokfs.errors.ERRORS (no table here). A bug becomes
+INTERNAL with its traceback logged, never a hung call.
 """
 
 import functools
@@ -13,24 +14,13 @@ import logging
 import grpc
 
 from rokfs import errors as rokfs_errors
-from rokfs.rpc import DaemonUnreachable
 
 log = logging.getLogger("csi_shim")
 
-# The first matching class wins: subclasses before their bases.
-ROKFS_CODES = (
-    (DaemonUnreachable, grpc.StatusCode.UNAVAILABLE),
-    (rokfs_errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (rokfs_errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (rokfs_errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
-    (rokfs_errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (rokfs_errors.NoSpace, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (rokfs_errors.Busy, grpc.StatusCode.FAILED_PRECONDITION),
-    (rokfs_errors.NotEmpty, grpc.StatusCode.FAILED_PRECONDITION),
-    (rokfs_errors.ReadOnly, grpc.StatusCode.FAILED_PRECONDITION),
-    (rokfs_errors.Unsupported, grpc.StatusCode.INVALID_ARGUMENT),
-    (rokfs_errors.RemoteError, grpc.StatusCode.UNAVAILABLE),
-)
+
+def rokfs_status(exc):
+    """The CSI status of a rokfs error: its row of rokfs.errors.ERRORS."""
+    return getattr(grpc.StatusCode, rokfs_errors.kind_of(exc).csi)
 
 
 class CsiError(Exception):
@@ -62,10 +52,7 @@ def status_of(exc):
     if isinstance(exc, CsiError):
         return exc.code, exc.message
     if isinstance(exc, rokfs_errors.RokfsError):
-        for cls, code in ROKFS_CODES:
-            if isinstance(exc, cls):
-                return code, str(exc)
-        return grpc.StatusCode.INTERNAL, str(exc)
+        return rokfs_status(exc), str(exc)
     if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE:
         return grpc.StatusCode.UNAVAILABLE, f"rokfs daemon unreachable: {exc.details()}"
     log.exception("unexpected error in a CSI handler")

@@ -4,8 +4,11 @@ calls into the rokfs daemon's control API (rokfs.client.Client).
     rokfs-csi --endpoint unix:///csi/csi.sock --rokfs unix:///run/rokfs/control.sock \
               --node-id NODE [--nbd unix:///run/rokfs/nbd.sock]
 
-It keeps no state of its own: volumes and snapshots live in the daemon,
-attachments in the node's mount table and loop devices.
+Invariants:
+- It keeps no state of its own: volumes and snapshots live in the daemon,
+  attachments in the node's mount table and loop devices.
+- It ends as every rokfs program does (rokfs.exits): one line per error,
+  the exit code of its row in rokfs.errors.ERRORS, never a traceback.
 """
 
 import argparse
@@ -18,9 +21,11 @@ from concurrent import futures
 import grpc
 
 from rokfs import paths
+from rokfs.args import add_version_argument
 from rokfs.client import Client
 from rokfs.endpoints import claim_unix_socket
-from rokfs.errors import RokfsError
+from rokfs.errors import exit_code_help
+from rokfs.exits import run_program
 
 from . import attach, csi_pb2_grpc
 from .controller import ControllerServicer
@@ -41,7 +46,9 @@ def unix_path(address):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="rokfs-csi", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="rokfs-csi", description=__doc__.splitlines()[0],
+                                epilog=exit_code_help())
+    add_version_argument(p)
     p.add_argument("--endpoint", default=f"unix://{paths.CSI_SOCKET}",
                    help="CSI socket to serve (default: %(default)s)")
     p.add_argument("--rokfs", default=f"unix://{paths.control_socket()}",
@@ -89,14 +96,15 @@ def make_server(client, args):
 
 
 def main(argv=None):
+    return run_program("rokfs-csi", lambda: serve(argv))
+
+
+def serve(argv):
+    """Serve CSI until SIGTERM or SIGINT; errors end the program (rokfs.exits)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        server = make_server(Client(args.rokfs), args)
-    except RokfsError as exc:
-        print(f"rokfs-csi: error: {exc}", file=sys.stderr)
-        return 1
+    server = make_server(Client(args.rokfs), args)
     server.start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -4,14 +4,17 @@ layouts both phases use, and the one errno -> NBD error mapping.
 Invariants
 - The numbers are the spec's; the few limits that are this server's choice
   say so.
-- POSIX errno values become NBD error codes in one place, `nbd_error()`;
-  anything it does not know is an I/O error.
+- POSIX errno values become NBD error codes in one place, `nbd_error()`,
+  derived from rokfs.errors.ERRORS (the NBD error of each error class's
+  errno) plus the OS errnos no class carries; anything else is an I/O error.
 - A message sent to the peer is valid UTF-8 within the spec's string limit
   (`encode_message()`).
 """
 
 import errno as E
 import struct
+
+from rokfs.errors import ERRORS
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -109,18 +112,28 @@ U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 
-_NBD_ERRORS = {
-    E.EPERM: NBD_EPERM, E.EROFS: NBD_EPERM, E.EACCES: NBD_EPERM,
-    E.EIO: NBD_EIO, E.ENOMEM: NBD_ENOMEM, E.EINVAL: NBD_EINVAL,
-    E.ENOSPC: NBD_ENOSPC, E.EDQUOT: NBD_ENOSPC, E.EFBIG: NBD_ENOSPC,
-    E.EOVERFLOW: NBD_EOVERFLOW, E.ENOTSUP: NBD_ENOTSUP,
-    E.EOPNOTSUPP: NBD_ENOTSUP, E.ESHUTDOWN: NBD_ESHUTDOWN,
-}
+NBD_ERRORS = {"EPERM": NBD_EPERM, "EIO": NBD_EIO, "ENOMEM": NBD_ENOMEM, "EINVAL": NBD_EINVAL,
+              "ENOSPC": NBD_ENOSPC, "EOVERFLOW": NBD_EOVERFLOW, "ENOTSUP": NBD_ENOTSUP,
+              "ESHUTDOWN": NBD_ESHUTDOWN}
+# errnos no rokfs error class carries: the OS's, passed on by the engine or
+# returned by the request checks of this server
+_OS_ERRNOS = {E.EPERM: "EPERM", E.EACCES: "EPERM", E.ENOMEM: "ENOMEM", E.EDQUOT: "ENOSPC",
+              E.EFBIG: "ENOSPC", E.EOVERFLOW: "EOVERFLOW", E.ESHUTDOWN: "ESHUTDOWN"}
+
+
+def _errno_table():
+    """errno -> NBD error: each rokfs error class's errno as its row of
+    rokfs.errors.ERRORS says, then the OS's own errnos."""
+    by_errno = {kind.errno: kind.nbd for kind in reversed(ERRORS)}
+    return {errno: NBD_ERRORS[name] for errno, name in {**by_errno, **_OS_ERRNOS}.items()}
+
+
+_NBD_OF_ERRNO = _errno_table()
 
 
 def nbd_error(posix_errno):
     """The one errno -> NBD error mapping; anything unknown is an I/O error."""
-    return _NBD_ERRORS.get(posix_errno, NBD_EIO)
+    return _NBD_OF_ERRNO.get(posix_errno, NBD_EIO)
 
 
 def encode_message(text):

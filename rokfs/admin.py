@@ -16,7 +16,7 @@ import json
 from .args import add_output_argument, add_pool_argument
 from .names import parse_labels
 from .runner import DEFAULT_CHUNK_SIZE, run_with_pool
-from .units import format_size, parse_size
+from .units import format_size, json_view, parse_size
 
 
 def add_arguments(parser, name):
@@ -49,7 +49,7 @@ async def status(control, args):
     report = {**control.status(), "volumes": control.list_volumes(),
               "snapshots": control.list_snapshots()}
     if args.output == "json":
-        print(json.dumps(report, indent=2))
+        print(json.dumps(json_view(report), indent=2))
     else:
         print("\n".join(_status_lines(report)))
     return 0

@@ -9,7 +9,7 @@ Invariants:
   front end.
 """
 
-from . import paths
+from . import __version__, paths
 
 OUTPUTS = ("human", "json")
 
@@ -28,3 +28,8 @@ def add_output_argument(parser, default="human"):
 def add_progress_argument(parser, default=None):
     parser.add_argument("--progress", action="store_true", default=default,
                         help="show progress bars even when stderr is not a terminal")
+
+
+def add_version_argument(parser):
+    """--version: the program's name and rokfs's version."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

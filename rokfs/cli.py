@@ -13,7 +13,9 @@ Invariants:
         (an InvalidArgument there is a usage error, exit 2), and
         `service=True`, a main that runs until SIGINT/SIGTERM stops it;
     or `run(args) -> exit code`, a command that opens its pool itself.
-- A RokfsError ends the program with one line on stderr and exit 1.
+- Every way the program ends goes through rokfs.exits.run_program: an
+  error is one line on stderr and the exit code of its row in
+  rokfs.errors.ERRORS (the same codes as rokctl's), never a traceback.
 """
 
 import argparse
@@ -21,10 +23,10 @@ import importlib
 import logging
 import sys
 
-from .errors import InvalidArgument, RokfsError
+from .args import add_version_argument
+from .errors import EXIT_INTERRUPTED, exit_code_help
+from .exits import run_program
 from .runner import run_with_pool
-
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 COMMANDS = [   # name, module defining it, help
     ("init", "rokfs.admin", "create a pool"),
@@ -45,8 +47,10 @@ COMMANDS = [   # name, module defining it, help
 def build_parser(chosen=None):
     """The parser; with `chosen`, only that command gets its arguments
     (and only its module is imported)."""
-    parser = argparse.ArgumentParser(prog="rokfs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rokfs", description=__doc__.splitlines()[0],
+                                     epilog=exit_code_help())
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -64,11 +68,7 @@ def chosen_command(argv):
 def run_main(args):
     """Run the command's `main(control, args)` on its pool, through the run sequence."""
     if args.prepare is not None:
-        try:
-            args.prepare(args)
-        except InvalidArgument as exc:
-            print(f"rokfs {args.command}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        args.prepare(args)
     code = run_with_pool(args.pool, args.main, args, must_exist=args.pool_must_exist)
     if code is None:                              # a signal stopped it
         return 0 if args.service else EXIT_INTERRUPTED
@@ -77,16 +77,17 @@ def run_main(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    return run_program("rokfs", lambda: run(argv))
+
+
+def run(argv):
     args = build_parser(chosen_command(argv)).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    quiet = logging.INFO if args.service else logging.WARNING   # a one-shot command's
+    logging.basicConfig(level=logging.DEBUG if args.verbose else quiet,   # result is its output
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        return args.run(args)
-    except RokfsError as exc:
-        print(f"rokfs: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    if not args.verbose:                  # "Found credentials in ..." is no news to a user
+        logging.getLogger("botocore").setLevel(logging.WARNING)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ Invariants:
   completes) and what it uploaded is reused by the next push; no cancel
   falls between a pulled volume's creation and its commit, and a cancelled
   pull or hydration job leaves the volume usable with its hydration paused.
+- `stat` stays cheap for listings and every FUSE getattr: no per-chunk
+  work; its `allocated` equals that of the image's info().
+- A create verb that fails leaves no image behind; pull checks the name
+  and the size the pool can hold before it records the remote base.
 """
 
 import contextlib
@@ -43,6 +47,7 @@ from . import freeze, lineage, names
 from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RemoteError,
                      RokfsError, one_line, single_errors)
 from .fsck import fsck
+from .extentmap import FANOUT, INHERIT, ZERO
 from .image import NeedsChunks
 from .jobs import Job, Jobs
 from .stats import Counters
@@ -131,6 +136,7 @@ class Control:
         await self.flush()
 
     async def rename_volume(self, old, new):
+        names.check_name(new, "new volume")
         vol = self.pool.rename_volume(old, new)
         await self.flush()
         return vol.info()
@@ -141,6 +147,7 @@ class Control:
         return vol.info()
 
     async def clone(self, source, new_name):
+        names.check_name(new_name, "new volume")
         vol = self.pool.clone(source, new_name)
         await self.flush()
         return vol.info()
@@ -275,9 +282,9 @@ class Control:
         if store is None:
             from .remote import default_remote_spec, open_remote
             if name != "default":
-                if "://" not in name and not name.startswith("/"):
+                if names.is_name(name):
                     raise NotFound(f"no remote named {name!r} (give a URL or a configured name)")
-                store = open_remote(name)
+                store = open_remote(name)           # a URL, or InvalidArgument saying why not
             else:
                 store = open_remote(default_remote_spec(self.pool.path))
             self.remotes[name] = store
@@ -342,8 +349,8 @@ class Control:
                                    progress=progress, detach=detach)
 
     async def _create_pulled(self, remote_snapshot, new_volume, remote):
-        names.check_name(new_volume)
-        names.split_snapshot(remote_snapshot)
+        names.check_name(new_volume, "new volume")
+        names.split_snapshot(remote_snapshot, "remote snapshot")
         store = self.remote(remote)
         manifest = await store.run(store.chunks.get_manifest, remote_snapshot)
         if manifest["chunk_size"] != self.pool.chunk_size:
@@ -351,6 +358,7 @@ class Control:
                                   f"this pool uses {self.pool.chunk_size}")
         if new_volume in {v.name for v in self.pool.list_volumes()}:
             raise AlreadyExists(f"volume {new_volume!r} already exists")
+        self.pool.check_size(manifest["size"])          # refused before anything is recorded
         with trio.CancelScope(shield=True):     # a cancel cannot come between make and commit
             base_id = self.remote_state.add_base(store.spec, remote_snapshot, manifest)
             vol = self.pool.create_volume(new_volume, manifest["size"], base=base_id,
@@ -629,7 +637,21 @@ def _group_info(group, snaps):
 
 def _stat_of(image):
     return {"id": image.id, "name": image.full_name, "size": image.size,
-            "read_only": image.read_only, "created": image.created}
+            "allocated": _allocated_bytes(image), "read_only": image.read_only,
+            "created": image.created}
+
+
+def _allocated_bytes(image):
+    """Bytes of `image` held in slots: the `allocated` of its info(), counted
+    a map leaf at a time with array counts (no per-chunk Python work), so
+    that a stat stays cheap for any size. (It belongs beside Image.usage in
+    image.py; kept here while that file's space accounting is reworked.)"""
+    nodes, chunks = image.pool.nodes, image.nchunks
+    total = 0
+    for leaf_no, leaf_id, _ in nodes.walk_leaves(image.root, 0, max(chunks - 1, 0) // FANOUT):
+        entries = nodes.get(leaf_id)[:chunks - leaf_no * FANOUT]
+        total += len(entries) - entries.count(INHERIT) - entries.count(ZERO)
+    return total * image.pool.chunk_size
 
 
 class Device:

@@ -26,12 +26,11 @@ from .fusefs import check_mountpoint, mount
 from .metrics import serve_metrics
 from .rpc import serve_control
 from .runner import run_with_pool
-from .units import parse_size
 
 
 def add_arguments(parser, name="serve"):
     parser.add_argument("--config", metavar="FILE", help="TOML config (see docs/daemon.md)")
-    for section, key, env, dest in configuration.SETTINGS:
+    for section, key, env, dest, _ in configuration.SETTINGS:
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, metavar=key.upper(),
                             help=f"[{section}] {key} (env {env})")
     parser.set_defaults(run=run)
@@ -44,7 +43,7 @@ def run(args):
         check_mountpoint(os.path.abspath(cfg["fuse"]["mountpoint"]))  # stale/busy: say so first
     tls = nbd_tls(cfg["nbd"])
     run_with_pool(cfg["pool"]["path"], serve, cfg, tls, remotes=cfg["remotes"],
-                  chunk_size=parse_size(cfg["pool"]["chunk_size"]))
+                  chunk_size=cfg["pool"]["chunk_size"])
     return 0
 
 

@@ -33,7 +33,7 @@ from .commit import Commits
 from .errors import AlreadyExists, Busy, Corrupt, InvalidArgument, NotEmpty, NotFound
 from .extentmap import FANOUT, MAX_CHUNKS, SLOT_BASE, ZERO, MapNodes
 from .extents import ExtentStore
-from .image import DELETING, FREED, LIVE, Snapshot, Volume
+from .image import DELETING, FREED, Snapshot, Volume
 from .store import FORMAT_VERSION, MetaStore
 
 DEFAULT_CHUNK_SIZE = 32 * 1024

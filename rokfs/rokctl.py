@@ -5,45 +5,40 @@
     rokctl snapshot ls --label run=42
     rokctl push data@before
 
-Human tables by default, `-o json` for scripts. The daemon is found with
---socket, else ROKFS_CONTROL, else the default control socket. Exit codes
-are listed in EXIT_CODES (and docs/daemon.md).
-
-Push, pull --wait and hydration --wait run as jobs in the daemon, attached
-to this command: Ctrl-C cancels the job and says how it ended (exit 130).
-With --detach they return at once and print how to follow and cancel the
-job (`rokctl jobs`).
+Invariants:
+- Every command is one Client call of a Control verb; rokctl computes
+  nothing of its own. Push, pull --wait and hydration --wait run as jobs
+  in the daemon, attached to this command: Ctrl-C cancels the job and says
+  how it ended (exit 130); with --detach they return at once and print how
+  to follow and cancel the job (`rokctl jobs`).
+- Human output shows sizes in binary units and times in local time; `-o
+  json` prints the verb's result with sizes in bytes and times as ISO-8601
+  UTC, the number kept beside them as FIELD_epoch (rokfs.units.json_view).
+- The daemon is found with --socket, else ROKFS_CONTROL, else the default
+  control socket.
+- The program ends through rokfs.exits: the exit code of the error's row
+  in rokfs.errors.ERRORS (listed by --help and in docs/daemon.md), one
+  line per error, never a traceback, quietly on a closed stdout.
 """
 
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import time
 
 from . import errors, paths
-from .args import add_output_argument, add_progress_argument
+from .args import add_output_argument, add_progress_argument, add_version_argument
 from .client import Client
+from .exits import run_program
 from .names import parse_labels
-from .rpc import DaemonUnreachable
 from .progress import ProgressBar
-from .units import format_size, parse_size
+from .units import TIME_FIELDS, format_size, format_time, json_view, parse_size
 
-EXIT_CODES = [   # (error class, code); first match wins; 0 = ok, 2 = usage
-    (DaemonUnreachable, 4),
-    (errors.InvalidArgument, 2),
-    (errors.NotFound, 3),
-    (errors.AlreadyExists, 5),
-    (errors.Busy, 6), (errors.NotEmpty, 6), (errors.ReadOnly, 6),
-    (errors.NoSpace, 7),
-    (errors.RemoteError, 8),
-    (errors.Unsupported, 9),
-    (errors.Cancelled, 10),
-]
-
-
-def exit_code(exc):
-    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), 1)
+SIZE_FIELDS = {"size", "allocated", "exclusive", "shared", "unhydrated", "bytes_done",
+               "bytes_total", "chunk_size", "used_bytes", "free_bytes", "capacity_bytes",
+               "disk_bytes", "uploaded_bytes"}
 
 
 # -- output ------------------------------------------------------------------------------
@@ -63,8 +58,28 @@ def _labels(row):
 
 
 def _when(row):
-    created = row.get("created")
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if created else ""
+    return format_time(row.get("created"))
+
+
+def details(info):
+    """One `field: value` line per field of a result, sizes and times for people."""
+    width = max(map(len, info), default=0) + 1
+    for key, value in info.items():
+        print(f"{key + ':':<{width}} {_human_value(key, value)}")
+
+
+def _human_value(key, value):
+    if value is None or value == [] or value == {}:
+        return "-"
+    if key in TIME_FIELDS:
+        return format_time(value)
+    if key in SIZE_FIELDS and isinstance(value, int):
+        return format_size(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 VOLUME_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r["size"])),
@@ -85,7 +100,7 @@ REMOTE_COLUMNS = [("name", "name"), ("size", lambda r: format_size(r.get("size",
 
 def _show(args, result, human):
     if args.output == "json":
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_view(result), indent=2))
     elif human is not None:
         human(result)
 
@@ -118,7 +133,7 @@ def volume_rename(c, a):
 
 
 def volume_info(c, a):
-    _show(a, c.volume_info(a.name), lambda r: print(json.dumps(r, indent=2)))
+    _show(a, c.volume_info(a.name), details)
 
 
 def snapshot_create(c, a):
@@ -206,7 +221,7 @@ def snapshot_label(c, a):
 
 
 def snapshot_info(c, a):
-    _show(a, c.snapshot_info(a.name), lambda r: print(json.dumps(r, indent=2)))
+    _show(a, c.snapshot_info(a.name), details)
 
 
 def clone(c, a):
@@ -397,12 +412,12 @@ def build_parser():
                              f"{paths.control_socket()})")
     add_output_argument(common, default=argparse.SUPPRESS)
     add_progress_argument(common, default=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging (a bug's traceback)")
     parser = argparse.ArgumentParser(prog="rokctl", parents=[common],
                                      description=__doc__.splitlines()[0],
-                                     epilog="exit codes: 0 ok, 1 error, 2 usage or invalid "
-                                     "argument, 3 not found, 4 daemon unreachable, 5 already "
-                                     "exists, 6 busy/not empty/read-only, 7 no space, "
-                                     "8 remote error, 9 unsupported, 10 cancelled, 130 interrupted")
+                                     epilog=errors.exit_code_help())
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="noun", required=True)
 
     def cmd(parent, name, func, help_text, *arguments):
@@ -501,21 +516,20 @@ def _jobs_parser(sub, cmd, A, common):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)     # common options may come before or after the verb
+    return run_program("rokctl", lambda: run(argv))
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)  # common options may come before or after the verb
     args.socket = getattr(args, "socket", None)
     args.output = getattr(args, "output", "human")
     if not hasattr(args, "progress"):
         args.progress = sys.stdout.isatty() and args.output == "human"
-    try:
-        with Client(args.socket) as client:
-            args.func(client, args)
-    except errors.RokfsError as exc:
-        print(f"rokctl: error: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.DEBUG)
+    with Client(args.socket) as client:
+        args.func(client, args)
+    return errors.EXIT_OK
 
 
 if __name__ == "__main__":

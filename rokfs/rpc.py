@@ -8,7 +8,8 @@ Invariants:
   with trio.from_thread (the token captured when the service started), so
   verbs run on the loop like every other front end's.
 - Errors cross the wire in ONE place each way: `status_of(exc)` on the
-  server, `error_from(rpc_error)` in the client. The rokfs.errors class name
+  server, `error_from(rpc_error)` in the client; the status of each error
+  class is its row of rokfs.errors.ERRORS. The rokfs.errors class name
   rides in trailing metadata so the client raises the very same class.
 - The long verbs (STREAMING: the jobs of jobs.py, and following one) are
   server-streaming: the job's description first (`job_json`), then the
@@ -77,34 +78,30 @@ VERBS = {
 # verbs taking progress=callback (with on_job); their RPC streams Progress
 STREAMING = {"push", "pull", "wait_hydrated", "wait_job"}
 
-# -- errors: the one mapping each way -------------------------------------------------
+# -- errors: the one mapping each way (the codes come from rokfs.errors.ERRORS) ----------
 
-_CODES = [   # most specific first
-    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (errors.NoSpace, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.Busy, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.NotEmpty, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.ReadOnly, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.Unsupported, grpc.StatusCode.UNIMPLEMENTED),
-    (errors.RemoteError, grpc.StatusCode.UNAVAILABLE),
-    (errors.Cancelled, grpc.StatusCode.CANCELLED),
-]
 _CLASSES = {name: cls for name, cls in vars(errors).items()
             if isinstance(cls, type) and issubclass(cls, errors.RokfsError)}
+DaemonUnreachable = errors.DaemonUnreachable      # also importable from here
 
 
-class DaemonUnreachable(errors.RokfsError):
-    """No rokfs daemon answers on the control socket."""
+def status_code(exc):
+    """The grpc.StatusCode of any exception (INTERNAL for a bug)."""
+    return getattr(grpc.StatusCode, errors.kind_of(exc).grpc)
 
 
 def status_of(exc):
     """(grpc status code, message, trailing metadata) for an exception."""
     if not isinstance(exc, errors.RokfsError):
         return grpc.StatusCode.INTERNAL, f"internal error: {exc!r}", ()
-    code = next((c for cls, c in _CODES if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
-    return code, str(exc), (("rokfs-error", type(exc).__name__), ("rokfs-errno", str(exc.errno)))
+    return status_code(exc), str(exc), (("rokfs-error", type(exc).__name__),
+                                         ("rokfs-errno", str(exc.errno)))
+
+
+def _class_of_code(code):
+    """The first error class of ERRORS whose gRPC status is `code`."""
+    return next((kind.cls for kind in errors.ERRORS if kind.grpc == code.name),
+                errors.RokfsError)
 
 
 def error_from(rpc_error):
@@ -114,8 +111,7 @@ def error_from(rpc_error):
     if cls is None:
         if rpc_error.code() == grpc.StatusCode.UNAVAILABLE:
             return DaemonUnreachable(f"no rokfs daemon answers: {rpc_error.details()}")
-        by_code = {c: k for k, c in reversed(_CODES)}
-        cls = by_code.get(rpc_error.code(), errors.RokfsError)
+        cls = _class_of_code(rpc_error.code())
     errno = int(meta["rokfs-errno"]) if "rokfs-errno" in meta else None
     return cls(rpc_error.details() or rpc_error.code().name, errno=errno)
 

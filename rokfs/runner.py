@@ -17,7 +17,8 @@ Invariants:
   failed, the pool is closed (with a final commit) before this returns.
 - An error from `main` or its nursery (a service that cannot start) comes
   out as the first error of the ExceptionGroup, plainly: a RokfsError as it
-  is, an OSError as a RokfsError saying it could not start.
+  is, a BrokenPipeError (stdout closed) as it is, another OSError as a
+  RokfsError saying it could not start.
 """
 
 import ctypes
@@ -86,10 +87,13 @@ async def _cancel_on_signal(signals, scope):
 
 
 def _first_error(group):
-    """The first error in a nursery's ExceptionGroup, as a plain error."""
+    """The first error in a nursery's ExceptionGroup, as a plain error (a
+    closed stdout as itself: the program ends quietly, rokfs.exits)."""
     first = group
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
+    if isinstance(first, BrokenPipeError):
+        return first
     if isinstance(first, OSError):
         return from_os_error(first, "cannot start")
     return first if isinstance(first, RokfsError) else group

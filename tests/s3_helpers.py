@@ -197,3 +197,55 @@ def make_bucket(endpoint, name):
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket=name)
     return s3
+
+
+class DenyingS3Server:
+    """moto's server in its own process with authentication on: a bucket, and
+    an IAM user `nobody` whose keys the server knows but no policy allows
+    anything (every S3 request: 403 AccessDenied); unknown keys get 403
+    InvalidAccessKeyId. The first SETUP_REQUESTS requests, which make the
+    user, its key and the bucket, are let through unauthenticated."""
+
+    SETUP_REQUESTS = 3
+
+    def __init__(self, bucket="rokfs-denied"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.bucket = bucket
+        self.proc = None
+
+    def start(self):
+        import subprocess
+        import sys
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_REQUESTS)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(self.port)],
+                                     env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self._wait_listening()
+        self.nobody = self._set_up()
+        return self
+
+    def _wait_listening(self):
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("moto server did not start")
+
+    def _set_up(self):
+        """The bucket, and (access key id, secret) of user `nobody`."""
+        import boto3
+        iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1")
+        iam.create_user(UserName="nobody")
+        key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1").create_bucket(
+            Bucket=self.bucket)
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None

@@ -41,14 +41,14 @@ def test_only_init_makes_a_pool_and_rm_deletes_offline(tmp_path):
         args = [*command, pool] if command == ["fsck"] else [*command, "--pool", pool]
         proc = subprocess.run([sys.executable, "-m", "rokfs.cli", *args],
                               capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 1 and "no rokfs pool" in proc.stderr, (command, proc.stderr)
+        assert proc.returncode == 3 and "no rokfs pool" in proc.stderr, (command, proc.stderr)
         assert not os.path.exists(pool)
     rokfs_without_fuse("init", "--pool", pool)
     rokfs_without_fuse("create", "v", "--size", "1M", "--pool", pool)
     rokfs_without_fuse("snapshot", "v@s", "--pool", pool)
     proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "rm", "v", "--pool", pool],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "snapshots" in proc.stderr
+    assert proc.returncode == 6 and "snapshots" in proc.stderr
     assert "deleted v@s" in rokfs_without_fuse("rm", "v@s", "--pool", pool)
     assert "deleted v" in rokfs_without_fuse("rm", "v", "--pool", pool)
     assert "volume v" not in rokfs_without_fuse("status", "--pool", pool)
@@ -69,3 +69,23 @@ def test_a_daemon_without_a_mount_needs_no_pyfuse3():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_program_tells_its_version():
+    from rokfs import __version__
+    for module, prog in (("rokfs.cli", "rokfs"), ("rokfs.rokctl", "rokctl"),
+                         ("csi_shim", "rokfs-csi")):
+        proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout == f"{prog} {__version__}\n", proc.stderr
+
+
+def test_rokfs_ends_quietly_on_a_closed_stdout(tmp_path):
+    pool = str(tmp_path / "pool")
+    rokfs_without_fuse("init", "--pool", pool)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "status", "--pool", pool],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""

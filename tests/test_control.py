@@ -92,3 +92,26 @@ async def test_device_cache_without_remote_is_a_no_op_for_local_data(control):
     await dev.cache(0, 1 << 20)
     with pytest.raises(errors.OutOfRange):
         await dev.cache(0, 2 << 20)
+
+
+async def test_stat_allocated_is_info_allocated(control):
+    """The cheap `allocated` of stat (the FUSE view's st_blocks) is the one
+    usage() reports, for volumes, snapshots, clones, trims and shrinks."""
+    cs = control.pool.chunk_size
+    await control.create_volume("data", 3000 * cs)        # more than one map leaf
+    dev = control.open_device("data")
+    for chunk in (0, 1, 5, 1023, 1024, 2999):
+        await dev.pwrite(chunk * cs, b"x" * cs)
+    await dev.write_zeroes(5 * cs, cs)
+    await control.create_snapshot("data@s")
+    await dev.trim(0, cs)
+    await dev.pwrite(2000 * cs + 7, b"partial")
+    dev.close()
+    await control.clone("data@s", "copy")
+    await control.resize_volume("copy", 1024 * cs, force=True)
+    await control.create_volume("empty", 0)
+    for name in ("data", "data@s", "copy", "empty"):
+        image = control.pool.get_image(name)
+        assert control.stat(name)["allocated"] == image.usage()["allocated"], name
+    assert control.stat("data")["allocated"] == 5 * cs
+    assert control.stat("copy")["allocated"] == 3 * cs          # 0, 1, 1023 (5 is zero)

@@ -94,20 +94,20 @@ def test_second_serve_on_the_same_pool_is_refused(tmp_path):
                                  str(cfg), "--control-socket", str(tmp_path / "c2.sock"),
                                  "--nbd-socket", str(tmp_path / "n2.sock")],
                                 capture_output=True, text=True, timeout=60)
-        assert second.returncode == 1
+        assert second.returncode == 6
         assert "already open by pid" in second.stderr
         assert "another rokfs daemon already serves this pool" in second.stderr
         third = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
                                 str(cfg), "--pool", str(tmp_path / "pool2"),
                                 "--nbd-socket", str(tmp_path / "n3.sock")],
                                capture_output=True, text=True, timeout=60)
-        assert third.returncode == 1, third.stderr
+        assert third.returncode == 6, third.stderr
         assert f"control socket {daemon.control} is in use" in third.stderr
         fourth = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config",
                                  str(cfg), "--pool", str(tmp_path / "pool3"),
                                  "--control-socket", str(tmp_path / "c4.sock")],
                                 capture_output=True, text=True, timeout=60)
-        assert fourth.returncode == 1, fourth.stderr
+        assert fourth.returncode == 6, fourth.stderr
         assert f"NBD socket {daemon.nbd_socket} is in use" in fourth.stderr
         assert daemon.ok("status")                 # the first one is unharmed
 
@@ -124,7 +124,7 @@ def test_bad_settings_are_refused_clearly(tmp_path, extra, flags, message):
     bad.write_text(write_config(tmp_path).read_text().replace("[nbd]\n", "[nbd]\n" + extra))
     proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config", str(bad),
                            *flags], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "run" / "control.sock")
 
@@ -158,3 +158,56 @@ def test_config_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(InvalidArgument, match=message.replace("[", r"\[")):
         config.load(str(path), env={})
+
+
+BAD_FILES = [   # (file content, words of the one line `rokfs serve --config` must print)
+    (b"\xff", "is not UTF-8 text (byte 0xff at offset 0)"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000, "nests arrays or tables too deeply"),
+    (b"[remotes.x]\ntype = 'dir'\n", "[remotes.x]: path is missing"),
+    (b"[remotes.x]\ntype = 's3'\nbucket = 'b'\ndeadline = 'soon'\n",
+     "[remotes.x]: deadline must be a number of seconds from 0 to 86400, not 'soon'"),
+    (b"[remotes.x]\ntype = 's3'\nbucket = 'b'\nregion = 'eu west'\n",
+     "[remotes.x]: region: 'eu west' is not a region name"),
+    (b"[remotes.x]\ntype = 's3'\nbucket = 'b'\nendpoint_url = 'localhost:9000'\n",
+     "[remotes.x]: endpoint_url: 'localhost:9000' is not an endpoint URL"),
+    (b"[remotes.x]\ntype = 's3'\nbucket = 'b'\nendpont_url = 'http://h'\n",
+     "[remotes.x]: unknown key 'endpont_url' for a 's3' remote"),
+    (b"[remotes]\nx = 's3://b/p?endpont_url=http://h'\n",
+     "[remotes.x]: remote URL 's3://b/p?endpont_url=http://h': unknown parameter 'endpont_url'"),
+    (b"[remotes]\nx = 42\n", "[remotes.x] must be a table or a URL, not an integer"),
+    (b"[control]\nsocket = { path = '/x' }\n", "control.socket (from config "),
+    (b"[nbd]\nlisten = '127.0.0.1:x'\n", "invalid NBD listen address '127.0.0.1:x'"),
+    (b"[pool]\nchunk_size = 3000\n", "pool.chunk_size (from config "),
+    (b"[control]\nmode = 999\n", "control.mode (from config "),
+    (b"[log]\nlevel = ['info']\n", "log.level (from config "),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD_FILES, ids=[str(i) for i in range(len(BAD_FILES))])
+def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "serve", "--config", str(path),
+                           "--pool", str(tmp_path / "pool")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("rokfs: error: ") and proc.stderr.count("\n") == 1
+    assert message in proc.stderr, proc.stderr
+    assert os.listdir(tmp_path) == ["bad.toml"]            # nothing opened or created
+
+
+def test_config_values_are_checked_wherever_they_come_from(tmp_path):
+    with pytest.raises(InvalidArgument, match=r"control.mode \(from ROKFS_CONTROL_MODE\)"):
+        config.load(None, env={"ROKFS_CONTROL_MODE": "rw"})
+
+    class Flags:
+        chunk_size = "1.5K"
+    with pytest.raises(InvalidArgument, match=r"pool.chunk_size \(from --chunk-size\)"):
+        config.load(None, env={}, flags=Flags())
+    path = tmp_path / "c.toml"
+    path.write_text("[control]\nmode = 660\ngroup = 0\n[pool]\nchunk_size = 65536\n"
+                    "[log]\nlevel = 'DEBUG'\n")
+    cfg = config.load(str(path), env={})
+    assert cfg["control"]["mode"] == 0o660 and cfg["control"]["group"] == 0
+    assert cfg["pool"]["chunk_size"] == 64 << 10 and cfg["log"]["level"] == "debug"
+    assert config.load(None, env={})["pool"]["chunk_size"] == 32 << 10

@@ -135,7 +135,7 @@ def test_csi_driver_refuses_a_live_socket(tmp_path, alive):
         [sys.executable, "-m", "csi_shim", "--endpoint", f"unix://{alive}", "--node-id", "n1",
          "--rokfs", f"unix://{tmp_path}/none.sock", "--state-dir", str(tmp_path / "state")],
         capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 6, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"rokfs-csi: error: CSI socket {alive} is in use: another server answers on it "
         "(stop it first, or choose another socket)"]
@@ -158,7 +158,7 @@ def test_serve_refuses_a_bad_address_before_opening_anything(tmp_path, flags, me
     proc = rokfs(*flags, "--pool", str(tmp_path / "pool"),
                  "--control-socket", str(tmp_path / "control.sock"),
                  "--nbd-socket", str(tmp_path / "nbd.sock"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"rokfs: error: {message}"]
     assert not os.listdir(tmp_path)                    # no pool, no socket
 
@@ -166,7 +166,7 @@ def test_serve_refuses_a_bad_address_before_opening_anything(tmp_path, flags, me
 def test_nbd_refuses_a_bad_listen_address(tmp_path):
     Pool.create(str(tmp_path / "pool")).close()
     proc = rokfs("nbd", "--pool", str(tmp_path / "pool"), "--listen", "127.0.0.1:x")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "rokfs: error: invalid NBD listen address '127.0.0.1:x': the port must be a number "
         "from 0 to 65535"]

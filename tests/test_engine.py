@@ -392,7 +392,7 @@ def test_cli_create_snapshot_status(tmp_path):
     rokfs = [sys.executable, "-m", "rokfs.cli"]
     out = subprocess.run([*rokfs, "create", "--pool", pool_dir, "data", "--size", "1G"],
                          capture_output=True, text=True)
-    assert out.returncode == 1 and "no rokfs pool" in out.stderr    # a typo makes no pool
+    assert out.returncode == 3 and "no rokfs pool" in out.stderr    # a typo makes no pool
     assert not os.path.exists(pool_dir)
     subprocess.run([*rokfs, "init", "--pool", pool_dir], check=True, capture_output=True)
     out = subprocess.run([*rokfs, "create", "--pool", pool_dir, "data", "--size", "1G"],
@@ -403,10 +403,10 @@ def test_cli_create_snapshot_status(tmp_path):
     assert out.returncode == 0, out.stderr
     bad = subprocess.run([*rokfs, "create", "--pool", pool_dir, "Bad!", "--size", "1G"],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "invalid volume name" in bad.stderr
+    assert bad.returncode == 2 and "invalid volume name" in bad.stderr
     bad = subprocess.run([*rokfs, "create", "--pool", pool_dir, "x", "--size", "12Q"],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "invalid size" in bad.stderr
+    assert bad.returncode == 2 and "invalid size" in bad.stderr
     status = subprocess.run([*rokfs, "status", "--pool", pool_dir, "-o", "json"],
                             capture_output=True, text=True, check=True)
     import json

@@ -168,7 +168,7 @@ def test_stale_mount_is_reported(tmp_path):
             res = subprocess.run([sys.executable, "-m", "rokfs.cli", *cmd, "--pool",
                                   str(tmp_path / "pool")],
                                  capture_output=True, text=True, timeout=30)
-            assert res.returncode == 1, res.stderr
+            assert res.returncode == 6, res.stderr
             assert "stale FUSE mount" in res.stderr and "fusermount3 -u" in res.stderr
             assert "Traceback" not in res.stderr
 
@@ -178,5 +178,5 @@ def test_busy_mountpoint_is_reported(tmp_path):
         res = subprocess.run([sys.executable, "-m", "rokfs.cli", "mount", "--pool",
                               str(tmp_path / "other"), str(d.mnt)],
                              capture_output=True, text=True, timeout=30)
-        assert res.returncode == 1 and "already a mount point" in res.stderr
+        assert res.returncode == 6 and "already a mount point" in res.stderr
         assert not (tmp_path / "other").exists()

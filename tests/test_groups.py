@@ -11,7 +11,7 @@ from rokfs.control import Control
 from rokfs.fsck import fsck
 from rokfs.pool import Pool
 from rokfs.remote import open_remote
-from test_remote import push_new_volume, write_volume
+from test_remote import push_new_volume
 
 MiB = 1 << 20
 

@@ -293,4 +293,4 @@ def test_snapshot_export_keeps_old_content(tmp_path):
 def test_missing_pool_is_a_clear_error(tmp_path):
     res = run([sys.executable, "-m", "rokfs.cli", "nbd", "--pool", str(tmp_path / "nope"),
                "--socket", str(tmp_path / "s.sock")], check=False, cwd=REPO)
-    assert res.returncode == 1 and "no rokfs pool at" in res.stderr
+    assert res.returncode == 3 and "no rokfs pool at" in res.stderr

@@ -35,7 +35,7 @@ def test_push_pull_ls_rm_gc(tmp_path, s3_server):
 
     refused = rokfs("pull", "data@v1", "--as", "copy", "--pool", b, "--remote", url,
                     check=False)
-    assert refused.returncode == 1 and "no rokfs pool" in refused.stderr   # a typo, not a pool
+    assert refused.returncode == 3 and "no rokfs pool" in refused.stderr   # a typo, not a pool
     rokfs("init", "--pool", b)
     out = rokfs("pull", "data@v1", "--as", "copy", "--wait", "--progress", "--pool", b,
                 "--remote", url)
@@ -45,9 +45,9 @@ def test_push_pull_ls_rm_gc(tmp_path, s3_server):
         assert vol.base is None and bytes(vol.pread(0, len(data))) == data
 
     bad = rokfs("pull", "nope@x", "--as", "c2", "--pool", b, "--remote", url, check=False)
-    assert bad.returncode == 1 and "no snapshot" in bad.stderr
+    assert bad.returncode == 3 and "no snapshot" in bad.stderr
     bad = rokfs("push", "data@v1", "--pool", a, "--remote", "ftp://x", check=False)
-    assert bad.returncode == 1 and "bad remote URL" in bad.stderr
+    assert bad.returncode == 2 and "bad remote URL" in bad.stderr
 
     rokfs("remote", "rm", "data@v1", "--pool", a, "--remote", url)
     gc = json.loads(rokfs("remote", "gc", "--grace", "0", "--pool", a, "--remote", url,

@@ -49,7 +49,7 @@ def test_volume_commands_human_and_json(daemon):
     assert daemon.nbd_exports()["vol1"]["export-size"] == 32 << 20
     assert daemon.json("volume", "rename", "vol1", "vol2")["name"] == "vol2"
     assert daemon.json("volume", "info", "vol2")["size"] == 32 << 20
-    assert '"name": "vol2"' in daemon.ok("volume", "info", "vol2")
+    assert "name:       vol2\n" in daemon.ok("volume", "info", "vol2")
     assert set(daemon.nbd_exports()) == {"vol2"}
     assert daemon.json("volume", "rm", "vol2") == {"deleted": "vol2", "deferred": False}
     assert daemon.nbd_exports() == {}
@@ -85,6 +85,15 @@ def test_snapshots_labels_and_clone_through_nbd(daemon):
     (["snapshot", "create", "nosnapname"], 2, "VOLUME@SNAP"),
     (["snapshot", "create", "x@y", "--label", "novalue"], 2, "KEY=VALUE"),
     (["volume", "bogus"], 2, "invalid choice"),
+    (["snapshot", "create", "Bad@x"], 2, "invalid volume name 'Bad' in 'Bad@x'"),
+    (["snapshot", "create", "x@Bad"], 2, "invalid snapshot name 'Bad' in 'x@Bad'"),
+    (["clone", "x@y", "New"], 2, "invalid new volume name 'New'"),
+    (["volume", "rename", "x", "New"], 2, "invalid new volume name 'New'"),
+    (["pull", "x@y", "--as", "New"], 2, "invalid new volume name 'New'"),
+    (["volume", "create", "x", "--size", "nan"], 2, "invalid size 'nan'"),
+    (["remote", "ls", "--remote", "s3://b/p?endpont_url=http://h"], 2,
+     "unknown parameter 'endpont_url'"),
+    (["remote", "ls", "--remote", "s3:/b"], 2, "bucket must be a non-empty string"),
 ])
 def test_errors_have_meaningful_exit_codes(daemon, args, code, message):
     rc, out, err = daemon.rokctl(*args)
@@ -237,3 +246,32 @@ def test_push_pull_remote_and_hydration(daemon):
     assert gc["deleted_objects"] >= 1
     rc, _, err = daemon.rokctl("pull", "src@v1", "--as", "again")
     assert rc == 3, err
+
+
+def test_human_output_has_human_sizes_and_times_json_iso(daemon):
+    import re
+    daemon.ok("volume", "create", "shown", "--size", "20M")
+    human = daemon.ok("volume", "info", "shown")
+    assert re.search(r"^size: +20M$", human, re.M), human
+    assert re.search(r"^created: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", human, re.M), human
+    assert re.search(r"^snapshots: +-$", human, re.M), human
+    info = daemon.json("volume", "info", "shown")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", info["created"])
+    assert isinstance(info["created_epoch"], float) and info["size"] == 20 << 20
+    listed = daemon.json("volume", "ls")
+    assert all(v["created"].endswith("Z") for v in listed)
+    daemon.ok("volume", "rm", "shown")
+
+
+def test_a_closed_stdout_ends_quietly(daemon):
+    daemon.ok("volume", "create", "piped", "--size", "1M")
+    for args in (["volume", "ls"], ["-o", "json", "status"], ["--help"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)                          # `| head` that has already gone
+        proc = subprocess.run([sys.executable, "-m", "rokfs.rokctl", "--socket", daemon.control,
+                               *args], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+        os.close(write_end)
+        assert proc.stderr == "", (args, proc.stderr)
+        assert proc.returncode == (0 if args == ["--help"] else 141)   # argparse ignores it
+    daemon.ok("volume", "rm", "piped")

@@ -12,12 +12,9 @@ import trio
 from rokfs import errors, rpc
 from rokfs.client import Client
 from rokfs.control import Control
-from rokfs.rokctl import exit_code
+from rokfs.errors import exit_code
 
-ALL_ERRORS = [errors.InvalidArgument, errors.OutOfRange, errors.NotFound,
-              errors.AlreadyExists, errors.ReadOnly, errors.NoSpace, errors.Busy,
-              errors.NotEmpty, errors.Unsupported, errors.Corrupt, errors.RemoteError,
-              errors.RokfsError]
+ALL_ERRORS = [kind.cls for kind in errors.ERRORS]
 
 
 class StandIn(Control):

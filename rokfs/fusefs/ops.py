@@ -7,7 +7,15 @@
 Invariants:
 - Every operation calls Control verbs (I/O through `control.open_device`),
   never the Pool. A RokfsError becomes FUSEError(its errno) in one place,
-  `_translated`, with the reason logged; anything else is logged and EIO.
+  `to_fuse_error`, its reason logged once, at warning (ENOENT: debug); any
+  other exception is a bug: logged with its traceback, answered EIO.
+- A lookup of a name that cannot exist (an invalid name) is ENOENT like any
+  other missing name; only the operation that would create it says why not.
+- An image file's st_blocks is its allocated bytes / 512 (so `du` tells
+  what the image takes: its info's `allocated`); st_size its size.
+- A volume created through the view and refused its first size while the
+  creating handle is open (`truncate -s 1P volumes/big`) is deleted
+  (deferred: gone at once, freed on close): a failed create leaves nothing.
 - Inode numbers derive from the engine's image ids (unique across volumes
   and snapshots, stable across restarts): file = BASE + 2*id, the
   snapshots/NAME directory of a volume = BASE + 2*id + 1. The FUSE layer only
@@ -50,7 +58,7 @@ DIR_MODE, VOLUME_MODE, SNAPSHOT_MODE = 0o755, 0o644, 0o444
 
 
 def _fail(code, message):
-    log.info("fuse: %s (%s)", message, errno.errorcode.get(code, code))
+    log.warning("fuse: %s (%s)", message, errno.errorcode.get(code, code))
     raise pyfuse3.FUSEError(code)
 
 
@@ -74,7 +82,7 @@ def to_fuse_error(exc, what):
     if isinstance(exc, pyfuse3.FUSEError):
         return exc
     if isinstance(exc, RokfsError):
-        level = logging.DEBUG if exc.errno == errno.ENOENT else logging.INFO
+        level = logging.DEBUG if exc.errno == errno.ENOENT else logging.WARNING
         log.log(level, "fuse: %s: %s (%s)", what, exc, errno.errorcode.get(exc.errno, exc.errno))
         return pyfuse3.FUSEError(exc.errno)
     log.error("fuse: %s failed unexpectedly", what, exc_info=exc)
@@ -100,6 +108,7 @@ class RokfsOperations(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self.nodes = {}          # ino -> Node, for images and snapshots/NAME dirs
         self.handles = {}        # fh -> Handle
+        self.unsized = {}        # ino -> fh: created here, not yet given a size
         self._next_fh = 1
         self.mounted_at = time.time()
 
@@ -168,7 +177,7 @@ class RokfsOperations(pyfuse3.Operations):
             entry.st_mode = stat.S_IFREG | mode
             entry.st_nlink = 0 if st.get("unlinked") else 1
             entry.st_size = st["size"]
-            entry.st_blocks = -(-st["size"] // 512)
+            entry.st_blocks = st["allocated"] // 512
             created = st["created"]
         else:
             entry.st_mode = stat.S_IFDIR | DIR_MODE
@@ -198,7 +207,10 @@ class RokfsOperations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         if name == ".":
             return await self.getattr(parent_inode)
-        child, st = self._child(parent, name)
+        try:
+            child, st = self._child(parent, name)
+        except InvalidArgument as exc:          # a name that cannot exist is missing
+            raise NotFound(f"no {name!r} here ({exc})") from None
         return self._attrs(child, st)
 
     @_translated
@@ -255,6 +267,7 @@ class RokfsOperations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         node = await self._make_volume(parent_inode, name, mode)
         info = self._new_handle(self.control.open_device(node.name, front="fuse"), node.ino)
+        self.unsized[node.ino] = info.fh
         return info, self._attrs(node)
 
     @_translated
@@ -319,6 +332,8 @@ class RokfsOperations(pyfuse3.Operations):
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
         if handle is not None:
+            if self.unsized.get(handle.ino) == fh:
+                del self.unsized[handle.ino]
             handle.device.close()
 
     @_translated
@@ -331,9 +346,25 @@ class RokfsOperations(pyfuse3.Operations):
                 _fail(errno.EROFS, f"snapshot {node.name} is read-only")
             if node.kind != X.VOLUME:
                 _fail(errno.EISDIR, f"{node.name or '/'} is a directory")
-            await self.control.resize_volume(node.name, attr.st_size)
+            await self._resize(node, attr.st_size)
         # atime/mtime updates are accepted and ignored (touch works)
         return self._attrs(node)
+
+    async def _resize(self, node, size):
+        """Resize; a volume refused its first size by the handle that
+        created it is deleted (deferred), so a failed create leaves nothing."""
+        unsized = self.unsized.pop(node.ino, None) is not None
+        try:
+            await self.control.resize_volume(node.name, size)
+        except RokfsError:
+            if unsized:
+                await self._forget_created(node)
+            raise
+
+    async def _forget_created(self, node):
+        log.info("event=fuse_create_undone volume=%s", node.name)
+        await self.control.delete_volume(node.name, defer=True)
+        pyfuse3.invalidate_entry_async(VOLUMES_INO, os.fsencode(node.name), ignore_enoent=True)
 
     # -- names ------------------------------------------------------------------------------
     @_translated

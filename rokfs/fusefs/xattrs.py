@@ -5,10 +5,14 @@ setter, one line of help). Every getter/setter calls a Control verb and
 nothing else, so the xattr layer never implements a verb twice. To add an
 attribute, write a small function and add one line to the table.
 
-Getters return a str or a JSON-able value (sent as JSON); setters receive the
-value decoded as UTF-8 and stripped. Bad values raise InvalidArgument (EINVAL,
-the reason goes to the log); unknown names are ENODATA on get and ENOTSUP on
-set, decided in ops.py.
+Getters return a str or a JSON-able value (sent as JSON, times as ISO-8601
+with the number beside them: rokfs.units.json_view); setters receive the
+value decoded as UTF-8 and stripped. A setter checks the words of its value,
+names first, before its verb changes anything (a remote URL is parsed by the
+verb, before it opens anything), so an error names the field that is
+wrong; bad values (names, sizes, labels, remote URLs) raise InvalidArgument
+(EINVAL, the reason logged once); unknown names are ENODATA on get and
+ENOTSUP on set, decided in ops.py.
 """
 
 import json
@@ -16,8 +20,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..errors import InvalidArgument
-from ..names import parse_labels
-from ..units import parse_size
+from ..names import check_name, parse_labels, split_snapshot
+from ..units import json_view, parse_size
 
 PREFIX = "user.rokfs."
 
@@ -45,18 +49,20 @@ def _words(value, what, low, high):
 async def set_snapshot(control, node, value):
     """'SNAP [key=value ...]'"""
     snap, *labels = _words(value, "snapshot", 1, 64)
+    check_name(snap, "snapshot")
     await control.create_snapshot(f"{node.name}@{snap}", parse_labels(labels))
 
 
 async def set_clone(control, node, value):
     """'NEWNAME' (from the current state) or 'NEWNAME SNAP' (from snapshot SNAP)."""
     new, *snap = _words(value, "clone", 1, 2)
-    source = f"{node.name}@{snap[0]}" if snap else node.name
+    check_name(new, "new volume")
+    source = f"{node.name}@{check_name(snap[0], 'snapshot')}" if snap else node.name
     await control.clone(source, new)
 
 
 async def set_resize(control, node, value):
-    await control.resize_volume(node.name, parse_size(value))
+    await control.resize_volume(node.name, parse_size(value, "size"))
 
 
 async def get_info(control, node):
@@ -73,6 +79,7 @@ async def set_push(control, node, value):
     """'SNAP [REMOTE]': push snapshot SNAP of this volume (blocks until the
     manifest is written)."""
     snap, *remote = _words(value, "push", 1, 2)
+    check_name(snap, "snapshot")
     await control.push(f"{node.name}@{snap}", remote=remote[0] if remote else "default")
 
 
@@ -95,6 +102,8 @@ async def set_pull(control, node, value):
     """'VOLUME@SNAP NEWNAME [REMOTE]': restore a remote snapshot as a new
     volume, usable at once (hydrated in the background)."""
     snap, new, *remote = _words(value, "pull", 2, 3)
+    split_snapshot(snap, "remote snapshot")
+    check_name(new, "new volume")
     await control.pull(snap, new, remote=remote[0] if remote else "default")
 
 
@@ -152,7 +161,7 @@ def names_for(kind):
 def encode(value):
     if isinstance(value, str):
         return value.encode()
-    return json.dumps(value, sort_keys=True).encode()
+    return json.dumps(json_view(value), sort_keys=True).encode()
 
 
 def decode(raw):

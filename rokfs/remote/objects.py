@@ -10,11 +10,21 @@ Invariants:
 - A ranged get returns the bytes the object has in that range, so fewer
   than asked (none at all past its end) when it is shorter: both backends
   alike, and the caller judges (chunks.py: Corrupt).
+- Every other botocore/boto3 failure leaves S3Store as a RemoteError of one
+  line, its cause and a hint (`s3_failure`): no credentials (where the
+  process that talks to S3 looks for them), no such bucket, access denied
+  (the policy needed), credentials refused, wrong region.
+- A remote is given as a spec (a dict) or a URL; both are checked before
+  anything is opened (`check_spec`, `parse_url`): an unknown type, key or
+  URL parameter, or a value of the wrong type or range, is InvalidArgument
+  naming it. Nothing is silently ignored or defaulted to AWS by a typo.
 - These classes are blocking: callers run them in worker threads.
 """
 
+import math
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -73,8 +83,9 @@ def is_temp_failure(exc):
     return False
 
 
-def retry(fn, *args, deadline=DEFAULT_DEADLINE, what="remote request", **kwargs):
-    """Call fn until it succeeds, fails for good, or `deadline` seconds pass."""
+def retry(fn, *args, deadline=DEFAULT_DEADLINE, what="remote request", hint="", **kwargs):
+    """Call fn until it succeeds, fails for good, or `deadline` seconds pass
+    (then RemoteError, ending with `hint`)."""
     stop = time.monotonic() + deadline
     delay = 0.05
     while True:
@@ -85,7 +96,8 @@ def retry(fn, *args, deadline=DEFAULT_DEADLINE, what="remote request", **kwargs)
                 raise
             if time.monotonic() + delay > stop:
                 raise RemoteError(f"{what}: remote unreachable for {deadline:.0f}s "
-                                  f"({type(exc).__name__}: {exc})") from exc
+                                  f"({type(exc).__name__}: {one_line(exc)})"
+                                  + (f": {hint}" if hint else "")) from exc
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 2.0)
 
@@ -97,7 +109,10 @@ class DirStore(ObjectStore):
         super().__init__()
         self.path = os.path.abspath(path)
         self.url = "file://" + self.path
-        os.makedirs(self.path, exist_ok=True)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise RemoteError(f"remote directory {self.path}: {exc.strerror}") from None
 
     def _file(self, key):
         if not key or key.startswith("/") or ".." in key.split("/"):
@@ -171,6 +186,7 @@ class S3Store(ObjectStore):
         super().__init__()
         import boto3
         import botocore.config
+        import botocore.exceptions as bx
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint_url = endpoint_url
@@ -180,14 +196,38 @@ class S3Store(ObjectStore):
         config = botocore.config.Config(
             retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3,
             read_timeout=READ_TIMEOUT, max_pool_connections=max_connections)
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1", config=config)
+        try:
+            self.client = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
+                config=config)
+        except (ValueError, bx.BotoCoreError) as exc:
+            raise InvalidArgument(f"S3 remote {self.url}: {one_line(exc)}") from None
 
-    def _call(self, what, fn, **kwargs):
+    def _call(self, what, fn, expected=(), **kwargs):
         def once():
             self._count()
             return fn(Bucket=self.bucket, **kwargs)
-        return retry(once, deadline=self.deadline, what=f"{what} {self.url}")
+        return self._request(what, once, expected)
+
+    def _request(self, what, once, expected=()):
+        """once() under retry. A ClientError whose code is in `expected` is
+        raised as it is, for the caller to judge; any other botocore failure
+        becomes the RemoteError `s3_failure` words."""
+        import botocore.exceptions as bx
+        what = f"{what} {self.url}"
+        try:
+            return retry(once, deadline=self.deadline, what=what,
+                         hint=f"is the endpoint {self.endpoint()} right, and up?")
+        except bx.ClientError as exc:
+            if _error_code(exc) in expected:
+                raise
+            raise s3_failure(exc, what, self) from exc
+        except bx.BotoCoreError as exc:
+            raise s3_failure(exc, what, self) from exc
+
+    def endpoint(self):
+        """Where requests go, for messages."""
+        return self.endpoint_url or f"AWS S3 ({self.region or 'us-east-1'})"
 
     def put(self, key, data):
         """bytes and bytearray bodies go to boto3 as they are (no copy)."""
@@ -202,24 +242,21 @@ class S3Store(ObjectStore):
             resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
             return resp["Body"].read()
         try:
-            return retry(once, deadline=self.deadline, what=f"GET {key} {self.url}")
+            return self._request(f"GET {key}", once,
+                                 expected=("NoSuchKey", "404", "InvalidRange"))
         except bx.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("NoSuchKey", "404"):
-                raise NotFound(f"no object {key!r} in {self.url}") from None
-            if code == "InvalidRange":        # the range starts past the object's end
+            if _error_code(exc) == "InvalidRange":    # the range starts past the object's end
                 return b""
-            raise RemoteError(f"GET {key} {self.url}: {exc}") from exc
+            raise NotFound(f"no object {key!r} in {self.url}") from None
 
     def exists(self, key):
         import botocore.exceptions as bx
         try:
-            self._call(f"HEAD {key}", self.client.head_object, Key=self.prefix + key)
+            self._call(f"HEAD {key}", self.client.head_object, expected=("404", "NoSuchKey"),
+                       Key=self.prefix + key)
             return True
-        except bx.ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise RemoteError(f"HEAD {key} {self.url}: {exc}") from exc
+        except bx.ClientError:
+            return False
 
     def list(self, prefix=""):
         out, token = [], None
@@ -241,33 +278,225 @@ class S3Store(ObjectStore):
         self._call("CREATE BUCKET", self.client.create_bucket)
 
 
+# -- S3 failures, in words ----------------------------------------------------------
+
+NO_CREDENTIALS = (
+    "no S3 credentials found: the process that talks to S3 looks for them in its own "
+    "environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), in "
+    "~/.aws/credentials of the user it runs as, and in an instance or pod role; for rokctl "
+    "and the FUSE xattrs that process is the daemon (rokfs serve), not your shell")
+DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
+CREDENTIALS_REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                       "ExpiredToken", "TokenRefreshRequired", "InvalidSecurity"}
+WRONG_REGION = {"PermanentRedirect", "AuthorizationHeaderMalformed",
+                "IllegalLocationConstraintException"}
+
+
+def one_line(exc):
+    return " ".join(str(exc).split())
+
+
+def _error_code(exc):
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def s3_failure(exc, what, store):
+    """The RemoteError for a botocore/boto3 failure of `store`: one line,
+    what failed, the cause and a hint."""
+    import botocore.exceptions as bx
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError,
+                        bx.CredentialRetrievalError)):
+        return RemoteError(f"{what}: {NO_CREDENTIALS}")
+    if isinstance(exc, bx.ClientError):
+        return RemoteError(f"{what}: {_client_failure(exc, store)}")
+    return RemoteError(f"{what}: {type(exc).__name__}: {one_line(exc)}")
+
+
+def _client_failure(exc, store):
+    """Cause and hint for an error answer of the S3 server."""
+    code = _error_code(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    said = one_line(f"{code or status}: "
+                    f"{exc.response.get('Error', {}).get('Message') or 'no message'}")
+    if code == "NoSuchBucket":
+        return (f"no bucket {store.bucket!r} at {store.endpoint()} ({said}): the bucket must "
+                "exist (rokfs never creates one); create it or fix the name")
+    if code in CREDENTIALS_REFUSED:
+        return (f"the S3 server refused the credentials ({said}): check the access key and "
+                "secret of the process that talks to S3 (for rokctl: the daemon)")
+    if code in DENIED or status == 403:            # a HEAD's 403 has no code but "403"
+        return f"access denied ({said}): the credentials need {policy_needed(store)}"
+    if code in WRONG_REGION:
+        return (f"the bucket answers from another region ({said}): set region= to the "
+                "bucket's region")
+    return f"the S3 server answered {status} {said}"
+
+
+def policy_needed(store):
+    """The IAM permissions rokfs uses on a bucket and prefix, as a hint."""
+    arn = f"arn:aws:s3:::{store.bucket}"
+    return (f"s3:ListBucket on {arn} and s3:GetObject, s3:PutObject, s3:DeleteObject on "
+            f"{arn}/{store.prefix}*")
+
+
+# -- specs and URLs -------------------------------------------------------------------
+
+SPEC_KEYS = {"dir": ("type", "path"),
+             "s3": ("type", "bucket", "prefix", "endpoint_url", "region", "deadline")}
+URL_PARAMETERS = ("endpoint_url", "region", "deadline")      # of s3:// URLs
+MAX_DEADLINE = 24 * 3600.0
+_BUCKET = re.compile(r"[a-zA-Z0-9._-]{1,255}")                 # botocore's own rule
+_REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
+URL_USAGE = "use file:///path or s3://bucket/prefix[?endpoint_url=...&region=...&deadline=...]"
+
+
 def open_object_store(spec):
     """A dict {"type": "dir"|"s3", ...} or a URL 'file:///path' | 's3://bucket/prefix'."""
-    if isinstance(spec, str):
-        spec = parse_url(spec)
-    kind = spec.get("type")
-    if kind == "dir":
+    spec = parse_url(spec) if isinstance(spec, str) else check_spec(spec)
+    if spec["type"] == "dir":
         return DirStore(spec["path"])
-    if kind == "s3":
-        if not spec.get("bucket"):
-            raise InvalidArgument("an s3 remote needs a bucket")
-        return S3Store(spec["bucket"], spec.get("prefix", ""), spec.get("endpoint_url"),
-                       spec.get("region"), deadline=float(spec.get("deadline", DEFAULT_DEADLINE)))
-    raise InvalidArgument(f"unknown remote type {kind!r} (use 'dir' or 's3')")
+    return S3Store(spec["bucket"], spec.get("prefix", ""), spec.get("endpoint_url"),
+                   spec.get("region"), deadline=deadline_of(spec.get("deadline"), "deadline"))
+
+
+def check_spec(spec, where="remote"):
+    """`spec` if it is a valid remote spec, else InvalidArgument naming what is wrong."""
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"{where} must be a table or a URL, not {_type_name(spec)}")
+    kind = spec.get("type")
+    if not isinstance(kind, str) or kind not in SPEC_KEYS:
+        raise InvalidArgument(f"{where}: unknown remote type {kind!r} (use 'dir' or 's3')")
+    unknown = sorted(set(spec) - set(SPEC_KEYS[kind]))
+    if unknown:
+        raise InvalidArgument(f"{where}: unknown key {unknown[0]!r} for a {kind!r} remote "
+                              f"(known: {', '.join(SPEC_KEYS[kind])})")
+    for key in SPEC_KEYS[kind][1:]:
+        CHECKS[key](spec.get(key), f"{where}: {key}")
+    return spec
+
+
+def _type_name(value):
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _text(value, what, required=False):
+    if value is None:
+        if required:
+            raise InvalidArgument(f"{what} is missing")
+        return None
+    if not isinstance(value, str) or (required and not value) or "\0" in value:
+        raise InvalidArgument(f"{what} must be a {'non-empty ' if required else ''}string, "
+                              f"not {value!r}")
+    return value
+
+
+def check_path(value, what):
+    return _text(value, what, required=True)
+
+
+def check_bucket(value, what):
+    if not _BUCKET.fullmatch(_text(value, what, required=True)):
+        raise InvalidArgument(f"{what}: {value!r} is not a bucket name")
+    return value
+
+
+def check_endpoint(value, what):
+    """None, or an http(s) URL of a host (and port) that botocore takes too."""
+    if _text(value, what) is None:
+        return None
+    if not (_is_plain_http_url(value) and _botocore_takes(value)):
+        raise InvalidArgument(f"{what}: {value!r} is not an endpoint URL "
+                              "(use http(s)://HOST[:PORT])")
+    return value
+
+
+def _is_plain_http_url(value):
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok
+            and not (parts.query or parts.fragment or "@" in parts.netloc or " " in value))
+
+
+def _botocore_takes(endpoint):
+    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+    return bool(is_valid_endpoint_url(endpoint) or is_valid_ipv6_endpoint_url(endpoint))
+
+
+def check_region(value, what):
+    if _text(value, what) is not None and not _REGION.fullmatch(value):
+        raise InvalidArgument(f"{what}: {value!r} is not a region name (such as eu-west-1)")
+    return value
+
+
+def deadline_of(value, what):
+    """Seconds, from a number or a numeric string: finite, > 0, at most a day."""
+    if value is None:
+        return DEFAULT_DEADLINE
+    try:
+        seconds = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds <= MAX_DEADLINE:          # also refuses nan
+        raise InvalidArgument(f"{what} must be a number of seconds from 0 to "
+                              f"{MAX_DEADLINE:.0f}, not {value!r}")
+    return seconds
+
+
+CHECKS = {"path": check_path, "bucket": check_bucket, "prefix": _text,
+          "endpoint_url": check_endpoint, "region": check_region, "deadline": deadline_of}
 
 
 def parse_url(url):
-    parts = urllib.parse.urlsplit(url)
-    query = dict(urllib.parse.parse_qsl(parts.query))
-    if parts.scheme == "file" or (not parts.scheme and url.startswith("/")):
-        return {"type": "dir", "path": parts.path or url}
+    """A checked spec from 'file:///path', '/path' or
+    's3://bucket/prefix?endpoint_url=...&region=...&deadline=...'."""
+    if not isinstance(url, str) or not url:
+        raise InvalidArgument(f"bad remote URL {url!r}: {URL_USAGE}")
+    if url.startswith("/"):
+        return check_spec({"type": "dir", "path": url}, f"remote {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
+                                       strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise InvalidArgument(f"bad remote URL {url!r}: {exc}") from None
+    if parts.fragment:
+        raise InvalidArgument(f"bad remote URL {url!r}: it has a #fragment")
+    if parts.scheme == "file":
+        return _file_url(url, parts, query)
     if parts.scheme == "s3":
-        spec = {"type": "s3", "bucket": parts.netloc, "prefix": parts.path.strip("/")}
-        for name in ("endpoint_url", "region", "deadline"):
-            if name in query:
-                spec[name] = query[name]
-        spec.setdefault("endpoint_url", os.environ.get("AWS_ENDPOINT_URL_S3")
-                        or os.environ.get("AWS_ENDPOINT_URL"))
-        return spec
-    raise InvalidArgument(f"bad remote URL {url!r}: use file:///path or "
-                          "s3://bucket/prefix[?endpoint_url=...&region=...]")
+        return _s3_url(url, parts, query)
+    raise InvalidArgument(f"bad remote URL {url!r}: {URL_USAGE}")
+
+
+def _parameters(url, query, known):
+    """The URL's query as a dict; an unknown or repeated parameter is refused."""
+    params = {}
+    for name, value in query:
+        if name not in known:
+            raise InvalidArgument(f"remote URL {url!r}: unknown parameter {name!r} "
+                                  f"(known: {', '.join(known) or 'none'})")
+        if name in params:
+            raise InvalidArgument(f"remote URL {url!r}: parameter {name!r} given twice")
+        params[name] = value
+    return params
+
+
+def _file_url(url, parts, query):
+    _parameters(url, query, ())
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidArgument(f"bad remote URL {url!r}: a file URL names a local path "
+                              "(file:///path)")
+    path = urllib.parse.unquote(parts.path)
+    return check_spec({"type": "dir", "path": path}, f"remote URL {url!r}")
+
+
+def _s3_url(url, parts, query):
+    spec = {"type": "s3", "bucket": parts.netloc, "prefix": parts.path.strip("/"),
+            **_parameters(url, query, URL_PARAMETERS)}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    spec.setdefault("endpoint_url", endpoint)
+    return check_spec(spec, f"remote URL {url!r}")
