@@ -63,6 +63,13 @@ VERBS = {
     "hydration_status": ("volume",),
     "pause_hydration": ("volume",),
     "resume_hydration": ("volume",),
+    # policies: schedules and retention
+    "set_policy": ("target", "spec"),
+    "show_policy": ("target",),
+    "list_policies": (),
+    "delete_policy": ("target",),
+    "plan_policy": ("target",),
+    "run_policy": ("target",),
 }
 STREAMING = {"push"}          # verbs taking progress=callback; their RPC streams Progress
 
