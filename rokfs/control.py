@@ -40,7 +40,7 @@ from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly
                      single_errors)
 from .fsck import fsck
 from .image import NeedsChunks
-from .policy import parse_policy
+from .policy import POLICY_LABEL, parse_policy
 from .stats import Counters
 
 log = logging.getLogger("rokfs.control")
@@ -565,6 +565,15 @@ class Control:
     def policy_records(self):
         """{target: {"spec", "anchor"}} for the runner (not a verb)."""
         return self.pool.policy_records()
+
+    def policy_snapshots(self, target, volume=None):
+        """The snapshots (of `volume`) labelled as taken by `target`'s policy:
+        name, group, labels, created and holds only, so that a run walks no
+        map (not a verb)."""
+        return [{"name": s.full_name, "group": s.group, "labels": dict(s.labels),
+                 "created": s.created, "holds": dict(s.holds)}
+                for s in self.pool.list_snapshots(volume)
+                if s.labels.get(POLICY_LABEL) == target]
 
     def mark_policy_run(self, target, at):
         """A run of `target` starts at `at`: its anchor, committed with the

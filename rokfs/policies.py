@@ -54,8 +54,6 @@ class Unit:
     time: float
     members: list
     holds: dict             # member -> {tag: reason}, members with holds only
-    exclusive: int
-    shared: int
 
 
 # -- checking and describing ---------------------------------------------------------
@@ -109,12 +107,13 @@ def space(planned):
 # -- retention ------------------------------------------------------------------------------
 
 def units(control, target, policy):
-    """The policy's snapshots (or group snapshots), as Units."""
-    want = {POLICY_LABEL: target}
+    """The policy's snapshots (or group snapshots), as Units, from facts
+    that need no map walk (Control.policy_snapshots)."""
+    snaps = control.policy_snapshots(target, None if policy.volumes else target)
     if not policy.volumes:
-        return [_unit(s["name"], [s]) for s in control.list_snapshots(target, want)]
+        return [_unit(s["name"], [s]) for s in snaps]
     groups = {}
-    for snap in control.list_snapshots(labels=want):
+    for snap in snaps:
         if snap["group"] is not None:
             groups.setdefault(snap["group"], []).append(snap)
     return [_unit(group, members) for group, members in sorted(groups.items())]
@@ -122,20 +121,28 @@ def units(control, target, policy):
 
 def _unit(name, snaps):
     return Unit(name, min(taken_at(s["labels"], s["created"]) for s in snaps),
-                [s["name"] for s in snaps], {s["name"]: s["holds"] for s in snaps if s["holds"]},
-                sum(s["exclusive"] for s in snaps), sum(s["shared"] for s in snaps))
+                [s["name"] for s in snaps], {s["name"]: s["holds"] for s in snaps if s["holds"]})
+
+
+def verdicts(control, target, policy):
+    """[(unit, reasons)] newest first; no reasons = retention lets it go.
+    Held units are kept (and say by whom), whatever the rules say."""
+    found = {u.name: u for u in units(control, target, policy)}
+    judged = judge([(u.name, u.time) for u in found.values()], policy.rules, policy.zone)
+    return [(found[v.name], v.reasons + [_held(found[v.name])] * bool(found[v.name].holds))
+            for v in judged]
 
 
 def plan(control, target, policy):
-    """What retention would do now: kept units with their reasons, deleted
-    ones with what they hold, and the totals."""
-    found = {u.name: u for u in units(control, target, policy)}
+    """What retention would do now: each unit kept (with its reasons) or
+    deleted, its exclusive and shared bytes (Control.snapshot_info), and
+    what deleting frees (at least) and shares."""
     keep, delete = [], []
-    for verdict in judge([(u.name, u.time) for u in found.values()], policy.rules, policy.zone):
-        unit = found[verdict.name]
-        reasons = verdict.reasons + [_held(unit)] * bool(unit.holds)
+    for unit, reasons in verdicts(control, target, policy):
+        sizes = [control.snapshot_info(m) for m in unit.members]
         row = {"name": unit.name, "taken": format_time(unit.time), "reasons": reasons,
-               "exclusive": unit.exclusive, "shared": unit.shared}
+               "exclusive": sum(i["exclusive"] for i in sizes),
+               "shared": sum(i["shared"] for i in sizes)}
         if policy.volumes:
             row["members"] = unit.members
         (keep if reasons else delete).append(row)
@@ -150,19 +157,19 @@ def _held(unit):
 
 
 async def apply_retention(control, target, policy):
-    """Delete (deferred) what the plan lets go; returns the names deleted."""
+    """Delete (deferred) what retention lets go; returns the names deleted."""
     deleted = []
-    for row in plan(control, target, policy)["delete"]:
+    for unit in [u for u, reasons in verdicts(control, target, policy) if not reasons]:
         try:
             if policy.volumes:
-                await control.delete_group(row["name"], defer=True)
+                await control.delete_group(unit.name, defer=True)
             else:
-                await control.delete_snapshot(row["name"], defer=True)
-        except (Busy, NotFound) as exc:      # held or gone since the plan: keep going
+                await control.delete_snapshot(unit.name, defer=True)
+        except (Busy, NotFound) as exc:      # held or gone since judged: keep going
             log.info("event=retention_skipped target=%s name=%s reason=%s", target,
-                     row["name"], exc)
+                     unit.name, exc)
             continue
-        deleted.append(row["name"])
+        deleted.append(unit.name)
     return deleted
 
 

@@ -86,6 +86,16 @@ class Verdict:
     time: float
     keep: bool
     reasons: list
+    local: datetime.datetime = dataclasses.field(default=None, repr=False, compare=False)
+
+
+_PERIOD_KEY = {    # period -> (bucket key of a local time, its text)
+    "hourly": (lambda d: (d.year, d.month, d.day, d.hour), "%Y-%m-%dT%H"),
+    "daily": (lambda d: (d.year, d.month, d.day), "%Y-%m-%d"),
+    "weekly": (lambda d: d.isocalendar()[:2], None),
+    "monthly": (lambda d: (d.year, d.month), "%Y-%m"),
+    "yearly": (lambda d: d.year, "%Y"),
+}
 
 
 def parse_count(rule, text):
@@ -110,14 +120,15 @@ def parse_within(text):
 def judge(snapshots, rules, tz=None):
     """[Verdict] for [(name, time)], newest first (ties: by name, descending)."""
     ordered = sorted(snapshots, key=lambda s: (s[1], s[0]), reverse=True)
-    verdicts = [Verdict(name, time, False, []) for name, time in ordered]
+    verdicts = [Verdict(name, time, False, [], datetime.datetime.fromtimestamp(time, tz))
+                for name, time in ordered]
     if rules.empty():
         for v in verdicts:
             v.keep, v.reasons = True, ["no retention rule"]
         return verdicts
     _keep_last(verdicts, rules.last)
     for period in PERIODS:
-        _keep_periods(verdicts, period, getattr(rules, period), tz)
+        _keep_periods(verdicts, period, getattr(rules, period))
     if rules.within and verdicts:
         _keep_within(verdicts, rules.within, tz)
     for v in verdicts:
@@ -131,18 +142,18 @@ def _keep_last(verdicts, count):
             v.reasons.append("last")
 
 
-def _keep_periods(verdicts, period, count, tz):
+def _keep_periods(verdicts, period, count):
     """Keep the first snapshot seen of each period, newest first, `count` times."""
-    left, seen = count, None
+    key_of, left, seen, kept = _PERIOD_KEY[period][0], count, None, None
     for v in verdicts:
         if left == 0:
             return
-        bucket = period_of(v.time, period, tz)
-        if bucket != seen:
-            seen = bucket
+        key = key_of(v.local)
+        if key != seen:
+            seen, kept = key, v
             left -= left != UNLIMITED
-            v.reasons.append(f"{period} {bucket}")
-    if left and verdicts and f"{period} {seen}" not in verdicts[-1].reasons:
+            v.reasons.append(f"{period} {_period_text(v.local, period)}")
+    if left and verdicts and kept is not verdicts[-1]:
         verdicts[-1].reasons.append(f"oldest, keep-{period} not used up")
 
 
@@ -156,14 +167,12 @@ def _keep_within(verdicts, within, tz):
 def period_of(t, period, tz=None):
     """The period `t` falls in, as text: '2026-03-30T14', '2026-03-30',
     '2026-W13', '2026-03', '2026'."""
-    local = datetime.datetime.fromtimestamp(t, tz)
-    if period == "hourly":
-        return local.strftime("%Y-%m-%dT%H")
-    if period == "daily":
-        return local.strftime("%Y-%m-%d")
-    if period == "weekly":
-        year, week, _ = local.isocalendar()
+    return _period_text(datetime.datetime.fromtimestamp(t, tz), period)
+
+
+def _period_text(local, period):
+    fmt = _PERIOD_KEY[period][1]
+    if fmt is None:
+        year, week = local.isocalendar()[:2]
         return f"{year}-W{week:02d}"
-    if period == "monthly":
-        return local.strftime("%Y-%m")
-    return local.strftime("%Y")
+    return local.strftime(fmt)
