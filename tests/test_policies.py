@@ -353,3 +353,61 @@ async def test_a_push_after_each_snapshot(control, tmp_path):
     assert report["pushed"] == report["snapshots"] and report["errors"] == []
     listed = await control.list_remote(remote=f"file://{tmp_path / 'remote'}")
     assert [r["name"] for r in listed] == report["snapshots"]
+
+
+# -- through a real daemon ------------------------------------------------------------------
+
+def test_rokctl_plans_and_runs_a_policy_and_an_open_snapshot_outlives_retention(tmp_path):
+    """rokctl policy set/show/plan/run/rm and the client; retention deletes a
+    snapshot an NBD client has open: it keeps reading its own bytes (while
+    another volume takes freed space), and the space returns on close."""
+    import json as json_module
+    from daemon_helpers import running, write_config
+    from rokfs.client import Client
+    from test_lifecycle import NbdReader, sha, used_bytes, wait_until, write_file
+    mib = 1 << 20
+    (tmp_path / "mnt").mkdir()
+    config = write_config(tmp_path, f'[fuse]\nmountpoint = "{tmp_path / "mnt"}"\n')
+    with running(config) as d, Client(d.control) as rok:
+        d.ok("volume", "create", "v", "--size", "1M")
+        image = tmp_path / "mnt" / "volumes" / "v"
+        first_bytes = b"first!!!" * (mib // 8)
+        write_file(image, first_bytes)
+        spec = ["cron", "0 0 1 1 *", "keep-last", "2", "label", "team=ml"]   # not during a test
+        shown = d.json("policy", "set", "v", *spec)
+        assert shown["spec"] == "cron 0 0 1 1 * keep-last 2 label team=ml"
+        first = d.json("policy", "run", "v")["snapshots"][0]
+        write_file(image, b"second!!" * (mib // 8))
+        second = rok.run_policy("v")["snapshots"][0]
+        assert d.json("snapshot", "info", first)["labels"]["team"] == "ml"
+        d.ok("snapshot", "hold", second, "--reason", "audit")
+        d.ok("policy", "set", "v", "cron", "0 0 1 1 *", "keep-last", "1", "label", "team=ml")
+        plan = d.json("policy", "plan", "v")
+        assert [(r["name"], r["exclusive"]) for r in plan["delete"]] == [(first, mib)]
+        assert plan["keep"][0]["reasons"] == ["last", f"held: {second} (user)"]
+        human = d.ok("policy", "plan", "v")
+        assert "would delete 1, freeing at least 1M" in human and "held: " in human
+        assert "v" in d.ok("policy", "show") and "cron 0 0 1 1 *" in d.ok("status")
+
+        reader = NbdReader(d.nbd_socket, first)
+        try:
+            write_file(image, b"third!!!" * (mib // 8))
+            report = d.json("policy", "run", "v")
+            assert report["deleted"] == [first] and report["errors"] == []
+            assert [s["name"] for s in d.json("snapshot", "ls")] == [second,
+                                                                     report["snapshots"][0]]
+            d.ok("volume", "create", "w", "--size", "1M")
+            write_file(tmp_path / "mnt" / "volumes" / "w", b"SECRET!!" * (mib // 8))
+            before_close = used_bytes(d)
+            assert reader.sha(0, mib) == sha(first_bytes)
+        finally:
+            reader.close()
+        wait_until(lambda: used_bytes(d) == before_close - mib, "the deleted snapshot's space")
+        assert json_module.loads(os.getxattr(image, "user.rokfs.policy"))["keep"] == {"last": 1}
+        d.ok("policy", "rm", "v")
+        rc, _, err = d.rokctl("policy", "show", "v")
+        assert rc == 3 and "no policy for 'v'" in err
+        rc, _, err = d.rokctl("policy", "set", "v", "every", "15x")
+        assert rc == 2 and "every: expected an interval like 15m, 2h or 1d, got '15x'" in err
+        group = d.json("policy", "set", "env", "volumes", "v,w", "hourly", "keep-daily", "7")
+        assert (group["kind"], group["volumes"]) == ("group", ["v", "w"])
