@@ -519,7 +519,6 @@ class Control:
             status.update(state="hydrated", chunks_done=total, error=None)
             log.info("event=hydrated volume=%s chunks=%d", vol.name, total)
 
-
     # -- policies: schedules and retention (rokfs/policy.py, rokfs/policies.py) ----------
     policy_runner = None        # the daemon's PolicyRunner while it runs
 
@@ -595,6 +594,7 @@ class Control:
         await self.flush()
         if self.policy_runner is not None:
             self.policy_runner.wake()
+
 
 @contextlib.asynccontextmanager
 async def _frozen(mountpoints):

@@ -38,8 +38,7 @@ import trio
 
 from . import names
 from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, RokfsError
-from .policy import POLICY_LABEL, format_time, parse_policy, snapshot_labels, \
-    snapshot_stem, taken_at
+from .policy import format_time, parse_policy, snapshot_labels, snapshot_stem, taken_at
 from .retention import judge
 
 log = logging.getLogger("rokfs.policies")

@@ -25,6 +25,7 @@ Invariants:
 - Bad rules raise InvalidArgument naming the rule and the bad value.
 """
 
+import collections
 import dataclasses
 import datetime
 import re
@@ -36,15 +37,11 @@ PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
 RULES = ("last", *PERIODS, "within")
 
 
-@dataclasses.dataclass(frozen=True)
-class Within:
-    years: int = 0
-    months: int = 0
-    days: int = 0
-    hours: int = 0
+class Within(collections.namedtuple("Within", "years months days hours", defaults=(0,) * 4)):
+    """A keep-within duration: calendar years, months, days, then hours."""
 
     def __str__(self):
-        return "".join(f"{n}{unit}" for n, unit in zip(dataclasses.astuple(self), "ymdh") if n)
+        return "".join(f"{n}{unit}" for n, unit in zip(self, "ymdh") if n)
 
     def cutoff(self, newest, tz):
         """`newest` minus this duration (calendar years/months/days, then hours)."""

@@ -279,7 +279,7 @@ def _hydration_action(words):
 
 
 def status(c, a):
-    result = {**c.status(), "volumes_list": c.list_volumes(), "policies": c.list_policies()}
+    result = {**c.status(), "volumes_list": c.list_volumes(), "policies": _policies(c)}
     _show(a, result, lambda r: (
         print(f"pool {r['path']}: chunk size {format_size(r['chunk_size'])}, "
               f"{r['volumes']} volumes, {r['snapshots']} snapshots, "
@@ -401,6 +401,14 @@ POLICY_COLUMNS = [("policy", "target"), ("kind", "kind"), ("schedule", "schedule
                   ("next run", lambda r: r.get("next_run") or ""), ("snapshots", _space)]
 PLAN_COLUMNS = [("snapshot", "name"), ("taken", "taken"), ("action", "action"),
                 ("why / frees", "why")]
+
+
+def _policies(c):
+    """Every policy, or none from a daemon that has no policies yet."""
+    try:
+        return c.list_policies()
+    except errors.Unsupported:
+        return []
 
 
 def policy_set(c, a):
