@@ -291,8 +291,8 @@ class PolicyRunner:
                 await self.run_now(target, policy)
 
     def _next_run(self, target, policy):
-        """The first slot after the anchor (never after now: a clock that went
-        back, or an anchor set by another clock, does not delay runs)."""
+        """The first slot after the anchor; an anchor later than now (a wall
+        clock that went back, one set by another clock) counts as now."""
         record = self.control.policy_records().get(target) or {}
         anchor = record.get("anchor")
         now = self.now()
