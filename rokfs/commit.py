@@ -39,6 +39,7 @@ class CommitBatch:
     slot_state: object       # ExtentStore's commit state (dirty blocks, freed slots)
     freed_slots: list        # slots whose cached content hash goes
     slot_hashes: list        # (slot, hash) pairs newly cached
+    policies: list           # (target, record or None = deleted) of changed policies
 
     @property
     def slot_blocks(self):
@@ -73,6 +74,7 @@ class Commits:
         self.images = ImageChanges()
         self.new_slot_hashes = {}       # slot -> blake3 hex, cached since the last commit
         self.forgotten_slot_hashes = set()
+        self.policies = set()           # targets whose policy record changed or went
 
     def begin(self):
         pool = self.pool
@@ -89,7 +91,7 @@ class Commits:
             nodes=nodes, node_rcs=node_rcs, deleted_nodes=deleted_nodes, node_state=node_state,
             slot_state=slot_state,
             freed_slots=list(slot_state.freed) + sorted(forget),
-            slot_hashes=list(new_hashes.items()))
+            slot_hashes=list(new_hashes.items()), policies=self._take_policies())
 
     def write(self, batch):
         """Blocking; may run in a worker thread, one batch at a time."""
@@ -109,6 +111,11 @@ class Commits:
         self.pool.nodes.abort_commit(batch.node_state)
         self.pool.slots.abort_commit(batch.slot_state)
         self.new_slot_hashes = {**dict(batch.slot_hashes), **self.new_slot_hashes}
+        self.policies |= {target for target, _ in batch.policies}
+
+    def _take_policies(self):
+        changed, self.policies = self.policies, set()
+        return [(target, self.pool.policy_record(target)) for target in sorted(changed)]
 
 
 def _rows(pool, ids):

@@ -5,6 +5,8 @@ Invariants:
 - The configuration (rokfs.config) is loaded and checked, and the FUSE
   mountpoint and NBD TLS files are checked, before the pool is opened: a
   bad setting is refused with nothing started and nothing created.
+- The policy runner (rokfs.policies) runs beside the hydrators, on the
+  daemon's loop, for as long as the services do.
 - The pool is opened, run and closed by the one run sequence
   (rokfs.runner.run_with_pool); this module only starts the services, each
   with nursery.start() so that it reports its bound address, and prints
@@ -24,6 +26,7 @@ from . import config as configuration, logs, paths
 from .errors import InvalidArgument
 from .fusefs import check_mountpoint, mount
 from .metrics import serve_metrics
+from .policies import PolicyRunner
 from .rpc import serve_control
 from .runner import run_with_pool
 
@@ -74,6 +77,7 @@ async def serve(control, cfg, tls):
             bound["metrics"] = await nursery.start(serve_metrics, control,
                                                    cfg["metrics"]["listen"])
         await nursery.start(control.run_background)     # hydrators of pulled volumes
+        await nursery.start(PolicyRunner(control).run)   # schedules and retention
         print(welcome(cfg, bound), flush=True)
 
 

@@ -17,6 +17,8 @@ Invariants:
   image across a restart). Names of DELETING images stay reserved.
 - `_images` holds every image not FREED; `_volumes` and `_snapshots` index
   the same objects by name. Lookups and listings show LIVE images only.
+- Policies (rokfs/policy.py) are stored here as opaque records {spec text,
+  anchor time}, committed with everything else; the engine never reads them.
 - All methods run on one thread (the daemon's event loop). Thread-safe, for
   worker threads: `commits.write(batch)` (one at a time), the writes of
   fetched chunks into taken slots (`ExtentStore.write_runs`), and
@@ -59,6 +61,7 @@ class Pool:
         self.commits = Commits(self)
         self._images, self._volumes, self._snapshots = {}, {}, {}
         self._load_images()
+        self._policies = store.load_policies()
         self._next_id = max([0, *self._images]) + 1
         self.closed = False
         self._free_leftovers()
@@ -543,6 +546,25 @@ class Pool:
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
                 "free_bytes": st.f_bavail * st.f_frsize}
+
+    # -- policies: records {"spec": text, "anchor": time or None}, committed like images --
+    def policy_records(self):
+        """{target: record} of every policy (copies)."""
+        return {target: dict(record) for target, record in self._policies.items()}
+
+    def policy_record(self, target):
+        record = self._policies.get(target)
+        return dict(record) if record is not None else None
+
+    def put_policy(self, target, spec, anchor):
+        """Store (or replace) `target`'s policy; durable at the next commit."""
+        self._policies[target] = {"spec": str(spec), "anchor": anchor}
+        self.commits.policies.add(target)
+
+    def drop_policy(self, target):
+        if self._policies.pop(target, None) is None:
+            raise NotFound(f"no policy for {target!r}")
+        self.commits.policies.add(target)
 
 
 def _refuse_kept(images):

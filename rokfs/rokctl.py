@@ -394,13 +394,14 @@ def jobs_wait(c, a):
 
 
 def status(c, a):
-    result = {**c.status(), "volumes_list": c.list_volumes()}
+    result = {**c.status(), "volumes_list": c.list_volumes(), "policies": _policies(c)}
     _show(a, result, lambda r: (
         print(f"pool {r['path']}: chunk size {format_size(r['chunk_size'])}, "
               f"{r['volumes']} volumes, {r['snapshots']} snapshots, "
               f"{format_size(r['used_bytes'])} used, {format_size(r['free_bytes'])} free of "
               f"{format_size(r['capacity_bytes'])}"),
-        r["volumes_list"] and table(r["volumes_list"], VOLUME_COLUMNS)))
+        r["volumes_list"] and table(r["volumes_list"], VOLUME_COLUMNS),
+        r["policies"] and table(r["policies"], POLICY_COLUMNS)))
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -500,6 +501,7 @@ def build_parser():
           help="until hydrated, with a progress bar (Ctrl-C pauses the hydration)"), detach)
     _jobs_parser(sub, cmd, A, common)
     cmd(sub, "status", status, "the pool's state")
+    add_policy_commands(group("policy", "snapshot schedules and retention"), cmd, A)
     return parser
 
 
@@ -513,6 +515,98 @@ def _jobs_parser(sub, cmd, A, common):
     cmd(jobs, "cancel", jobs_cancel, "cancel a job; returns once it has stopped", job_id)
     cmd(jobs, "wait", jobs_wait, "follow a job until it ends (Ctrl-C stops following, "
         "not the job)", job_id)
+
+
+# -- policies: schedules and retention (docs/daemon.md, "Snapshot policies") ----------------
+
+def _space(r):
+    sp = r.get("space") or {}
+    if "error" in sp:
+        return sp["error"]
+    return (f"{sp['snapshots']} ({format_size(sp['exclusive_bytes'])} exclusive), "
+            f"{sp['would_delete']} to delete now")
+
+
+POLICY_COLUMNS = [("policy", "target"), ("kind", "kind"), ("schedule", "schedule"),
+                  ("keep", lambda r: " ".join(f"{k}={v}" for k, v in r["keep"].items())
+                   or "all"),
+                  ("next run", lambda r: r.get("next_run") or ""), ("snapshots", _space)]
+PLAN_COLUMNS = [("snapshot", "name"), ("taken", "taken"), ("action", "action"),
+                ("why / frees", "why")]
+
+
+def _policies(c):
+    """Every policy, or none from a daemon that has no policies yet."""
+    try:
+        return c.list_policies()
+    except errors.Unsupported:
+        return []
+
+
+def policy_set(c, a):
+    _show(a, c.set_policy(a.target, " ".join(a.spec)), _policy_text)
+
+
+def policy_show(c, a):
+    if a.target:
+        _show(a, c.show_policy(a.target), _policy_text)
+    else:
+        _show(a, c.list_policies(), lambda rows: table(rows, POLICY_COLUMNS))
+
+
+def policy_rm(c, a):
+    c.delete_policy(a.target)
+    _show(a, {"deleted": a.target}, lambda r: print(
+        f"removed the policy of {a.target} (the snapshots it took stay)"))
+
+
+def policy_plan(c, a):
+    _show(a, c.plan_policy(a.target), _plan_text)
+
+
+def policy_run(c, a):
+    _show(a, c.run_policy(a.target), lambda r: print(run_text(r)))
+
+
+def _policy_text(r):
+    print(f"{r['target']} ({r['kind']}): {r['spec']}")
+    print(f"  next run   {r.get('next_run') or 'when the daemon runs it'}")
+    if r.get("last_result"):
+        print(f"  last run   {run_text(r['last_result'])}")
+    print(f"  snapshots  {_space(r)}")
+
+
+def _plan_text(plan):
+    """The plan as a table, then what applying it would free."""
+    rows = [{**row, "action": "keep", "why": ", ".join(row["reasons"])} for row in plan["keep"]]
+    rows += [{**row, "action": "delete", "why": format_size(row["exclusive"])}
+             for row in plan["delete"]]
+    print(f"policy of {plan['target']}: {plan['policy']}")
+    table(rows, PLAN_COLUMNS)
+    print(f"would delete {len(plan['delete'])}, freeing at least "
+          f"{format_size(plan['frees_bytes'])} (and {format_size(plan['shares_bytes'])} "
+          "they share with other images)")
+
+
+def run_text(report):
+    text = f"{report['at']}: took {', '.join(report['snapshots']) or 'nothing'}"
+    text += f"; deleted {', '.join(report['deleted']) or 'none'}"
+    if report.get("pushed"):
+        text += f"; pushed {', '.join(report['pushed'])}"
+    return text + "".join(f"; error: {e}" for e in report["errors"])
+
+
+def add_policy_commands(p, cmd, A):
+    target = A("target", metavar="VOLUME|GROUP")
+    cmd(p, "set", policy_set, "give a volume (or a group: 'volumes A,B' in SPEC) a policy",
+        target, A("spec", nargs="+", metavar="SPEC",
+                  help="e.g. every 15m keep-last 4 keep-daily 7 label k=v push REMOTE"))
+    cmd(p, "show", policy_show, "one policy, or all", A("target", nargs="?",
+                                                        metavar="VOLUME|GROUP"))
+    cmd(p, "rm", policy_rm, "remove a policy (its snapshots stay)", target)
+    cmd(p, "plan", policy_plan, "what retention would delete now, and why the rest is kept",
+        target)
+    cmd(p, "run", policy_run, "run a policy now: snapshot, push, retention", target)
 
 
 def main(argv=None):

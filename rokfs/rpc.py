@@ -74,6 +74,13 @@ VERBS = {
     "list_jobs": (),
     "cancel_job": ("job_id",),
     "wait_job": ("job_id",),
+    # policies: schedules and retention
+    "set_policy": ("target", "spec"),
+    "show_policy": ("target",),
+    "list_policies": (),
+    "delete_policy": ("target",),
+    "plan_policy": ("target",),
+    "run_policy": ("target",),
 }
 # verbs taking progress=callback (with on_job); their RPC streams Progress
 STREAMING = {"push", "pull", "wait_hydrated", "wait_job"}

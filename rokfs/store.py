@@ -7,6 +7,8 @@ Invariants:
 - Map nodes and slot reference counts are stored as fixed-size blobs; the
   engine keeps the authoritative copy in memory and hands the store only
   the rows that changed since the previous commit.
+- Tables added since format 1 was first written (ADDED_TABLES) are created
+  when a pool opens, as missing columns are added: older pools open.
 """
 
 import json
@@ -56,6 +58,7 @@ class MetaStore:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
             self._add_missing_columns()
+            self._add_missing_tables()
         except sqlite3.DatabaseError as exc:
             raise Corrupt(f"cannot open pool metadata {path}: {exc}") from exc
 
@@ -139,6 +142,31 @@ class MetaStore:
                            batch.slot_hashes)
             db.executemany("DELETE FROM slot_hash WHERE slot = ?",
                            [(s,) for s in batch.freed_slots])
+            self._write_policies(batch.policies)
 
     def _transaction(self):
         return transaction(self.db)
+
+    # -- policies (rokfs/policy.py): one row per target, written with the commits ----------
+    def _add_missing_tables(self):
+        for table in ADDED_TABLES:
+            self.db.execute(table)
+
+    def load_policies(self):
+        """{target: {"spec": text, "anchor": time or None}}"""
+        return {target: {"spec": spec, "anchor": anchor} for target, spec, anchor in
+                self.db.execute("SELECT target, spec, anchor FROM policies")}
+
+    def _write_policies(self, policies):
+        """[(target, record or None to delete)] inside the commit's transaction."""
+        self.db.executemany("DELETE FROM policies WHERE target = ?",
+                            [(t,) for t, record in policies if record is None])
+        self.db.executemany("INSERT OR REPLACE INTO policies (target, spec, anchor) "
+                            "VALUES (?, ?, ?)", [(t, r["spec"], r["anchor"])
+                                                 for t, r in policies if r is not None])
+
+
+ADDED_TABLES = [   # created when missing (pools written before they existed)
+    "CREATE TABLE IF NOT EXISTS policies (target TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+    "anchor REAL)",
+]

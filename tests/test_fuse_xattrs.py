@@ -43,7 +43,7 @@ def fails(code, fn, *args):
 def test_listxattr_lists_what_applies(mnt, vol):
     assert sorted(os.listxattr(vol)) == sorted(
         P + n for n in ("snapshot", "clone", "resize", "info", "snapshots", "push",
-                        "hydration", "delete"))
+                        "hydration", "delete", "policy"))
     os.setxattr(vol, P + "snapshot", b"s1")
     snap = mnt / "snapshots" / vol.name / "s1"
     assert sorted(os.listxattr(snap)) == sorted(P + n for n in ("info", "labels", "label",
@@ -116,6 +116,29 @@ def test_label(mnt, vol):
     fails(errno.EINVAL, os.setxattr, snap, P + "label", b"bad key=1")
     fails(errno.EINVAL, os.setxattr, snap, P + "label", b"k=" + b"v" * 300)
     assert get(snap, "labels") == {"a": "3", "b": "2"}
+
+
+def test_policy_set_get_and_remove(mnt, vol):
+    assert get(vol, "policy") is None
+    run(["setfattr", "-n", P + "policy", "-v", "every 15m keep-last 4 keep-daily 7 label a=b",
+         str(vol)])
+    policy = get(vol, "policy")
+    assert (policy["target"], policy["spec"], policy["keep"], policy["labels"]) == (
+        vol.name, "every 15m keep-last 4 keep-daily 7 label a=b", {"last": 4, "daily": 7},
+        {"a": "b"})
+    assert policy["next_run"] and policy["space"]["snapshots"] == 0
+    os.setxattr(vol, P + "policy", b"none")
+    assert get(vol, "policy") is None
+    fails(errno.ENOENT, os.setxattr, vol, P + "policy", b"none")
+
+
+def test_policy_bad_values(mnt, vol):
+    fails(errno.EINVAL, os.setxattr, vol, P + "policy", b"")
+    fails(errno.EINVAL, os.setxattr, vol, P + "policy", b"every 15x")
+    fails(errno.EINVAL, os.setxattr, vol, P + "policy", b"hourly keep-daily seven")
+    fails(errno.EINVAL, os.setxattr, vol, P + "policy", b"hourly volumes a,b")  # a volume's name
+    fails(errno.ENOTSUP, os.setxattr, mnt, P + "policy", b"hourly")
+    assert get(vol, "policy") is None
 
 
 def test_pool_status_on_root(mnt):

@@ -464,11 +464,10 @@ async def test_hydration_into_a_full_disk_pauses_loses_nothing_and_resumes(tmp_p
     dev = b.open_device("copy")
     assert await dev.pread(0, 4096) == data[:4096]      # on demand, with read-ahead
     filler = os.path.join(tiny_fs, "filler")
-    with open(filler, "wb", buffering=0) as f:          # now fill the disk
-        with pytest.raises(OSError):
+    with open(filler, "wb", buffering=0) as f:          # now fill the disk (unbuffered:
+        with pytest.raises(OSError):                    # nothing is left to flush on close)
             while True:
                 f.write(b"x" * 65536)
-                f.flush()
     async with trio.open_nursery() as nursery:
         await nursery.start(b.run_background)
         with trio.fail_after(10):

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, NotFound
 from ..names import check_name, parse_labels, split_snapshot
 from ..units import json_view, parse_size
 
@@ -122,6 +122,22 @@ async def set_delete(control, node, value):
         await control.delete_snapshot(node.name, defer=defer)
 
 
+async def get_policy(control, node):
+    """The volume's policy as JSON (rokctl policy show), null when it has none."""
+    try:
+        return control.show_policy(node.name)
+    except NotFound:
+        return None
+
+
+async def set_policy(control, node, value):
+    """A policy spec, as `rokctl policy set VOL SPEC` takes it; 'none' removes it."""
+    if value == "none":
+        await control.delete_policy(node.name)
+    else:
+        await control.set_policy(node.name, value)
+
+
 async def get_pool(control, node):
     return control.status()
 
@@ -140,6 +156,9 @@ XATTRS = {
     "hydration": Attr(_V, get=get_hydration, help="JSON: chunks/bytes hydrated, rate, state"),
     "delete": Attr(_V | _S, set=set_delete,
                    help="deferred | now [recursive]: delete (deferred: freed on last close)"),
+    "policy": Attr(_V, get=get_policy, set=set_policy,
+                   help="SPEC (e.g. 'every 15m keep-last 4 keep-daily 7') | none: the "
+                   "volume's snapshot policy; get: JSON"),
     "pool": Attr(_R, get=get_pool, help="JSON: the pool's status and space"),
     "pull": Attr(_R, set=set_pull, help="VOL@SNAP NEW [REMOTE]: restore a remote snapshot"),
 }
