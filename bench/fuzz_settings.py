@@ -120,6 +120,8 @@ def check_verb_call(verb, args, kwargs):
     elif verb == "pull":
         split_snapshot(args[0])
         check_name(args[1], "new volume")
+    elif verb in ("set_policy", "delete_policy"):
+        check_name(args[0], "policy target")
     else:
         assert verb in ("delete_volume", "delete_snapshot"), verb
 
