@@ -33,7 +33,7 @@ import urllib.parse
 from ..errors import InvalidArgument, NotFound, RemoteError
 
 DEFAULT_DEADLINE = 30.0
-READ_TIMEOUT = 5.0              # seconds without a byte before one attempt fails (then retried)
+READ_TIMEOUT = 20.0             # seconds without a byte before one attempt fails; a fetch still ends at the deadline (store.py)
 
 
 class ObjectInfo(tuple):
