@@ -38,6 +38,7 @@ from array import array
 
 from .errors import Corrupt, NoSpace, from_os_error
 from .fileio import pread_full, pwrite_full
+from .partial import PartialSlots
 
 RC_BLOCK = 4096                    # slot refcounts are persisted in blocks of this many slots
 METADATA_RESERVE_MIN = 2 << 20     # disk space data allocations leave for metadata
@@ -61,16 +62,17 @@ def punch_hole(fd, offset, length):
 class SlotCommit:
     """What one commit takes from the extent store."""
 
-    def __init__(self, blocks, fds, pinned, freed):
+    def __init__(self, blocks, fds, pinned, freed, partials):
         self.blocks = blocks   # [(block, bytes)]
         self.fds = fds         # extent file descriptors to fdatasync
         self.pinned = pinned   # set of slots pinned in this epoch
         self.freed = freed     # slots whose count reached zero in this epoch
+        self.partial_rows, self.partials_gone, self.partial_state = partials
 
 
 class ExtentStore:
     def __init__(self, directory, chunk_size, slots_per_file, rc_blocks=(), *,
-                 reserve_bytes=None):
+                 reserve_bytes=None, partial_rows=()):
         self.directory = directory
         self.reserve_bytes = reserve_bytes      # None: the default (see the note above)
         self._unwritten = 0                     # taken slots whose blocks are not allocated
@@ -98,6 +100,7 @@ class ExtentStore:
         self._budget = 0
         self.preallocated = self.high_water
         self._scratch = memoryview(bytearray(chunk_size))
+        self.partials = PartialSlots(self, partial_rows)
         os.makedirs(directory, exist_ok=True)
         self._trim_files_beyond_high_water()
 
@@ -178,6 +181,8 @@ class ExtentStore:
         self.dirty_blocks.add(slot // RC_BLOCK)
         if count == 0:
             self.freed.append(slot)
+            if slot in self.partials:
+                self.partials.drop(slot)
         else:
             self.pinned.add(slot)
 
@@ -279,7 +284,8 @@ class ExtentStore:
         return fd
 
     # -- data -----------------------------------------------------------------
-    def read_into(self, slot, offset, view):
+    def read_raw(self, slot, offset, view):
+        """What the slot's own blocks hold (see partial.py for what it reads as)."""
         fd, base = self.locate(slot)
         pread_full(fd, view, base + offset)
 
@@ -291,8 +297,7 @@ class ExtentStore:
         if src is None:
             buf[:] = bytes(self.chunk_size)
         else:
-            fd, base = self.locate(src)
-            pread_full(fd, buf, base)
+            self.partials.read_chunk(src, buf)
         buf[offset:offset + len(piece)] = piece
         return buf
 
@@ -339,7 +344,8 @@ class ExtentStore:
         state = SlotCommit(
             blocks=[(b, self.rc[b * RC_BLOCK:(b + 1) * RC_BLOCK].tobytes())
                     for b in sorted(self.dirty_blocks)],
-            fds=list(self.dirty_fds), pinned=self.pinned, freed=self.freed)
+            fds=list(self.dirty_fds), pinned=self.pinned, freed=self.freed,
+            partials=self.partials.begin_commit())
         self.dirty_blocks = set()
         self.dirty_fds = set()
         self.pinned_inflight = self.pinned
@@ -369,6 +375,7 @@ class ExtentStore:
         self.dirty_fds.update(state.fds)
         self.pinned |= state.pinned
         self.freed.extend(state.freed)
+        self.partials.abort_commit(state.partial_state)
         self.pinned_inflight = set()
 
     def _runs(self, slots):

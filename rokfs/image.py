@@ -31,6 +31,7 @@ from .fileio import pread_full
 HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
 LIVE, DELETING, FREED = "live", "deleting", "freed"
 YIELDING_HOLDERS = frozenset({"hydrator"})   # let a delete through; the image waits for them
+FROZEN_READERS = frozenset({"push"})          # read slots from a worker thread (read_frozen)
 
 
 class NeedsChunks(Exception):
@@ -118,11 +119,15 @@ class Image:
         what reads as zeros. Valid until the next change to the pool."""
         self._check_range(offset, length)
         slots = self.pool.slots
+        partials = slots.partials.table
         plan, cold = [], []
         for chunk, within, n in self.spans(offset, length):
             entry = self.entry(chunk)
             last = plan[-1] if plan else None
-            if entry >= SLOT_BASE:
+            if entry >= SLOT_BASE and entry - SLOT_BASE in partials:
+                slots.partials.plan(entry - SLOT_BASE, partials[entry - SLOT_BASE],
+                                    within, n, plan)
+            elif entry >= SLOT_BASE:
                 fd, base = slots.locate(entry - SLOT_BASE)
                 if type(last) is list and last[0] == fd and last[1] + last[2] == base + within:
                     last[2] += n
@@ -315,11 +320,16 @@ class Volume(Image):
         self._refuse_cold_partials(offset, len(view))
         cs = self.pool.chunk_size
         slots = self.pool.slots
+        partials = slots.partials
         run, pos = None, 0
         for chunk, within, n in self.spans(offset, len(view)):
             leaf_id, leaf = self._own_leaf(chunk // FANOUT)
             entry = leaf[chunk % FANOUT]
-            if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+            if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE) \
+                    and entry - SLOT_BASE in partials:
+                run = self._write_run(run, view)
+                partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
+            elif entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
                 fd, base = slots.locate(entry - SLOT_BASE)
                 if _extends(run, fd, base + within, pos):
                     run[3] += n
@@ -350,13 +360,20 @@ class Volume(Image):
     def _write_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs):
         """Write a chunk to a fresh slot, one chunk per pwrite (a bigger write
         into fresh file space gets large page-cache folios, which make later
-        small in-place writes ~2.5x slower). A partial write copies the rest
-        of the chunk from the old slot, or zero-fills it."""
+        small in-place writes ~2.5x slower). A small write over a stored
+        chunk makes a partial slot (partial.py): it writes only its blocks.
+        Other partial writes copy the rest of the chunk from the old slot,
+        or zero-fill it."""
         slots = self.pool.slots
-        slot = slots.allocate()
-        if len(piece) < cs:
-            piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None, within, piece)
-        slots.write(slot, 0, piece)
+        slot = None
+        if len(piece) < cs and entry >= SLOT_BASE:
+            slot = slots.partials.write_over(entry - SLOT_BASE, within, piece)
+        if slot is None:
+            slot = slots.allocate()
+            if len(piece) < cs:
+                piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None,
+                                     within, piece)
+            slots.write(slot, 0, piece)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
 
     def trim(self, offset, length):
