@@ -118,9 +118,11 @@ class MapNodes:
 
     def _share_children(self, node, level):
         """A copy of `node` now also points at each of its children."""
-        add = self.slots.incref if level == LEAF else self.incref
+        if level == LEAF:
+            self.slots.incref_all(_children(node, level))
+            return
         for child in _children(node, level):
-            add(child)
+            self.incref(child)
 
     def _release_children(self, node, level):
         """`node` is gone: drop the reference it held on each child."""

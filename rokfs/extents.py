@@ -173,6 +173,13 @@ class ExtentStore:
         self.rc[slot] += 1
         self.dirty_blocks.add(slot // RC_BLOCK)
 
+    def incref_all(self, slots):
+        """incref() each of `slots` (a copied map leaf's entries)."""
+        rc = self.rc
+        for slot in slots:
+            rc[slot] += 1
+        self.dirty_blocks.update({slot // RC_BLOCK for slot in slots})
+
     def decref(self, slot):
         count = self.rc[slot] - 1
         if count < 0:
@@ -216,10 +223,14 @@ class ExtentStore:
     def allocate(self):
         """A free slot with disk space reserved, backed by disk blocks, and a
         count of one: a taken slot, backed and counted at once."""
+        return self.allocate_at()[0]
+
+    def allocate_at(self):
+        """allocate(), and where the slot is: (slot, fd, byte offset)."""
         fresh = not self.free             # take() goes past the high-water mark only then
         slot = self.take()
         try:
-            fd = self._back_with_disk(slot, fresh)
+            fd, offset = self._back_with_disk(slot, fresh)
         except OSError as exc:
             self.give_back(slot)
             raise from_os_error(exc, "allocating a chunk slot") from exc
@@ -227,7 +238,7 @@ class ExtentStore:
         self.rc[slot] = 1
         self.dirty_blocks.add(slot // RC_BLOCK)
         self.dirty_fds.add(fd)
-        return slot
+        return slot, fd, offset
 
     def take(self):
         """A free slot for a fetched chunk, still counted 0 (see the note at
@@ -281,7 +292,7 @@ class ExtentStore:
             count = min(PREALLOC_SLOTS, self.slots_per_file - slot % self.slots_per_file)
             os.posix_fallocate(fd, offset, count * self.chunk_size)
             self.preallocated = slot + count
-        return fd
+        return fd, offset
 
     # -- data -----------------------------------------------------------------
     def read_raw(self, slot, offset, view):

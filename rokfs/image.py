@@ -325,11 +325,12 @@ class Volume(Image):
         for chunk, within, n in self.spans(offset, len(view)):
             leaf_id, leaf = self._own_leaf(chunk // FANOUT)
             entry = leaf[chunk % FANOUT]
-            if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE) \
-                    and entry - SLOT_BASE in partials:
-                run = self._write_run(run, view)
-                partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
-            elif entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+            if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+                if entry - SLOT_BASE in partials:
+                    run = self._write_run(run, view)
+                    partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
+                    pos += n
+                    continue
                 fd, base = slots.locate(entry - SLOT_BASE)
                 if _extends(run, fd, base + within, pos):
                     run[3] += n

@@ -29,7 +29,7 @@ Invariants:
   pool runs the filler only while no push holds an image.
 """
 
-from .fileio import pread_full
+from .fileio import pwrite_full
 
 BLOCK = 4096
 
@@ -145,17 +145,31 @@ class PartialSlots:
         would hold the whole chunk (the caller copies the chunk instead)."""
         record = self.table.get(old_slot)
         first, stop = block_range(within, len(piece))
-        held = record[1] if record else 0
-        bits = mask(first, stop) | held
-        if bits == self.full:
+        written = mask(first, stop)
+        if record is None:
+            if written == self.full:
+                return None
+            return self._write_over_plain(old_slot, within, piece, written)
+        if written | record[1] == self.full:
             return None
-        base = record[0] if record else old_slot
         slot = self.slots.allocate()
         self._write_blocks(slot, old_slot, within, piece)
-        for start, count, mine in runs(held & ~mask(first, stop), 0, self.nblocks):
+        for start, count, mine in runs(record[1] & ~written, 0, self.nblocks):
             if mine:
                 self._copy_blocks(old_slot, slot, start, count)
-        self.add(slot, base, bits)
+        self.add(slot, record[0], written | record[1])
+        return slot
+
+    def _write_over_plain(self, old_slot, within, piece, written):
+        """write_over() a plain slot: the hot path of a small write after a
+        snapshot (one allocation, one pwrite, one record)."""
+        if within % BLOCK or len(piece) % BLOCK:
+            slot = self.slots.allocate()
+            self._write_blocks(slot, old_slot, within, piece)
+        else:
+            slot, fd, offset = self.slots.allocate_at()
+            pwrite_full(fd, piece, offset + within)
+        self.add(slot, old_slot, written)
         return slot
 
     def write_in_place(self, slot, within, piece):
