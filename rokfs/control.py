@@ -61,6 +61,10 @@ HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHU
 HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
 HOLDER_OF_FRONT = {"nbd": "NBD connection", "fuse": "FUSE handle"}
 HYDRATION_POLL = 0.2            # seconds between checks of a hydration job
+FILL_IDLE_SECONDS = 2.0        # the filler completes partial slots after this long without I/O
+FILL_BACKLOG = 65536           # ... or, past this many partial slots, a batch each poll anyway
+FILL_BATCH = 64                # partial slots completed per step on the loop (~2 ms)
+FILL_POLL = 0.5                # seconds between the filler's looks at the pool
 PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
 
 
@@ -77,6 +81,8 @@ class Control:
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
+        self.last_io = time.perf_counter()      # when a Device last served a request
+        self.fill_idle_seconds = FILL_IDLE_SECONDS
 
     # -- durability ------------------------------------------------------------
     async def flush(self):
@@ -501,6 +507,7 @@ class Control:
         running = set()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.jobs.serve)
+            nursery.start_soon(self.fill_when_idle)
             task_status.started()
             while True:
                 for vol in self.pool.list_volumes():
@@ -510,6 +517,30 @@ class Control:
                 with trio.move_on_after(1):
                     await self._bases_changed.wait()
                 self._bases_changed = trio.Event()
+
+    async def fill_when_idle(self):
+        """The partial-slot filler (rokfs/partial.py), run by run_background:
+        once no I/O has come for fill_idle_seconds (or when more than
+        FILL_BACKLOG partial slots wait), complete them FILL_BATCH at a time,
+        stepping aside as soon as I/O comes back; then commit, so that the
+        old slots they held go back to the pool."""
+        while True:
+            await trio.sleep(FILL_POLL)
+            filled = 0
+            while self.pool.partial_count() and (self._idle() or filled == 0 and
+                                                 self.pool.partial_count() > FILL_BACKLOG):
+                done = self.pool.fill_partials(FILL_BATCH)
+                if not done:                    # a push is reading slots: later
+                    break
+                filled += done
+                await trio.sleep(0)
+            if filled:
+                await self._flush_in_background()
+                log.debug("event=partials_filled count=%d left=%d", filled,
+                          self.pool.partial_count())
+
+    def _idle(self):
+        return time.perf_counter() - self.last_io >= self.fill_idle_seconds
 
     async def _hydrate_volume(self, vol, running):
         try:
@@ -785,6 +816,7 @@ class Device:
         return await self.control._hydrating(op, *args)
     def _count(self, op, nbytes, start, ops=1):
         """Plain integer bumps: no lock, no prometheus call on the I/O path."""
+        self.control.last_io = start
         counts = self.io[op]
         counts[0] += ops
         counts[1] += nbytes

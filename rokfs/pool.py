@@ -561,6 +561,7 @@ class Pool:
                 "volumes": len(self.list_volumes()), "snapshots": len(self.list_snapshots()),
                 "deleting": len(deleting),
                 "used_bytes": self.slots.used_slots() * self.chunk_size,
+                "partial_chunks": self.partial_count(),
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
                 "free_bytes": st.f_bavail * st.f_frsize}
