@@ -11,8 +11,10 @@ Invariants:
   Taken slots count against it from `take` until their one write has
   allocated their blocks (`claim`) or they are given back: the filesystem's
   own free count does not see them before.
-- `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
-  written in place only when rc == 1 and it is not pinned.
+- `rc[s]` counts the map leaf entries that point at slot `s`, plus the
+  partial-slot records naming `s` as their old slot (partial.py; a record
+  goes, with that reference, when its own slot's count reaches zero). A
+  slot may be written in place only when rc == 1 and it is not pinned.
 - A fetched chunk goes into a slot that is *taken* (out of the free list,
   count still 0, no fallocate: its one whole-chunk write allocates the
   blocks, and an ENOSPC there fails the install) and written off the event

@@ -7,7 +7,10 @@ Invariants:
 - Snapshots and clones share the root: O(1) whatever the volume's size. A
   volume writes a chunk in place only if its whole path and the slot are
   exclusively its own and the slot is not pinned; otherwise the write goes
-  to a new slot, copying the untouched part of the chunk (copy-on-write).
+  to a new slot (copy-on-write): the whole chunk, or, for a smaller write
+  over a stored chunk, only its 4 KiB blocks in a partial slot whose other
+  blocks read from the old slot (partial.py). Reads of a partial slot
+  assemble the two.
 - Snapshots are never written. A snapshot's content can therefore change
   only if its slots are overwritten, which the invariant above forbids.
 - Lifecycle: an image is LIVE, then DELETING (hidden from lookups, listings
