@@ -229,6 +229,21 @@ class ExtentStore:
 
     def allocate_at(self):
         """allocate(), and where the slot is: (slot, fd, byte offset)."""
+        slot = self.high_water
+        if self.free or slot >= self.preallocated or self._budget < 2 * self.chunk_size:
+            return self._allocate_at()
+        # the hot path of copy-on-write: a fresh slot already backed by disk
+        self._budget -= self.chunk_size
+        self.high_water = slot + 1
+        if len(self.rc) <= slot:
+            self._grow_rc(slot + 1)
+        self.rc[slot] = 1
+        self.dirty_blocks.add(slot // RC_BLOCK)
+        fd, offset = self.locate(slot)
+        self.dirty_fds.add(fd)
+        return slot, fd, offset
+
+    def _allocate_at(self):
         fresh = not self.free             # take() goes past the high-water mark only then
         slot = self.take()
         try:

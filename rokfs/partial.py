@@ -144,12 +144,28 @@ class PartialSlots:
         blocks that slot held. Returns the new slot, or None when that
         would hold the whole chunk (the caller copies the chunk instead)."""
         record = self.table.get(old_slot)
+        if record is None and not (within | len(piece)) % BLOCK:
+            # the hot path of a small write after a snapshot: one allocation,
+            # one pwrite, one record
+            written = ((1 << (len(piece) // BLOCK)) - 1) << (within // BLOCK)
+            if written == self.full:
+                return None
+            slot, fd, offset = self.slots.allocate_at()
+            pwrite_full(fd, piece, offset + within)
+            self.table[slot] = [old_slot, written]
+            self.dirty.add(slot)
+            self.gone.discard(slot)
+            self.slots.incref(old_slot)
+            return slot
         first, stop = block_range(within, len(piece))
         written = mask(first, stop)
         if record is None:
             if written == self.full:
                 return None
-            return self._write_over_plain(old_slot, within, piece, written)
+            slot = self.slots.allocate()
+            self._write_blocks(slot, old_slot, within, piece)
+            self.add(slot, old_slot, written)
+            return slot
         if written | record[1] == self.full:
             return None
         slot = self.slots.allocate()
@@ -158,18 +174,6 @@ class PartialSlots:
             if mine:
                 self._copy_blocks(old_slot, slot, start, count)
         self.add(slot, record[0], written | record[1])
-        return slot
-
-    def _write_over_plain(self, old_slot, within, piece, written):
-        """write_over() a plain slot: the hot path of a small write after a
-        snapshot (one allocation, one pwrite, one record)."""
-        if within % BLOCK or len(piece) % BLOCK:
-            slot = self.slots.allocate()
-            self._write_blocks(slot, old_slot, within, piece)
-        else:
-            slot, fd, offset = self.slots.allocate_at()
-            pwrite_full(fd, piece, offset + within)
-        self.add(slot, old_slot, written)
         return slot
 
     def write_in_place(self, slot, within, piece):
