@@ -341,9 +341,17 @@ class Volume(Image):
                     run = self._write_run(run, view)
                     run = [fd, base + within, pos, n]
             else:
-                run = self._write_run(run, view)
+                if run:
+                    run = self._write_run(run, view)
                 piece = view[pos:pos + n]
-                self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+                slot = partials.write_over(entry - SLOT_BASE, within, piece) \
+                    if n < cs and entry >= SLOT_BASE else None
+                if slot is None:
+                    self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+                else:           # a partial slot over the old one: swap the leaf's reference
+                    leaf[chunk % FANOUT] = slot + SLOT_BASE
+                    self.pool.nodes.changed(leaf_id)
+                    slots.decref(entry - SLOT_BASE)
             pos += n
         self._write_run(run, view)
 
@@ -364,20 +372,14 @@ class Volume(Image):
     def _write_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs):
         """Write a chunk to a fresh slot, one chunk per pwrite (a bigger write
         into fresh file space gets large page-cache folios, which make later
-        small in-place writes ~2.5x slower). A small write over a stored
-        chunk makes a partial slot (partial.py): it writes only its blocks.
-        Other partial writes copy the rest of the chunk from the old slot,
-        or zero-fill it."""
+        small in-place writes ~2.5x slower). A partial write copies the rest
+        of the chunk from the old slot, or zero-fills it. (A small write over
+        a stored chunk makes a partial slot instead: see pwrite.)"""
         slots = self.pool.slots
-        slot = None
-        if len(piece) < cs and entry >= SLOT_BASE:
-            slot = slots.partials.write_over(entry - SLOT_BASE, within, piece)
-        if slot is None:
-            slot = slots.allocate()
-            if len(piece) < cs:
-                piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None,
-                                     within, piece)
-            slots.write(slot, 0, piece)
+        slot = slots.allocate()
+        if len(piece) < cs:
+            piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None, within, piece)
+        slots.write(slot, 0, piece)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
 
     def trim(self, offset, length):
