@@ -282,15 +282,21 @@ async def push_round_trip(tmp_path, remote_spec):
     await hydrate_all(b, "copy")
     assert await read_volume(b, "copy") == data
     # the same bytes written plainly, in a third pool: the remote has every chunk
-    c = make_control(tmp_path / "c", open_remote(remote_spec))
-    await c.create_volume("plain", SIZE)
-    await write_volume(c, "plain", data)
-    await c.create_snapshot("plain@push")
-    again = await c.push("plain@push")
+    c, again = await pushed_plainly(tmp_path / "c", remote_spec, "plain", data)
     assert again["uploaded_chunks"] == 0 and c.pool.partial_count() == 0
     for control in (a, b, c):
         assert (await control.fsck())["clean"]
         control.pool.close()
+
+
+async def pushed_plainly(path, remote_spec, name, data):
+    """A pool at `path` whose volume `name` was written once with `data`
+    and pushed as NAME@push: (its Control, the push's result)."""
+    control = make_control(path, open_remote(remote_spec))
+    await control.create_volume(name, len(data))
+    await write_volume(control, name, data)
+    await control.create_snapshot(f"{name}@push")
+    return control, await control.push(f"{name}@push")
 
 
 async def test_push_of_partial_chunks_round_trips_and_dedups_dir(tmp_path):
@@ -304,11 +310,8 @@ async def test_push_of_partial_chunks_round_trips_and_dedups_s3(tmp_path, s3_ser
 async def test_plain_push_first_then_partial_push_uploads_nothing(tmp_path):
     spec = {"type": "dir", "path": str(tmp_path / "remote")}
     data = os.urandom(SIZE)
-    c = make_control(tmp_path / "c", open_remote(spec))
-    await c.create_volume("plain", SIZE)
-    await write_volume(c, "plain", data)
-    await c.create_snapshot("plain@push")
-    assert (await c.push("plain@push"))["uploaded_chunks"] == SIZE // CS
+    c, pushed = await pushed_plainly(tmp_path / "c", spec, "plain", data)
+    assert pushed["uploaded_chunks"] == SIZE // CS
     a = Control(Pool.create(str(tmp_path / "a"), CS), {"default": open_remote(spec)})
     await written_with_partials(a, "data", data)
     assert a.pool.partial_count() > 0
@@ -321,13 +324,9 @@ async def test_plain_push_first_then_partial_push_uploads_nothing(tmp_path):
 async def test_hydration_under_partial_writes(tmp_path):
     spec = {"type": "dir", "path": str(tmp_path / "remote")}
     data = os.urandom(SIZE)
-    src = make_control(tmp_path / "src", open_remote(spec))
-    await src.create_volume("data", SIZE)
-    await write_volume(src, "data", data)
-    await src.create_snapshot("data@v1")
-    await src.push("data@v1")
+    src, _ = await pushed_plainly(tmp_path / "src", spec, "data", data)
     b = Control(Pool.create(str(tmp_path / "b"), CS), {"default": open_remote(spec)})
-    await b.pull("data@v1", "r")
+    await b.pull("data@push", "r")
     model = bytearray(data)
     dev = b.open_device("r")
     assert await dev.pread(0, 8 * CS) == model[:8 * CS]       # chunks 0..7 fetched
