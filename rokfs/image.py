@@ -348,10 +348,9 @@ class Volume(Image):
                     if n < cs and entry >= SLOT_BASE else None
                 if slot is None:
                     self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
-                else:           # a partial slot over the old one: swap the leaf's reference
+                else:           # a partial slot, which took over the entry's reference
                     leaf[chunk % FANOUT] = slot + SLOT_BASE
                     self.pool.nodes.changed(leaf_id)
-                    slots.decref(entry - SLOT_BASE)
             pos += n
         self._write_run(run, view)
 

@@ -76,10 +76,16 @@ class PartialSlots:
 
     # -- changes (on the pool's thread) -------------------------------------------
     def add(self, slot, old, bits):
+        """Record `slot` as partial over `old`, which gains a reference."""
+        self._record(slot, old, bits)
+        self.slots.incref(old)
+
+    def _record(self, slot, old, bits):
+        """Record `slot` as partial over `old`, taking a reference the
+        caller held on `old`."""
         self.table[slot] = [old, bits]
         self.dirty.add(slot)
         self.gone.discard(slot)
-        self.slots.incref(old)
 
     def set_bits(self, slot, bits):
         """The slot now also holds `bits`; returns True if that completed it."""
@@ -141,7 +147,10 @@ class PartialSlots:
         """A new partial slot holding `piece` at `within` over the content
         of `old_slot` (plain or partial, not to be written): only the blocks
         the piece touches are written, plus, over a partial slot, the
-        blocks that slot held. Returns the new slot, or None when that
+        blocks that slot held. The caller's map entry referenced `old_slot`
+        and now gets the new slot: its reference passes to the new record
+        (plain) or is dropped (partial; the record names that one's old
+        slot). Returns the new slot, or None, changing nothing, when it
         would hold the whole chunk (the caller copies the chunk instead)."""
         record = self.table.get(old_slot)
         if record is None and not (within | len(piece)) % BLOCK:
@@ -152,28 +161,22 @@ class PartialSlots:
                 return None
             slot, fd, offset = self.slots.allocate_at()
             pwrite_full(fd, piece, offset + within)
-            self.table[slot] = [old_slot, written]
-            self.dirty.add(slot)
-            self.gone.discard(slot)
-            self.slots.incref(old_slot)
+            self._record(slot, old_slot, written)
             return slot
         first, stop = block_range(within, len(piece))
-        written = mask(first, stop)
-        if record is None:
-            if written == self.full:
-                return None
-            slot = self.slots.allocate()
-            self._write_blocks(slot, old_slot, within, piece)
-            self.add(slot, old_slot, written)
-            return slot
-        if written | record[1] == self.full:
+        written = mask(first, stop) | (record[1] if record else 0)
+        if written == self.full:
             return None
         slot = self.slots.allocate()
         self._write_blocks(slot, old_slot, within, piece)
-        for start, count, mine in runs(record[1] & ~written, 0, self.nblocks):
+        if record is None:
+            self._record(slot, old_slot, written)
+            return slot
+        for start, count, mine in runs(record[1] & ~mask(first, stop), 0, self.nblocks):
             if mine:
                 self._copy_blocks(old_slot, slot, start, count)
-        self.add(slot, record[0], written | record[1])
+        self.add(slot, record[0], written)
+        self.slots.decref(old_slot)
         return slot
 
     def write_in_place(self, slot, within, piece):
