@@ -375,10 +375,10 @@ class Volume(Image):
         of the chunk from the old slot, or zero-fills it. (A small write over
         a stored chunk makes a partial slot instead: see pwrite.)"""
         slots = self.pool.slots
-        slot = slots.allocate()
+        slot, fd, offset = slots.allocate_at()
         if len(piece) < cs:
             piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None, within, piece)
-        slots.write(slot, 0, piece)
+        slots.write_at(fd, piece, offset)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
 
     def trim(self, offset, length):
