@@ -239,9 +239,12 @@ class ExtentStore:
             self._grow_rc(slot + 1)
         self.rc[slot] = 1
         self.dirty_blocks.add(slot // RC_BLOCK)
-        fd, offset = self.locate(slot)
+        index, within = divmod(slot, self.slots_per_file)
+        fd = self.fds.get(index)
+        if fd is None:
+            fd = self._open_file(index)
         self.dirty_fds.add(fd)
-        return slot, fd, offset
+        return slot, fd, within * self.chunk_size
 
     def _allocate_at(self):
         fresh = not self.free             # take() goes past the high-water mark only then

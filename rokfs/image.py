@@ -350,7 +350,7 @@ class Volume(Image):
                     self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
                 else:           # a partial slot, which took over the entry's reference
                     leaf[chunk % FANOUT] = slot + SLOT_BASE
-                    self.pool.nodes.changed(leaf_id)
+                    self.pool.nodes.dirty.add(leaf_id)      # nodes.changed(), inlined
             pos += n
         self._write_run(run, view)
 

@@ -161,7 +161,9 @@ class PartialSlots:
                 return None
             slot, fd, offset = self.slots.allocate_at()
             pwrite_full(fd, piece, offset + within)
-            self._record(slot, old_slot, written)
+            self.table[slot] = [old_slot, written]      # _record(), inlined
+            self.dirty.add(slot)
+            self.gone.discard(slot)
             return slot
         first, stop = block_range(within, len(piece))
         written = mask(first, stop) | (record[1] if record else 0)
