@@ -53,7 +53,7 @@ def _expected_counts(pool, problems):
 def _partial_refs(pool, slot_refs, problems):
     """Count each live partial record's reference on its old slot."""
     partials = pool.slots.partials
-    for slot, (old, bits) in sorted(partials.table.items()):
+    for slot, (old, bits, _) in sorted(partials.table.items()):
         if not slot_refs.get(slot):
             problems.append(f"leak: partial slot {slot} is referenced by no map")
             continue

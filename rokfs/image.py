@@ -344,11 +344,14 @@ class Volume(Image):
                 if run:
                     run = self._write_run(run, view)
                 piece = view[pos:pos + n]
-                slot = partials.write_over(entry - SLOT_BASE, within, piece) \
+                over_partial = entry - SLOT_BASE in partials
+                slot = partials.write_over(entry - SLOT_BASE, within, piece, chunk) \
                     if n < cs and entry >= SLOT_BASE else None
                 if slot is None:
                     self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
-                else:           # a partial slot, which took over the entry's reference
+                elif over_partial:
+                    self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+                else:           # the new record took over the entry's reference
                     leaf[chunk % FANOUT] = slot + SLOT_BASE
                     self.pool.nodes.dirty.add(leaf_id)      # nodes.changed(), inlined
             pos += n

@@ -3,7 +3,8 @@
 A write smaller than a chunk into a chunk whose slot is shared (with a
 snapshot or a clone) does not copy the rest of the chunk: it takes a new
 slot, writes only its 4 KiB blocks there, and records the new slot as
-*partial*: {new slot: (old slot, bitmap of the blocks the new slot holds)}.
+*partial*: {new slot: (old slot, bitmap of the blocks the new slot holds,
+the map chunk it was written for)}.
 The chunk reads block by block from the new slot where its bit is set, from
 the old slot elsewhere. Later writes fill more blocks; when every block is
 held (a whole-chunk write, or the background filler copying the rest) the
@@ -62,8 +63,15 @@ class PartialSlots:
         self.slots = slots
         self.nblocks = slots.chunk_size // BLOCK
         self.full = (1 << self.nblocks) - 1
-        self.table = {slot: [old, int.from_bytes(bits, "little")] for slot, old, bits in rows}
+        self.table = {slot: [old, int.from_bytes(bits, "little"), chunk]
+                      for slot, old, bits, chunk in rows}
         self.dirty, self.gone = set(), set()
+        self.release_old = self._release_old
+
+    def _release_old(self, old, chunk):
+        """A record naming `old` for map chunk `chunk` went: drop its
+        reference (the pool may hook its accounting in here)."""
+        self.slots.decref(old)
 
     def __len__(self):
         return len(self.table)
@@ -75,15 +83,15 @@ class PartialSlots:
         return self.table.get(slot)
 
     # -- changes (on the pool's thread) -------------------------------------------
-    def add(self, slot, old, bits):
+    def add(self, slot, old, bits, chunk):
         """Record `slot` as partial over `old`, which gains a reference."""
-        self._record(slot, old, bits)
+        self._record(slot, old, bits, chunk)
         self.slots.incref(old)
 
-    def _record(self, slot, old, bits):
+    def _record(self, slot, old, bits, chunk):
         """Record `slot` as partial over `old`, taking a reference the
         caller held on `old`."""
-        self.table[slot] = [old, bits]
+        self.table[slot] = [old, bits, chunk]
         self.dirty.add(slot)
         self.gone.discard(slot)
 
@@ -99,10 +107,10 @@ class PartialSlots:
 
     def drop(self, slot):
         """Forget the record (the slot is complete or freed) and its reference."""
-        old, _ = self.table.pop(slot)
+        old, _, chunk = self.table.pop(slot)
         self.dirty.discard(slot)
         self.gone.add(slot)
-        self.slots.decref(old)
+        self.release_old(old, chunk)
 
     def forget(self, slot):
         """Drop the record only (fsck repair recounts the old slot itself)."""
@@ -114,7 +122,7 @@ class PartialSlots:
     def plan(self, slot, record, within, length, plan):
         """Append [fd, file offset, length] pieces of [within, within+length)
         of partial `slot` to `plan`, merging with what is already there."""
-        old, bits = record
+        old, bits, _ = record
         first, stop = block_range(within, length)
         end = within + length
         for start, count, held in runs(bits, first, stop):
@@ -136,22 +144,23 @@ class PartialSlots:
     def _read_holes(self, record, view, first, stop):
         """Read the blocks of [first, stop) the old slot holds into `view`
         (laid out from block 0 of the chunk)."""
-        old, bits = record
+        old, bits, _ = record
         for start, count, held in runs(bits, first, stop):
             if not held:
                 self.slots.read_raw(old, start * BLOCK,
                                     view[start * BLOCK:(start + count) * BLOCK])
 
     # -- writing ------------------------------------------------------------------
-    def write_over(self, old_slot, within, piece):
-        """A new partial slot holding `piece` at `within` over the content
-        of `old_slot` (plain or partial, not to be written): only the blocks
-        the piece touches are written, plus, over a partial slot, the
-        blocks that slot held. The caller's map entry referenced `old_slot`
-        and now gets the new slot: its reference passes to the new record
-        (plain) or is dropped (partial; the record names that one's old
-        slot). Returns the new slot, or None, changing nothing, when it
-        would hold the whole chunk (the caller copies the chunk instead)."""
+    def write_over(self, old_slot, within, piece, chunk):
+        """A new partial slot for map chunk `chunk` holding `piece` at
+        `within` over the content of `old_slot` (plain or partial, not to be
+        written): only the blocks the piece touches are written, plus, over
+        a partial slot, the blocks that slot held. Over a plain slot the new
+        record takes over the reference the caller's map entry held on it;
+        over a partial slot the record names that one's old slot, and the
+        caller drops its reference to `old_slot` itself. Returns the new
+        slot, or None, changing nothing, when it would hold the whole chunk
+        (the caller copies the chunk instead)."""
         record = self.table.get(old_slot)
         if record is None and not (within | len(piece)) % BLOCK:
             # the hot path of a small write after a snapshot: one allocation,
@@ -161,7 +170,7 @@ class PartialSlots:
                 return None
             slot, fd, offset = self.slots.allocate_at()
             pwrite_full(fd, piece, offset + within)
-            self.table[slot] = [old_slot, written]      # _record(), inlined
+            self.table[slot] = [old_slot, written, chunk]      # _record(), inlined
             self.dirty.add(slot)
             self.gone.discard(slot)
             return slot
@@ -172,13 +181,12 @@ class PartialSlots:
         slot = self.slots.allocate()
         self._write_blocks(slot, old_slot, within, piece)
         if record is None:
-            self._record(slot, old_slot, written)
+            self._record(slot, old_slot, written, chunk)
             return slot
         for start, count, mine in runs(record[1] & ~mask(first, stop), 0, self.nblocks):
             if mine:
                 self._copy_blocks(old_slot, slot, start, count)
-        self.add(slot, record[0], written)
-        self.slots.decref(old_slot)
+        self.add(slot, record[0], written, chunk)
         return slot
 
     def write_in_place(self, slot, within, piece):
@@ -222,7 +230,7 @@ class PartialSlots:
         """Copy the old slot's blocks into every hole of `slot`, then drop
         the record (and the old slot's reference). The slot's content does
         not change, so it may be shared."""
-        old, bits = self.table[slot]
+        old, bits, _ = self.table[slot]
         for start, count, held in runs(bits, 0, self.nblocks):
             if not held:
                 self._copy_blocks(old, slot, start, count)
@@ -232,8 +240,8 @@ class PartialSlots:
     def begin_commit(self):
         """(rows to write, slots whose record went, state for abort)."""
         nbytes = -(-self.nblocks // 8)
-        rows = [(s, self.table[s][0], self.table[s][1].to_bytes(nbytes, "little"))
-                for s in sorted(self.dirty)]
+        rows = [(s, self.table[s][0], self.table[s][1].to_bytes(nbytes, "little"),
+                 self.table[s][2]) for s in sorted(self.dirty)]
         gone = sorted(self.gone)
         state = (self.dirty, self.gone)
         self.dirty, self.gone = set(), set()

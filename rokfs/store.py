@@ -109,8 +109,8 @@ class MetaStore:
         return list(self.db.execute("SELECT block, data FROM slot_rc ORDER BY block"))
 
     def load_partial_slots(self):
-        """[(slot, old slot, bitmap bytes)] of the partial slots (partial.py)."""
-        return list(self.db.execute("SELECT slot, old, blocks FROM partial_slots"))
+        """[(slot, old slot, bitmap bytes, chunk)] of the partial slots (partial.py)."""
+        return list(self.db.execute("SELECT slot, old, blocks, chunk FROM partial_slots"))
 
     def load_slot_hashes(self, slots):
         out = {}
@@ -145,8 +145,8 @@ class MetaStore:
                            batch.slot_blocks)
             db.executemany("DELETE FROM partial_slots WHERE slot = ?",
                            [(s,) for s in batch.slot_state.partials_gone])
-            db.executemany("INSERT OR REPLACE INTO partial_slots (slot, old, blocks) "
-                           "VALUES (?, ?, ?)", batch.slot_state.partial_rows)
+            db.executemany("INSERT OR REPLACE INTO partial_slots (slot, old, blocks, chunk) "
+                           "VALUES (?, ?, ?, ?)", batch.slot_state.partial_rows)
             db.executemany("INSERT OR REPLACE INTO slot_hash (slot, hash) VALUES (?, ?)",
                            batch.slot_hashes)
             db.executemany("DELETE FROM slot_hash WHERE slot = ?",
@@ -179,5 +179,5 @@ ADDED_TABLES = [   # created when missing (pools written before they existed)
     "CREATE TABLE IF NOT EXISTS policies (target TEXT PRIMARY KEY, spec TEXT NOT NULL, "
     "anchor REAL)",
     "CREATE TABLE IF NOT EXISTS partial_slots (slot INTEGER PRIMARY KEY, old INTEGER NOT NULL, "
-    "blocks BLOB NOT NULL)",
+    "blocks BLOB NOT NULL, chunk INTEGER NOT NULL)",
 ]

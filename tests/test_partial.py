@@ -60,7 +60,7 @@ def test_small_write_after_a_snapshot_writes_only_its_blocks(tmp_path):
     write(vol, model, 3 * CS + 2 * BLOCK, b"\7" * BLOCK)
     new = slot_of(vol, 3)
     assert new != old and pool.partial_count() == 1
-    assert pool.slots.partials.get(new) == [old, 0b100]
+    assert pool.slots.partials.get(new) == [old, 0b100, 3]
     assert pool.slots.rc[old] == 2                   # the snapshot's leaf and the record
     raw = bytearray(CS)
     pool.slots.read_raw(new, 0, memoryview(raw))
@@ -118,8 +118,8 @@ def test_snapshot_and_clone_of_a_volume_with_partial_chunks(tmp_path):
     write(vol, model, 2 * CS + 3 * BLOCK, b"\5" * BLOCK)    # over a shared partial slot
     write(clone, clone_model, 2 * CS + 6 * BLOCK, b"\6" * 10)
     # each new partial slot lies over the first old slot, with the blocks copied
-    assert pool.slots.partials.get(slot_of(vol, 2)) == [base, 0b1010]
-    assert pool.slots.partials.get(slot_of(clone, 2)) == [base, 0b1000010]
+    assert pool.slots.partials.get(slot_of(vol, 2)) == [base, 0b1010, 2]
+    assert pool.slots.partials.get(slot_of(clone, 2)) == [base, 0b1000010, 2]
     assert pool.slots.rc[base] == 4                  # v@s's leaf and three records
     assert pool.get_snapshot("v@s").pread(0, SIZE) == first
     assert pool.get_snapshot("v@t").pread(0, SIZE) == second
@@ -201,7 +201,7 @@ def test_fsck_reports_damaged_partial_records_and_repair_drops_orphans(tmp_path)
     db = sqlite3.connect(str(tmp_path / "pool" / "meta.db"))
     with db:
         db.execute("UPDATE partial_slots SET blocks = ? WHERE slot = ?", (b"\xff", new))
-        db.execute("INSERT INTO partial_slots VALUES (9999, 0, ?)", (b"\x01",))
+        db.execute("INSERT INTO partial_slots VALUES (9999, 0, ?, 0)", (b"\x01",))
     db.close()
     with Pool.open(str(tmp_path / "pool")) as pool:
         report = fsck(pool)
@@ -217,7 +217,7 @@ def test_fsck_repair_drops_a_record_of_an_unreferenced_slot(tmp_path):
     pool.close()
     db = sqlite3.connect(str(tmp_path / "pool" / "meta.db"))
     with db:
-        db.execute("INSERT INTO partial_slots VALUES (9999, 1, ?)", (b"\x01",))
+        db.execute("INSERT INTO partial_slots VALUES (9999, 1, ?, 1)", (b"\x01",))
     db.close()
     with Pool.open(str(tmp_path / "pool")) as pool:
         assert fsck(pool, repair=True)["repaired"]
