@@ -11,7 +11,7 @@ a remote URL becomes a spec that boto3 itself accepts.
     python bench/fuzz_settings.py --write-seeds tests/fuzz_corpus
 writes the seed corpus (deterministic, small). Driven by atheris through
 bench/fuzz.py (targets `config`, `xattr`, `remote_url`, instrumenting
-SETTINGS_PARSERS), and by hypothesis in tests/test_settings_fuzz.py.
+SETTINGS_PARSERS there), and by hypothesis in tests/test_settings_fuzz.py.
 """
 
 import os
@@ -22,9 +22,6 @@ from rokfs.errors import InvalidArgument
 from rokfs.fusefs import xattrs
 from rokfs.names import check_labels, check_name, split_snapshot
 from rokfs.remote.objects import parse_url
-
-SETTINGS_PARSERS = ("rokfs.config", "rokfs.fusefs.xattrs", "rokfs.names", "rokfs.units",
-                    "rokfs.remote.objects", "rokfs.endpoints")
 
 
 # -- the config file ------------------------------------------------------------------

@@ -110,7 +110,7 @@ def answer(conn, ev, reads):
         if ev.streamed:
             return
         if ev.cmd == C.CMD_READ:
-            reads[ev.cookie] = ev.length
+            reads.setdefault(ev.cookie, []).append(ev.length)    # cookies may repeat
             conn.send_read(ev, bytes(ev.length))
         elif ev.cmd == C.CMD_BLOCK_STATUS:
             conn.send_block_status(ev, [(ev.offset, ev.length, 3)])
