@@ -58,14 +58,14 @@ def _swallow(sock):
 
 class FlakyProxy:
     """Forward TCP to a target; drop (close) or delay a share of requests;
-    `rate` (bytes per second, each connection and direction; None = no
-    limit, may be changed at any time) slows every transfer down."""
+    `hold` stops requests at the proxy until `release`, so a test catches a
+    transfer mid-way whatever the machine's speed."""
 
-    def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1, rate=None):
+    def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1):
         self.target_port = target_port
         self.stall = ()        # request paths containing one of these are never answered
         self.drop, self.delay, self.delay_share = drop, delay, delay_share
-        self.rate = rate
+        self.gate = None       # the Gate of `hold`, until `release`
         self.random = random.Random(seed)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -104,6 +104,8 @@ class FlakyProxy:
                 self.delayed += 1
                 _swallow(client)               # answer nothing, ever
                 break
+            if fresh and not self._pass_gate(data):
+                break                          # held, then cut: its client tries again
             if fresh:       # the start of a request: maybe misbehave
                 r = self.random.random()
                 if r < self.drop:
@@ -113,7 +115,6 @@ class FlakyProxy:
                     self.delayed += 1
                     time.sleep(self.delay)
             fresh = False
-            self._throttle(len(data))
             try:
                 upstream.sendall(data)
             except OSError:
@@ -126,10 +127,27 @@ class FlakyProxy:
                 pass
             s.close()
 
-    def _throttle(self, nbytes):
-        rate = self.rate
-        if rate:
-            time.sleep(nbytes / rate)
+    def hold(self, part, after=0):
+        """From now on, of the requests whose request line contains `part`,
+        let `after` through; stop every later one at the proxy (nothing of
+        it reaches the server) until `release`."""
+        self.gate = Gate(part, after)
+
+    def release(self):
+        """Open the gate: every held request's connection is cut unanswered
+        (its client, if still waiting, tries again and gets through; one
+        that gave up meanwhile lands nothing late), later ones pass."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.opened.set()
+
+    def _pass_gate(self, data):
+        """False if the request starting with `data` was held (and is now to be cut)."""
+        gate = self.gate
+        if gate is None or not gate.holds(data.split(b"\r\n", 1)[0]):
+            return True
+        gate.opened.wait()
+        return False
 
     def _pump(self, src, dst):
         while True:
@@ -137,7 +155,6 @@ class FlakyProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                self._throttle(len(data))
                 dst.sendall(data)
             except OSError:
                 break
@@ -148,6 +165,7 @@ class FlakyProxy:
 
     def close(self):
         """Stop listening and cut every open connection."""
+        self.release()
         self.running = False
         try:
             self.listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
@@ -159,6 +177,27 @@ class FlakyProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class Gate:
+    """Requests whose request line (an HTTP one) contains `part`: the first
+    `after` pass, later ones wait for `opened`; `passed` and `held` count them."""
+
+    def __init__(self, part, after):
+        self.part, self.after = part.encode(), after
+        self.passed = self.held = 0
+        self.opened = threading.Event()
+        self.lock = threading.Lock()
+
+    def holds(self, request_line):
+        if b" HTTP/1." not in request_line or self.part not in request_line:
+            return False
+        with self.lock:
+            if self.passed < self.after:
+                self.passed += 1
+                return False
+            self.held += 1
+            return True
 
 
 @pytest.fixture(scope="session")
