@@ -294,6 +294,12 @@ class Control:
             self.remotes[name] = store
         return store
 
+    def transfer_stats(self):
+        """{remote URL: its object store's request, failure and retry counts}
+        for every remote opened so far."""
+        stores = {id(store): store for store in self.remotes.values()}
+        return {store.url: store.objects.stats.copy() for store in stores.values()}
+
     def _remote_for_spec(self, spec):
         for store in self.remotes.values():
             if store.spec == spec or store.url == spec.get("url"):
