@@ -41,11 +41,14 @@ def check_config_invariants(cfg):
     assert cfg["log"]["level"] in ("debug", "info", "warning", "error")
     assert cfg["log"]["format"] in ("kv", "json") and cfg["nbd"]["tls"] in ("off", "on",
                                                                             "require")
+    reserve = cfg["pool"]["reserve"]
+    assert reserve is None or (type(reserve) is int
+                               and config.MIN_RESERVE <= reserve <= config.MAX_RESERVE), reserve
     for section, key, _, _, _ in config.SETTINGS:
         if (section, key) == ("fuse", "workers"):
             assert type(cfg[section][key]) is int and 1 <= cfg[section][key] <= 1024
-        elif (section, key) not in (("pool", "chunk_size"), ("control", "mode"),
-                                    ("control", "group")):
+        elif (section, key) not in (("pool", "chunk_size"), ("pool", "reserve"),
+                                    ("control", "mode"), ("control", "group")):
             assert isinstance(cfg[section][key], str), (section, key)
     for name, spec in cfg["remotes"].items():
         check_name(name, "remote")

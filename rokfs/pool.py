@@ -34,7 +34,7 @@ from . import names
 from .commit import Commits
 from .errors import AlreadyExists, Busy, Corrupt, InvalidArgument, NotEmpty, NotFound
 from .extentmap import FANOUT, MAX_CHUNKS, SLOT_BASE, ZERO, MapNodes
-from .extents import ExtentStore
+from .extents import METADATA_RESERVE_MIN as MIN_RESERVE, ExtentStore  # noqa: F401 (re-exported)
 from .image import DELETING, FREED, Snapshot, Volume
 from .store import FORMAT_VERSION, MetaStore
 
@@ -535,6 +535,13 @@ class Pool:
     def data_reserve(self):
         """The free-space reserve data writes leave for metadata, in bytes."""
         return self.slots.space()[1]
+
+    def set_reserve(self, nbytes):
+        """Keep `nbytes` of the filesystem free of data (None: the default, 1%
+        of the filesystem within MIN_RESERVE..64 MiB). Every data writer stops
+        short of it (user writes, copy-on-write, hydration and pull installs:
+        NoSpace, a restore pauses); metadata commits may use it."""
+        self.slots.reserve_bytes = nbytes
 
     def status(self):
         st = os.statvfs(self.path)
