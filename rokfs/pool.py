@@ -61,6 +61,7 @@ class Pool:
         self.commits = Commits(self)
         self._images, self._volumes, self._snapshots = {}, {}, {}
         self._load_images()
+        self._count_what_older_pools_lack()
         self._policies = store.load_policies()
         self._next_id = max([0, *self._images]) + 1
         self.closed = False
@@ -74,6 +75,16 @@ class Pool:
             vol = self._images.get(row["volume_id"])
             snap = Snapshot(self, row, vol.name if vol else f"#{row['volume_id']}")
             self._images[snap.id] = self._snapshots[(snap.volume_id, snap.name)] = snap
+
+    def _count_what_older_pools_lack(self):
+        """A pool written before the space summaries: count them once (a
+        walk of every map); the next commit stores them."""
+        if self.nodes.stale:
+            self.nodes.reset_summaries(self.nodes.recount(i.root for i in self._images.values()))
+        for image in self._images.values():
+            if image.cold is None:
+                image.cold = image.count_cold()
+                self.changed(image)
 
     def _free_leftovers(self):
         """Images left DELETING by the last run: nothing holds them now."""
@@ -236,7 +247,8 @@ class Pool:
         self._refuse_taken_name(name)
         vol = Volume(self, {"id": self._new_id(), "name": name, "size": size, "root": 0,
                             "created": time.time(), "origin": origin, "base": base,
-                            "base_chunks": base_chunks})
+                            "base_chunks": base_chunks, "cold": 0})
+        vol.cold = vol.cold_limit       # nothing mapped yet: every base chunk is cold
         self._images[vol.id] = self._volumes[name] = vol
         self.changed(vol)
         return vol
@@ -313,7 +325,8 @@ class Pool:
         snap = Snapshot(self, {"id": self._new_id(), "volume_id": vol.id, "name": snap_name,
                                "size": vol.size, "root": vol.root, "created": time.time(),
                                "labels": labels, "base": vol.base,
-                               "base_chunks": vol.base_chunks, "group_name": group}, vol.name)
+                               "base_chunks": vol.base_chunks, "group_name": group,
+                               "cold": vol.cold}, vol.name)
         self.nodes.incref(vol.root)
         vol._shared()
         self._images[snap.id] = self._snapshots[(vol.id, snap_name)] = snap
@@ -406,7 +419,7 @@ class Pool:
         vol = Volume(self, {"id": self._new_id(), "name": new_name, "size": src.size,
                             "root": src.root, "created": time.time(),
                             "origin": src.full_name, "base": src.base,
-                            "base_chunks": src.base_chunks})
+                            "base_chunks": src.base_chunks, "cold": src.cold})
         self.nodes.incref(src.root)
         src._shared()
         self._images[vol.id] = self._volumes[new_name] = vol
@@ -428,6 +441,7 @@ class Pool:
             start = first + leaf_no * FANOUT + SLOT_BASE
             leaf[:count] = type(leaf)("q", range(start, start + count))
             self.nodes.changed(leaf_id)
+            self.nodes.add_along(vol._paths[leaf_no], count, count)   # fresh slots
         return vol
 
     # -- remote support ------------------------------------------------------------
@@ -536,12 +550,24 @@ class Pool:
         """The free-space reserve data writes leave for metadata, in bytes."""
         return self.slots.space()[1]
 
+    def space(self):
+        """Pool totals in bytes (O(images)): allocated = slots in use,
+        exclusive = the sum of what deleting each image alone frees, shared
+        = the rest of allocated, unhydrated = chunks images still read from
+        their bases."""
+        cs, nodes, images = self.chunk_size, self.nodes, self._images.values()
+        allocated = self.slots.used_slots() * cs
+        exclusive = sum(nodes.exclusive_chunks(i.root) for i in images) * cs
+        return {"allocated": allocated, "exclusive": exclusive,
+                "shared": allocated - exclusive,
+                "unhydrated": sum(i.cold for i in images) * cs}
+
     def status(self):
         st = os.statvfs(self.path)
         deleting = [i for i in self._images.values() if i.state == DELETING]
         return {"path": self.path, "chunk_size": self.chunk_size,
                 "volumes": len(self.list_volumes()), "snapshots": len(self.list_snapshots()),
-                "deleting": len(deleting),
+                "deleting": len(deleting), "space": self.space(),
                 "used_bytes": self.slots.used_slots() * self.chunk_size,
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
