@@ -30,8 +30,9 @@ Invariants:
   completes) and what it uploaded is reused by the next push; no cancel
   falls between a pulled volume's creation and its commit, and a cancelled
   pull or hydration job leaves the volume usable with its hydration paused.
-- `stat` stays cheap for listings and every FUSE getattr: no per-chunk
-  work; its `allocated` equals that of the image's info().
+- `stat`, `info` and listings stay cheap for any size: O(1) per image
+  (the engine keeps the space accounting as it goes), never a map walk on
+  the loop; `stat`'s `allocated` is that of the image's info().
 - A create verb that fails leaves no image behind; pull checks the name
   and the size the pool can hold before it records the remote base.
 - Policy verbs are thin: the spec is policy.py's, runs, plans and the
@@ -50,7 +51,6 @@ from . import freeze, lineage, names, policies
 from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RemoteError,
                      RokfsError, one_line, single_errors)
 from .fsck import fsck
-from .extentmap import FANOUT, INHERIT, ZERO
 from .image import NeedsChunks
 from .jobs import Job, Jobs
 from .policy import POLICY_LABEL, parse_policy
@@ -60,6 +60,7 @@ log = logging.getLogger("rokfs.control")
 HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHUNKS)
 HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
 HOLDER_OF_FRONT = {"nbd": "NBD connection", "fuse": "FUSE handle"}
+SPACE_KEYS = ("allocated", "exclusive", "shared", "unhydrated")
 HYDRATION_POLL = 0.2            # seconds between checks of a hydration job
 PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
 
@@ -712,26 +713,20 @@ async def _frozen(mountpoints):
 def _group_info(group, snaps):
     return {"name": group, "created": min(s.created for s in snaps),
             "labels": dict(snaps[0].labels), "members": [s.full_name for s in snaps],
-            "volumes": [s.volume_name for s in snaps]}
+            "volumes": [s.volume_name for s in snaps], "space": _space_of(snaps)}
+
+
+def _space_of(images):
+    """The members' space summed (each O(1)); exclusive is what deleting
+    each alone frees, so deleting them all frees at least that."""
+    usages = [i.usage() for i in images]
+    return {k: sum(u[k] for u in usages) for k in SPACE_KEYS}
 
 
 def _stat_of(image):
     return {"id": image.id, "name": image.full_name, "size": image.size,
-            "allocated": _allocated_bytes(image), "read_only": image.read_only,
+            "allocated": image.usage()["allocated"], "read_only": image.read_only,
             "created": image.created}
-
-
-def _allocated_bytes(image):
-    """Bytes of `image` held in slots: the `allocated` of its info(), counted
-    a map leaf at a time with array counts (no per-chunk Python work), so
-    that a stat stays cheap for any size. (It belongs beside Image.usage in
-    image.py; kept here while that file's space accounting is reworked.)"""
-    nodes, chunks = image.pool.nodes, image.nchunks
-    total = 0
-    for leaf_no, leaf_id, _ in nodes.walk_leaves(image.root, 0, max(chunks - 1, 0) // FANOUT):
-        entries = nodes.get(leaf_id)[:chunks - leaf_no * FANOUT]
-        total += len(entries) - entries.count(INHERIT) - entries.count(ZERO)
-    return total * image.pool.chunk_size
 
 
 class Device:
