@@ -7,8 +7,9 @@ map points at reserved slots whose data is never written):
     small: a 64 GiB volume, 65,536 mapped chunks, 20 snapshots
     big:   a 1 TiB volume, 1,048,576 mapped chunks, 2,000 snapshots
 
-with one 4 KiB write between snapshots (so each snapshot owns a chunk and
-its own map path, as hourly snapshots of a live volume do). Each pool is
+with a 4 KiB write into the same chunk after each snapshot (so each
+snapshot owns one chunk, 32 KiB exclusive, and its own map path, as hourly
+snapshots of a live volume do). Each pool is
 then served by `rokfs serve`, and measured through the real front ends:
 `snapshot ls` and `volume info` over the control API (the Python client
 rokctl uses), a Prometheus scrape over HTTP, the block status of the whole
@@ -90,10 +91,9 @@ def build(path, size, mapped, snapshots):
     with Pool.create(path) as pool:
         vol = pool.create_volume("vol", size)
         pool.map_metadata_only("vol", mapped)
-        step = max(1, mapped // max(snapshots, 1))
         for i in range(snapshots):
             pool.create_snapshot(f"vol@s{i:04d}", {"n": str(i)})
-            vol.pwrite((i * step % mapped) * pool.chunk_size, b"w" * 4096)
+            vol.pwrite(7 * pool.chunk_size, b"w" * 4096)
         pool.commit()
     return time.perf_counter() - t0
 
