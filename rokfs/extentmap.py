@@ -28,8 +28,10 @@ Invariants:
   count 1; an interior node: the sum of `sole` over its children of count
   1). An image with root r has `mapped[r]` chunks allocated and frees
   `sole[r]` chunks when deleted if rc[r] == 1 (0 if its root is shared).
-  Each change costs O(depth), plus a scan of the nodes at one position when
-  a count drops to 1 (to find the one holder left).
+  Each change costs O(depth), plus, when a count drops to 1, finding the
+  one holder left: first where a hint says (the parent a node was created
+  under, the node a leaf was copied from: right in a volume's usual
+  lineage, always checked), else a scan of the nodes at that position.
 """
 
 import collections
@@ -73,6 +75,8 @@ class MapNodes:
         self.rc = store.load_node_refcounts()
         self.pos, self.mapped, self.sole = {}, {}, {}
         self.at = collections.defaultdict(set)     # position -> node ids
+        self.parent_hint = {}     # node -> the node likely to point at it
+        self.copy_hint = {}       # leaf -> the leaf it was copied from (shares its slots)
         self.stale = self._load_summaries(store.load_node_summaries())
         self.data = {}
         self.next_id = max(self.rc, default=0) + 1
@@ -127,7 +131,8 @@ class MapNodes:
         """Drop a node (its children untouched); the next commit deletes its row."""
         del self.rc[node_id]
         self.at[self.pos.get(node_id)].discard(node_id)
-        for table in (self.pos, self.mapped, self.sole, self.data):
+        for table in (self.pos, self.mapped, self.sole, self.data, self.parent_hint,
+                      self.copy_hint):
             table.pop(node_id, None)
         self.dirty.discard(node_id)
         self.dirty_rc.discard(node_id)
@@ -148,20 +153,29 @@ class MapNodes:
         self._release_children(node_id, self.get(node_id), level)
         self.forget(node_id)
 
-    def owned(self, node_id, level, pos):
+    def owned(self, node_id, level, pos, parent=None):
         """Return a node id the caller may modify: `node_id` itself if not
-        shared, a private copy if shared, a new empty node (at `pos`) if absent.
-        A copy shares every child, so neither it nor its original has a
-        child or slot of count 1 left: both `sole` are 0 afterwards."""
+        shared, a private copy if shared, a new empty node (at `pos`) if absent
+        (`parent`: the node that will point at it, a hint). A copy shares
+        every child, so neither it nor its original has a child or slot of
+        count 1 left: both `sole` are 0 afterwards."""
         if not node_id:
-            return self.new(empty_node(), pos)
+            return self._hinted(self.new(empty_node(), pos), parent)
         if self.rc[node_id] == 1:
             return node_id
         node = array("q", self.get(node_id))
         self._share_children(node, level)
         self.sole[node_id] = 0
         self.decref(node_id, level)
-        return self.new(node, self.pos[node_id], self.mapped[node_id])
+        copy = self._hinted(self.new(node, self.pos[node_id], self.mapped[node_id]), parent)
+        if level == LEAF:
+            self.copy_hint[copy] = node_id
+        return copy
+
+    def _hinted(self, node_id, parent):
+        if parent is not None:
+            self.parent_hint[node_id] = parent
+        return node_id
 
     def _share_children(self, node, level):
         """A copy of `node` now also points at each of its children."""
@@ -193,6 +207,10 @@ class MapNodes:
     def slot_holder(self, slot, leaf_id, index):
         """The other leaf at `leaf_id`'s position whose entry `index` is `slot`."""
         entry = slot + SLOT_BASE
+        hint = self.copy_hint.get(leaf_id)
+        if hint in self.rc and self.pos.get(hint) == self.pos[leaf_id] \
+                and self.get(hint)[index] == entry:
+            return hint
         for other in self.at[self.pos[leaf_id]]:
             if other != leaf_id and self.get(other)[index] == entry:
                 return other
@@ -204,9 +222,14 @@ class MapNodes:
         level, index = self.pos[node_id]
         if level == 0:
             return None
-        slot_in_parent = index % FANOUT
-        for parent in self.at[(level - 1, index // FANOUT)]:
+        slot_in_parent, where = index % FANOUT, (level - 1, index // FANOUT)
+        hint = self.parent_hint.get(node_id)
+        if hint != exclude and hint in self.rc and self.pos.get(hint) == where \
+                and self.get(hint)[slot_in_parent] == node_id:
+            return hint
+        for parent in self.at[where]:
             if parent != exclude and self.get(parent)[slot_in_parent] == node_id:
+                self.parent_hint[node_id] = parent
                 return parent
         return None
 

@@ -37,6 +37,7 @@ from .fileio import pread_full
 
 HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
 LIVE, DELETING, FREED = "live", "deleting", "freed"
+EXTENT_VISITS = 1 << 15     # chunks `extents` looks at one by one per call, at most
 YIELDING_HOLDERS = frozenset({"hydrator"})   # let a delete through; the image waits for them
 
 
@@ -169,17 +170,22 @@ class Image:
     def extents(self, offset, length):
         """[(offset, length, flags)] for the range; flags HOLE|ZERO_FLAG for
         ranges that read as zeros without stored data, 0 for data. A leaf
-        that is uniform (see the note above) costs one step."""
+        that is uniform (see the note above) costs one step; past
+        EXTENT_VISITS chunks looked at one by one, the answer stops at a leaf
+        boundary, describing less than asked (as NBD allows)."""
         self._check_range(offset, length)
         out = []
         cs, end = self.pool.chunk_size, offset + length
-        span = FANOUT * cs
+        span, visits = FANOUT * cs, 0
         for leaf_no in range(offset // span, -(-end // span)):
             lo, hi = max(offset, leaf_no * span), min(end, (leaf_no + 1) * span)
             flags = self._uniform_flags(leaf_no, lo // cs, -(-hi // cs))
             if flags is not None:
                 _add_extent(out, lo, hi - lo, flags)
                 continue
+            if visits >= EXTENT_VISITS:
+                break
+            visits += FANOUT
             for chunk, within, n in self.spans(lo, hi - lo):
                 entry = self.entry(chunk)
                 data = entry >= SLOT_BASE or self.is_cold(chunk, entry)
@@ -490,7 +496,7 @@ def _add_extent(out, offset, length, flags):
 
 def _own_child(nodes, parent_id, index, level, pos):
     parent = nodes.get(parent_id)
-    child = nodes.owned(parent[index], level, pos)
+    child = nodes.owned(parent[index], level, pos, parent_id)
     if child != parent[index]:
         parent[index] = child
         nodes.changed(parent_id)

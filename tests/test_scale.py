@@ -189,3 +189,21 @@ def test_fsck_reports_and_repairs_wrong_accounting(tmp_path):
     with Pool.open(tmp_path / "pool") as pool:
         assert fsck(pool)["clean"]
         assert pool.get_volume("v").usage()["exclusive"] == 8192
+
+
+def test_block_status_of_mixed_leaves_stops_at_its_budget(pool, monkeypatch):
+    """Past EXTENT_VISITS chunks looked at one by one, the answer stops at a
+    leaf boundary: a true prefix of the full answer (NBD lets a reply
+    describe less than asked)."""
+    from rokfs import image
+    cs = pool.chunk_size
+    vol = pool.create_volume("v", 8 * 1024 * cs)
+    pool.map_metadata_only("v", 8 * 1024)
+    for leaf in range(8):
+        vol.trim((leaf * 1024 + 3) * cs, cs)          # every leaf mixed
+    full = vol.extents(0, vol.size)
+    monkeypatch.setattr(image, "EXTENT_VISITS", 2 * 1024)
+    part = vol.extents(0, vol.size)
+    end = part[-1][0] + part[-1][1]
+    assert end == 2 * 1024 * cs
+    assert part == [e for e in full if e[0] + e[1] <= end]
