@@ -33,6 +33,9 @@ Invariants:
 - `stat`, `info` and listings stay cheap for any size: O(1) per image
   (the engine keeps the space accounting as it goes), never a map walk on
   the loop; `stat`'s `allocated` is that of the image's info().
+- Deleting a big image returns once it is DELETING and committed; its
+  space comes back in slices (pool.free_some) run by one background task
+  that yields between slices, then commits.
 - A create verb that fails leaves no image behind; pull checks the name
   and the size the pool can hold before it records the remote base.
 - Policy verbs are thin: the spec is policy.py's, runs, plans and the
@@ -78,6 +81,7 @@ class Control:
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
+        self._freeing = False           # a task frees queued images in slices
 
     # -- durability ------------------------------------------------------------
     async def flush(self):
@@ -95,6 +99,7 @@ class Control:
                 raise
             commits.end(batch)
             self._commits_done = self._commits_started
+        self._free_soon()
 
     async def _flush_in_background(self):
         try:
@@ -108,6 +113,28 @@ class Control:
             trio.lowlevel.spawn_system_task(self._flush_in_background)
         except RuntimeError:            # no trio loop: the next commit carries it
             pass
+
+    def _free_soon(self):
+        """Images queued for freeing (pool.py) are freed by one background
+        task, a slice at a time between other work, then committed."""
+        if not self.pool.freeing or self._freeing:
+            return
+        try:
+            trio.lowlevel.spawn_system_task(self._free_in_slices)
+            self._freeing = True
+        except RuntimeError:            # no trio loop: the pool's close finishes them
+            pass
+
+    async def _free_in_slices(self):
+        try:
+            while self.pool.free_some():
+                await trio.sleep(0)
+            await self.flush()
+        except RokfsError as exc:       # the next flush carries what was freed
+            log.warning("event=background_free_failed error=%s", exc)
+        finally:
+            self._freeing = False
+        self._free_soon()
 
     async def _hydrating(self, op, *args, **kwargs):
         """Run engine call `op`; when it meets cold chunks, fetch them and

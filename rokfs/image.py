@@ -311,6 +311,49 @@ class Image:
             warm += n - leaf[:n].count(INHERIT)
         return limit - warm
 
+    # -- freeing in slices (pool.py): only for a DELETING image nobody holds --------
+    def forget_base(self):
+        """Nobody reads this image again: its base (and cold count) go."""
+        self.base, self.base_chunks, self.cold = None, 0, 0
+        self.pool.changed(self)
+
+    def detach_leaves(self, limit):
+        """Detach up to `limit` subtrees (leaves, or shared mids) from our own
+        map, dropping their references; returns how many (0: none left).
+        Every state in between is a consistent, smaller map."""
+        nodes = self.pool.nodes
+        if not self.root or nodes.rc[self.root] != 1:
+            return 0
+        self._leaves.clear()
+        self._shared()
+        done, root_node = 0, nodes.get(self.root)
+        for i0, mid in enumerate(root_node):
+            if done >= limit:
+                break
+            if not mid:
+                continue
+            if nodes.rc[mid] == 1:
+                mid_node = nodes.get(mid)
+                for i1, leaf in enumerate(mid_node):
+                    if leaf and done < limit:
+                        self._detach((self.root, mid), mid_node, i1, leaf, LEAF)
+                        done += 1
+                if any(mid_node):
+                    break
+            self._detach((self.root,), root_node, i0, mid, 1)
+            done += 1
+        return done
+
+    def _detach(self, path, parent_node, index, child, level):
+        """Point `parent_node[index]` (the end of `path`) at nothing, taking
+        `child`'s summaries off the path."""
+        nodes = self.pool.nodes
+        own = nodes.sole[child] if nodes.rc[child] == 1 else 0
+        nodes.add_along(path, -nodes.mapped[child], -own)
+        parent_node[index] = 0
+        nodes.changed(path[-1])
+        nodes.decref(child, level, parent=path[-1])
+
     def lifecycle(self):
         return {"state": self.state, "holders": dict(self.holders)}
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import trio
 
 from daemon_helpers import running, write_config
 from rokfs.client import Client
@@ -207,3 +208,52 @@ def test_block_status_of_mixed_leaves_stops_at_its_budget(pool, monkeypatch):
     end = part[-1][0] + part[-1][1]
     assert end == 2 * 1024 * cs
     assert part == [(o, min(n, end - o), f) for o, n, f in full if o < end]
+
+
+def test_a_big_image_is_freed_in_slices_each_a_consistent_pool(tmp_path):
+    from rokfs import pool as pool_module
+    chunks = pool_module.FREE_NOW_CHUNKS + 5000
+    path = tmp_path / "pool"
+    with Pool.create(path, chunk_size=4096) as pool:
+        vol = pool.create_volume("big", 2 * chunks * 4096)
+        pool.map_metadata_only("big", chunks)
+        pool.create_snapshot("big@s")
+        vol.pwrite(0, b"x" * 3 * 4096)               # 3 chunks of the volume's own
+        pool.commit()
+        pool.delete_snapshot("big@s")                # the volume owns everything now
+        pool.commit()
+        assert pool.get_volume("big").usage()["exclusive"] == chunks * 4096
+        pool.delete_volume("big")
+        assert pool.freeing and pool.status()["deleting"] == 1
+        with pytest.raises(Exception, match="being freed"):
+            pool.create_volume("big", 4096)
+        for _ in range(3):
+            assert pool.free_some()
+            pool.commit()
+            report = fsck(pool)
+            assert report["clean"], report["problems"][:5]
+        used = pool.status()["used_bytes"]
+        assert 0 < used < chunks * 4096
+    with Pool.open(path) as pool:                    # the next open finishes it
+        assert pool.status()["deleting"] == 0 and pool.status()["used_bytes"] == 0
+        assert not pool.nodes.rc and fsck(pool)["clean"]
+        pool.create_volume("big", 4096)
+
+
+def test_control_frees_a_big_image_in_the_background(tmp_path):
+    from rokfs import pool as pool_module
+    chunks = pool_module.FREE_NOW_CHUNKS + 3000
+
+    async def main():
+        with Pool.create(tmp_path / "pool", chunk_size=4096) as pool:
+            control = Control(pool)
+            await control.create_volume("big", 2 * chunks * 4096)
+            pool.map_metadata_only("big", chunks)
+            await control.flush()
+            await control.delete_volume("big")
+            assert control.status()["deleting"] == 1      # queued, freed in slices
+            with trio.fail_after(60):
+                while control.status()["deleting"] or control.status()["used_bytes"]:
+                    await trio.sleep(0.05)
+            assert fsck(pool)["clean"]
+    trio.run(main)
