@@ -204,25 +204,6 @@ class Image:
             return None if mapped else (HOLE | ZERO_FLAG if first >= self.cold_limit else 0)
         return None
 
-    def mapped_chunks(self, cold=True):
-        """Yield (chunk, entry, exclusive) for every slot (and cold chunk)."""
-        nodes = self.pool.nodes
-        for leaf_no, leaf_id, path in nodes.walk_leaves(self.root):
-            shared_path = any(nodes.rc[n] > 1 for n in path) or nodes.rc[leaf_id] > 1
-            leaf = nodes.get(leaf_id)
-            first = leaf_no * FANOUT
-            for i, entry in enumerate(leaf):
-                chunk = first + i
-                if chunk >= self.nchunks:
-                    break
-                if entry >= SLOT_BASE:
-                    exclusive = not shared_path and self.pool.slots.rc[entry - SLOT_BASE] == 1
-                    yield chunk, entry, exclusive
-        if cold:
-            for chunk in range(min(self.base_chunks, self.nchunks)):
-                if self.is_cold(chunk, self.entry(chunk)):
-                    yield chunk, INHERIT, False
-
     def _shared(self):
         """Our root is now shared: every path must be copied before writing."""
         self._owned.clear()
@@ -498,16 +479,28 @@ class Volume(Image):
     def _refuse_shrink_over_data(self, new_size):
         cs = self.pool.chunk_size
         first_full = -(-new_size // cs)
-        for chunk, entry, _ in self.mapped_chunks():
-            if chunk >= first_full:
-                raise InvalidArgument(
-                    f"{self.name}: cannot shrink to {new_size} bytes: data is stored "
-                    f"beyond it (at {chunk * cs}); trim it first or force the resize")
+        chunk = self._first_data_from(first_full)
+        if chunk is not None:
+            raise InvalidArgument(
+                f"{self.name}: cannot shrink to {new_size} bytes: data is stored "
+                f"beyond it (at {chunk * cs}); trim it first or force the resize")
         tail = min(first_full * cs, self.size) - new_size
         if tail and self.pread(new_size, tail) != bytes(tail):
             raise InvalidArgument(
                 f"{self.name}: cannot shrink to {new_size} bytes: the bytes after it "
                 "hold data; trim them first or force the resize")
+
+    def _first_data_from(self, first):
+        """The first chunk >= `first` holding data (a slot, or cold), or None;
+        visits only the leaves from there on."""
+        nodes, cold = self.pool.nodes, self.cold_chunks(first, self.cold_limit)[:1]
+        for leaf_no, leaf_id, _ in nodes.walk_leaves(self.root, first // FANOUT,
+                                                     max(self.nchunks - 1, 0) // FANOUT):
+            leaf, base = nodes.get(leaf_id), leaf_no * FANOUT
+            for i in range(max(first - base, 0), FANOUT):
+                if leaf[i] >= SLOT_BASE:
+                    return min([base + i, *cold])
+        return cold[0] if cold else None
 
     def _drop_tail(self, new_size):
         cs = self.pool.chunk_size
