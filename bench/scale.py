@@ -68,7 +68,7 @@ if mode == "status":
         t0, offset, extents = time.perf_counter(), 0, 0
         while offset < size:
             seen = []
-            h.block_status(min(size - offset, 1 << 31), offset,
+            h.block_status(min(size - offset, (1 << 32) - 4096), offset,
                            lambda ctx, off, ents, err: seen.extend(ents))
             offset += sum(seen[0::2])
             extents += len(seen) // 2
@@ -187,7 +187,7 @@ def measure(tmp, name, size, mapped, snapshots, args):
         listing = rok.list_snapshots(volume="vol")
         assert len(listing) == snapshots, len(listing)
         result = {
-            "build s": built, "open": median(opened),
+            "build s": built, "open": median(opened), "snapshots": snapshots, "size": size,
             "snapshot ls": median(timed(lambda: rok.list_snapshots(volume="vol"), args.reps)),
             "volume info": median(timed(lambda: rok.volume_info("vol"), args.reps)),
             "metrics scrape": median(timed(lambda: scrape(url), args.reps)),
@@ -213,10 +213,17 @@ def report(results):
         a, b = small[key], big[key]
         return (label, fmt(a), fmt(b), f"{b / a:.2f}" if a else "-", target)
 
+    for r in results.values():
+        r["ls per snapshot"] = r["snapshot ls"] / r["snapshots"]
+        r["status per GiB"] = r["block status"] / (r["size"] >> 30)
     rows = [row("snapshot ls (ms)", "snapshot ls", ms, "<= 100 ms"),
+            row("  per snapshot listed (us)", "ls per snapshot", lambda v: f"{v * 1e6:.1f}",
+                "ratio ~1"),
             row("volume info (ms)", "volume info", ms, "<= 100 ms"),
             row("metrics scrape (ms)", "metrics scrape", ms, ""),
             row("block status, whole volume (ms)", "block status", ms, "<= 1000 ms"),
+            row("  per GiB of volume (ms)", "status per GiB", lambda v: f"{v * 1e3:.2f}",
+                "ratio ~1"),
             row("pool open (ms)", "open", ms, ""),
             row("daemon RSS (MiB)", "rss", lambda v: f"{v:.0f}", "<= 150 MiB"),
             row("daemon RSS peak (MiB)", "rss peak", lambda v: f"{v:.0f}", "<= 150 MiB")]

@@ -64,6 +64,7 @@ HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHU
 HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
 HOLDER_OF_FRONT = {"nbd": "NBD connection", "fuse": "FUSE handle"}
 SPACE_KEYS = ("allocated", "exclusive", "shared", "unhydrated")
+LIST_SLICE = 256                # snapshots listed between yields to other work
 HYDRATION_POLL = 0.2            # seconds between checks of a hydration job
 PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
 
@@ -267,12 +268,18 @@ class Control:
     def snapshot_info(self, full_name):
         return self.pool.get_snapshot(full_name).info()
 
-    def list_snapshots(self, volume=None, labels=None, group=None):
-        """Snapshots (of `volume`), with every label in `labels`, in `group`."""
+    async def list_snapshots(self, volume=None, labels=None, group=None):
+        """Snapshots (of `volume`), with every label in `labels`, in `group`.
+        O(1) per snapshot; yields to other work every LIST_SLICE of them."""
         want = names.check_labels(labels)
-        return [s.info() for s in self.pool.list_snapshots(volume)
-                if all(s.labels.get(k) == v for k, v in want.items())
-                and (group is None or s.group == group)]
+        out = []
+        for i, snap in enumerate(self.pool.list_snapshots(volume)):
+            if i and not i % LIST_SLICE:
+                await trio.lowlevel.checkpoint()
+            if snap.live and all(snap.labels.get(k) == v for k, v in want.items()) \
+                    and (group is None or snap.group == group):
+                out.append(snap.info())
+        return out
 
     # -- pool ------------------------------------------------------------------------
     def status(self):

@@ -67,7 +67,7 @@ def test_listings_infos_and_status_visit_no_map_node(tmp_path, monkeypatch):
     with Pool.open(tmp_path / "pool") as pool:
         control = Control(pool)
         visits = Visits(pool.nodes, monkeypatch)
-        listing = control.list_snapshots("vol")
+        listing = trio.run(control.list_snapshots, "vol")
         volume = control.volume_info("vol")
         one = control.snapshot_info("vol@s100")
         stats = [control.stat(s["name"]) for s in listing]
@@ -101,7 +101,7 @@ def test_the_cost_of_a_listing_does_not_grow_with_the_volume(tmp_path):
             times = []
             for _ in range(7):
                 t0 = time.perf_counter()
-                control.list_snapshots("vol")
+                trio.run(control.list_snapshots, "vol")
                 times.append(time.perf_counter() - t0)
             return sorted(times)[3]
     small, big = listing_time(tmp_path / "small", 1), listing_time(tmp_path / "big", MAPPED)
