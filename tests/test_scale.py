@@ -257,3 +257,25 @@ def test_control_frees_a_big_image_in_the_background(tmp_path):
                     await trio.sleep(0.05)
             assert fsck(pool)["clean"]
     trio.run(main)
+
+
+def test_rokctl_status_and_group_info_space_equal_fscks_recount(tmp_path):
+    """The figures rokctl shows come from the kept accounting; once the
+    daemon stops, fsck recounts them from the maps."""
+    with running(write_config(tmp_path)) as daemon:
+        for name in ("a", "b"):
+            daemon.ok("volume", "create", name, "--size", "8M")
+            daemon.nbdsh(name, "h.pwrite(b'x' * (1 << 20), 0); h.flush()")
+        daemon.ok("snapshot", "create", "a", "b", "--group", "g")
+        daemon.nbdsh("a", "h.pwrite(b'y' * (256 << 10), 0); h.flush()")   # g owns those
+        daemon.ok("clone", "b@g", "c")
+        status = daemon.json("status")
+        group = daemon.json("group", "info", "g")
+        shown = daemon.ok("group", "info", "g")
+    with Pool.open(tmp_path / "pool") as pool:
+        report = fsck(pool)
+    assert report["clean"], report["problems"]
+    assert status["space"] == report["space"]
+    members = [report["images"][m] for m in ("a@g", "b@g")]
+    assert group["space"] == {k: sum(m[k] for m in members) for k in members[0]}
+    assert group["space"]["exclusive"] == 256 << 10 and "space: " in shown
