@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from rokfs.fsck import fsck
+from rokfs import pool as pool_module
 from rokfs.image import NeedsChunks
 from rokfs.pool import Pool
 
@@ -24,6 +25,8 @@ class PoolModel(RuleBasedStateMachine):
         import tempfile
         self.dir = tempfile.mkdtemp(prefix="rokfs-model-")
         self.pool = Pool.create(self.dir + "/pool", chunk_size=CHUNK)
+        self.free_now = pool_module.FREE_NOW_CHUNKS
+        pool_module.FREE_NOW_CHUNKS = 64     # bigger images are freed in slices here
         self.model = {}      # image name -> bytearray
         self.counter = 0
 
@@ -35,9 +38,11 @@ class PoolModel(RuleBasedStateMachine):
             assert report["clean"], report["problems"]
             for name in [v.name for v in self.pool.list_volumes()]:
                 self.pool.delete_volume(name, recursive=True)
+            self.pool.free_all()
             assert self.pool.slots.used_slots() == 0
             assert not self.pool.nodes.rc
         finally:
+            pool_module.FREE_NOW_CHUNKS = self.free_now
             self.pool.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -132,6 +137,12 @@ class PoolModel(RuleBasedStateMachine):
         cold = image.cold_chunks()
         first = data.draw(st.integers(0, len(cold) - 1))
         self.install(image, cold[first:first + count])
+
+    @rule(leaves=st.integers(1, 3))
+    def free_some(self, leaves):
+        """Free a slice of the images queued for freeing (deleted ones with
+        more than 64 chunks of their own)."""
+        self.pool.free_some(leaves)
 
     @rule()
     def accounting(self):
