@@ -12,6 +12,8 @@ Invariants:
   accounting columns (a node's `pos`, `mapped`, `sole`; an image's `cold`)
   are NULL in a pool written before them: the pool recounts once at open
   (extentmap.py, image.py) and stores the counts with the next commit.
+  A new pool has a node's summaries before its data in the row, so that
+  loading them at open reads no blob (an older pool has them after it).
 """
 
 import json
@@ -35,7 +37,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     labels TEXT NOT NULL, base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0,
     deleting INTEGER NOT NULL DEFAULT 0, group_name TEXT, holds TEXT NOT NULL DEFAULT '{}',
     UNIQUE (volume_id, name));
-CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL,
+    pos INTEGER, mapped INTEGER, sole INTEGER, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_rc (block INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_hash (slot INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
