@@ -91,6 +91,11 @@ class ControlCollector:
                                ("used_bytes", "bytes of chunk slots in use"),
                                ("disk_bytes", "bytes the extent files occupy on disk")):
             yield GaugeMetricFamily(f"rokfs_pool_{key}", help_text, value=pool[key])
+        space = GaugeMetricFamily("rokfs_pool_space_bytes", "the pool's space by kind "
+                                  "(allocated, exclusive, shared, unhydrated)", labels=["kind"])
+        for kind, value in sorted(pool["space"].items()):
+            space.add_metric([kind], value)
+        yield space
         yield GaugeMetricFamily("rokfs_volumes", "volumes in the pool", value=pool["volumes"])
         yield GaugeMetricFamily("rokfs_snapshots", "snapshots in the pool",
                                 value=pool["snapshots"])
