@@ -343,3 +343,28 @@ async def test_hydration_under_partial_writes(tmp_path):
     assert (await b.fsck())["clean"]
     for control in (src, b):
         control.pool.close()
+
+
+def test_partial_chunks_in_space_accounting_and_block_status(tmp_path):
+    pool = Pool.create(str(tmp_path / "pool"), CS)
+    vol = pool.create_volume("v", SIZE)
+    vol.pwrite(3 * CS, os.urandom(2 * CS))            # chunks 3 and 4
+    pool.commit()
+    snap = pool.create_snapshot("v@s")
+    assert vol.usage()["exclusive"] == 0 and snap.usage()["exclusive"] == 0
+    vol.pwrite(3 * CS + BLOCK, b"\1" * BLOCK)         # chunk 3 goes partial
+    # the volume holds its partial slot alone; the old slot is the snapshot's
+    # and the record's, so deleting the snapshot alone would not free it
+    assert vol.usage()["allocated"] == 2 * CS and vol.usage()["exclusive"] == CS
+    assert snap.usage()["exclusive"] == 0
+    assert pool.space()["allocated"] == 3 * CS        # a partial chunk holds two slots
+    assert vol.extents(0, SIZE) == [(0, 3 * CS, 3), (3 * CS, 2 * CS, 0),
+                                    (5 * CS, SIZE - 5 * CS, 3)]
+    assert_clean(pool)
+    pool.fill_partials(1)                             # the record lets go of the old slot
+    assert snap.usage()["exclusive"] == CS and vol.usage()["exclusive"] == CS
+    assert_clean(pool)
+    pool.delete_snapshot("v@s")
+    assert vol.usage()["exclusive"] == 2 * CS
+    assert_clean(pool)
+    pool.close()
