@@ -407,12 +407,13 @@ class Volume(Image):
         cs = self.pool.chunk_size
         slots = self.pool.slots
         partials = slots.partials
+        partial = partials.table
         run, pos = None, 0
         for chunk, within, n in self.spans(offset, len(view)):
             leaf_id, leaf = self._own_leaf(chunk // FANOUT)
             entry = leaf[chunk % FANOUT]
             if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
-                if entry - SLOT_BASE in partials:
+                if entry - SLOT_BASE in partial:
                     run = self._write_run(run, view)
                     partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
                     pos += n
@@ -427,7 +428,7 @@ class Volume(Image):
                 if run:
                     run = self._write_run(run, view)
                 piece = view[pos:pos + n]
-                over_partial = entry - SLOT_BASE in partials
+                over_partial = entry - SLOT_BASE in partial
                 slot = partials.write_over(entry - SLOT_BASE, within, piece, chunk) \
                     if n < cs and entry >= SLOT_BASE else None
                 if slot is None:
@@ -444,10 +445,11 @@ class Volume(Image):
         entry's reference on its old slot (whose count is unchanged). The
         leaf's `sole` gains the new slot, less the old one if it was the
         leaf's alone (count 1)."""
+        nodes = self.pool.nodes
         leaf[chunk % FANOUT] = slot + SLOT_BASE
-        self.pool.nodes.changed(leaf_id)
+        nodes.dirty.add(leaf_id)                        # nodes.changed(), inlined
         if self.pool.slots.rc[entry - SLOT_BASE] != 1:
-            self.pool.nodes.add_along(self._paths[chunk // FANOUT], 0, 1)
+            nodes.add_along(self._paths[chunk // FANOUT], 0, 1)
 
     def _write_run(self, run, view):
         if run:
