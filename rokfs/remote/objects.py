@@ -18,6 +18,12 @@ Invariants:
   anything is opened (`check_spec`, `parse_url`): an unknown type, key or
   URL parameter, or a value of the wrong type or range, is InvalidArgument
   naming it. Nothing is silently ignored or defaulted to AWS by a typo.
+- `put_new` writes only if the key is absent (True) and never overwrites
+  (False): an atomic link(2) in a directory, `If-None-Match: *` on S3 (a
+  server that answers it with NotImplemented gets a HEAD then a PUT: the
+  registry serializes its writers with a lock anyway, see its bucket.py).
+- `get_tagged` is a conditional GET: (None, etag) while the object still
+  has the ETag the caller holds, so polling an unchanged object costs no body.
 - These classes are blocking: callers run them in worker threads.
 """
 
@@ -60,6 +66,8 @@ class ObjectStore:
             self.requests += 1
 
     def put(self, key, data): raise NotImplementedError
+    def put_new(self, key, data): raise NotImplementedError
+    def get_tagged(self, key, etag=None): raise NotImplementedError
     def get(self, key, start=None, end=None): raise NotImplementedError
     def exists(self, key): raise NotImplementedError
     def list(self, prefix=""): raise NotImplementedError
@@ -136,6 +144,33 @@ class DirStore(ObjectStore):
             except OSError:
                 pass
             raise
+
+    def put_new(self, key, data):
+        self._count()
+        path = self._file(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)            # fails if the key exists: never overwrites
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def get_tagged(self, key, etag=None):
+        self._count()
+        try:
+            with open(self._file(key), "rb") as f:
+                st = os.fstat(f.fileno())
+                tag = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
+                return (None, tag) if tag == etag else (f.read(), tag)
+        except FileNotFoundError:
+            raise NotFound(f"no object {key!r} in {self.url}") from None
 
     def get(self, key, start=None, end=None):
         self._count()
@@ -233,6 +268,39 @@ class S3Store(ObjectStore):
         """bytes and bytearray bodies go to boto3 as they are (no copy)."""
         body = data if isinstance(data, (bytes, bytearray)) else bytes(data)
         self._call(f"PUT {key}", self.client.put_object, Key=self.prefix + key, Body=body)
+
+    conditional_puts = True        # until the server says it has none
+
+    def put_new(self, key, data):
+        import botocore.exceptions as bx
+        if self.conditional_puts:
+            try:
+                self._call(f"PUT {key}", self.client.put_object, Key=self.prefix + key,
+                           Body=data, IfNoneMatch="*",
+                           expected=("PreconditionFailed", "412", "NotImplemented", "501"))
+                return True
+            except bx.ClientError as exc:
+                if _error_code(exc) in ("PreconditionFailed", "412"):
+                    return False
+                self.conditional_puts = False
+        if self.exists(key):
+            return False
+        self.put(key, data)
+        return True
+
+    def get_tagged(self, key, etag=None):
+        import botocore.exceptions as bx
+        extra = {"IfNoneMatch": etag} if etag else {}
+        def once():
+            self._count()
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
+            return resp["Body"].read(), resp["ETag"]
+        try:
+            return self._request(f"GET {key}", once, expected=("NoSuchKey", "404", "304"))
+        except bx.ClientError as exc:
+            if _error_code(exc) == "304":
+                return None, etag
+            raise NotFound(f"no object {key!r} in {self.url}") from None
 
     def get(self, key, start=None, end=None):
         import botocore.exceptions as bx

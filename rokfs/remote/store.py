@@ -16,7 +16,9 @@ Invariants:
 - A push cancelled before its manifest PUT starts writes no manifest; that
   PUT, once started, is shielded from cancellation, and so are the PUTs of
   the push's lock and its DELETE, so a cancelled push neither half-commits
-  nor leaves its lock behind to block GC.
+  nor leaves its lock behind to block GC. The same holds for `upload` of
+  several snapshots and its `commit` (a registry publish: one lock from
+  the first chunk to the head).
 - A segment is used only once it has been checked to hold as many chunks
   as its place in the manifest says (so every chunk below the manifest's
   count has an entry).
@@ -103,35 +105,48 @@ class RemoteStore:
     # -- push ---------------------------------------------------------------------
     async def push(self, pool, state, snap, *, progress=None, grace=3600, base_entry=None):
         started = time.monotonic()
-        with trio.CancelScope(shield=True):         # a lock written is a lock dropped
-            lock = await self.run(self.chunks.take_lock, "push", grace)
-        try:
-            job = PushJob(self, pool, state, snap, progress, base_entry)
-            manifest, corrupt = await self._upload(job, state, lock, grace)
-            with trio.CancelScope(shield=True):     # the commit point: one PUT
-                if manifest is not None:
-                    await job.put_manifest(manifest)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.run(self.chunks.drop_lock, lock)
+
+        async def commit(pushed):               # the commit point: one PUT
+            job, manifest = pushed[0]
+            if manifest is not None:
+                await job.put_manifest(manifest)
+
+        [(job, manifest)], corrupt = await self.upload(
+            pool, state, [snap], commit, progress=progress, grace=grace, base_entry=base_entry)
         return {"snapshot": snap.full_name, "remote": self.url, "chunks": snap.nchunks,
                 "uploaded_chunks": job.uploaded_chunks, "uploaded_bytes": job.uploaded_bytes,
                 "skipped_chunks": snap.nchunks - job.uploaded_chunks,
                 "manifest_written": manifest is not None, "seconds": time.monotonic() - started,
                 "corrupt_objects": [str(exc) for _, exc in sorted(corrupt.items())]}
 
-    async def _upload(self, job, state, lock, grace):
-        """Chunks, then segments, our lock kept fresh meanwhile; the manifest
-        to write (None if the same one is there already) and {key: Corrupt}
-        of the packs whose header does not read."""
-        async with single_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._refresh_lock, lock, grace)
-                corrupt = await self.load_index(state)
-                await job.upload_chunks()
-                manifest = await job.write_segments()
-                nursery.cancel_scope.cancel()
-        return manifest, corrupt
+    async def upload(self, pool, state, snaps, commit, *, progress=None, grace=3600,
+                     base_entry=None, named=True):
+        """Chunks, then segments, of each of `snaps` under one push lock kept
+        fresh meanwhile; then `await commit([(job, manifest)])`, shielded
+        and still under the lock. A manifest is None when the same one is
+        already there under the snapshot's name (`named`: else manifests
+        are built for a commit that stores them elsewhere, the registry's
+        versions). Returns ([(job, manifest)], {key: Corrupt} of the packs
+        whose header does not read)."""
+        with trio.CancelScope(shield=True):         # a lock written is a lock dropped
+            lock = await self.run(self.chunks.take_lock, "push", grace)
+        try:
+            async with single_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._refresh_lock, lock, grace)
+                    corrupt = await self.load_index(state)
+                    pushed = []
+                    for snap in snaps:
+                        job = PushJob(self, pool, state, snap, progress, base_entry, named)
+                        await job.upload_chunks()
+                        pushed.append((job, await job.write_segments()))
+                    with trio.CancelScope(shield=True):
+                        await commit(pushed)
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.run(self.chunks.drop_lock, lock)
+        return pushed, corrupt
 
     async def _refresh_lock(self, lock, grace):
         """Rewrite our lock well within the grace period, so a long push stays

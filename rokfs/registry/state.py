@@ -1,0 +1,99 @@
+"""What a pool keeps of the registry, in `registry.db` next to `meta.db`:
+the publisher keys it trusts and its subscriptions.
+
+Invariants:
+- A subscription's `version` and `digest` are the newest version it has
+  made local snapshots of, written (and committed) only after those
+  snapshots are committed in the pool: after a crash a sync sees that
+  version again and finds its snapshots there (sync is idempotent).
+- `version` only grows: a head older than it is a replay, refused.
+- Trust is per scope: a team (`team`, every bucket of it) or a bucket
+  (`team/exp1`).
+"""
+
+import json
+import os
+import sqlite3
+
+from ..errors import NotFound
+from ..transactions import transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trust (scope TEXT NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (scope, key));
+CREATE TABLE IF NOT EXISTS subscriptions (bucket TEXT PRIMARY KEY, remote TEXT NOT NULL,
+    local TEXT NOT NULL, clone INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0,
+    digest TEXT, created REAL NOT NULL);
+"""
+FIELDS = ("bucket", "remote", "local", "clone", "version", "digest", "created")
+
+
+class RegistryState:
+    def __init__(self, pool_path):
+        self.db = sqlite3.connect(os.path.join(pool_path, "registry.db"),
+                                  isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self):
+        self.db.close()
+
+    # -- trust -------------------------------------------------------------------------
+    def trust(self, scope, key):
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO trust VALUES (?, ?)", (scope, key))
+
+    def distrust(self, scope, key):
+        with transaction(self.db):
+            gone = self.db.execute("DELETE FROM trust WHERE scope = ? AND key = ?",
+                                   (scope, key)).rowcount
+        if not gone:
+            raise NotFound(f"key {key[:16]}... is not trusted for {scope}")
+
+    def trusted(self, bucket, key):
+        """Is `key` trusted for `bucket` (for its team, or for it)?"""
+        team = bucket.split("/")[0]
+        return self.db.execute("SELECT 1 FROM trust WHERE key = ? AND scope IN (?, ?)",
+                               (key, team, bucket)).fetchone() is not None
+
+    def trust_list(self):
+        return [{"scope": s, "key": k} for s, k in
+                self.db.execute("SELECT scope, key FROM trust ORDER BY scope, key")]
+
+    # -- subscriptions ---------------------------------------------------------------------
+    def subscribe(self, bucket, remote_spec, local, clone, now):
+        with transaction(self.db):
+            self.db.execute("INSERT INTO subscriptions (bucket, remote, local, clone, created) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (bucket, json.dumps(remote_spec), local, int(clone), now))
+
+    def unsubscribe(self, bucket):
+        with transaction(self.db):
+            gone = self.db.execute("DELETE FROM subscriptions WHERE bucket = ?",
+                                   (bucket,)).rowcount
+        if not gone:
+            raise NotFound(f"not subscribed to {bucket}")
+
+    def subscription(self, bucket):
+        row = self.db.execute(f"SELECT {', '.join(FIELDS)} FROM subscriptions WHERE bucket = ?",
+                              (bucket,)).fetchone()
+        if row is None:
+            raise NotFound(f"not subscribed to {bucket}")
+        return _subscription(row)
+
+    def subscriptions(self):
+        return [_subscription(row) for row in self.db.execute(
+            f"SELECT {', '.join(FIELDS)} FROM subscriptions ORDER BY bucket")]
+
+    def advance(self, bucket, version, digest):
+        with transaction(self.db):
+            self.db.execute("UPDATE subscriptions SET version = ?, digest = ? "
+                            "WHERE bucket = ? AND version < ?", (version, digest, bucket, version))
+
+
+def _subscription(row):
+    sub = dict(zip(FIELDS, row))
+    sub["remote"] = json.loads(sub["remote"])
+    sub["clone"] = bool(sub["clone"])
+    return sub
