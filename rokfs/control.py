@@ -480,14 +480,16 @@ class Control:
         """The buckets on a remote (with their head), or one bucket's versions."""
         return await self.registry.list(self.remote(remote), bucket)
 
-    async def registry_subscribe(self, bucket, *, remote="default", local=None, clone=False):
+    async def registry_subscribe(self, bucket, *, remote="default", local=None, clone=False,
+                                 hydrate=True):
         """Follow `bucket`: each version becomes read-only snapshots LOCAL@vN
         (LOCAL.VOLUME@vN for a group), or writable clones LOCAL-vN with
-        `clone`. Syncs once now; the daemon polls after that."""
+        `clone`, hydrated in the background (only as read, if not `hydrate`).
+        Syncs once now; the daemon polls after that."""
         from .registry.documents import check_bucket
         local = local or check_bucket(bucket).split("/")[1]
         names.check_name(local, "local name")
-        self.registry.subscribe(bucket, self.remote(remote), local, bool(clone))
+        self.registry.subscribe(bucket, self.remote(remote), local, bool(clone), bool(hydrate))
         try:
             made = await self.registry.sync(bucket)
         except NotFound:            # nothing published yet: the poller picks it up
@@ -515,14 +517,7 @@ class Control:
         bucket, n = split_version_ref(version)
         names.check_name(new_volume, "new volume")
         store = self.remote(remote)
-        buckets = self.registry.buckets(store)
-        if n is None:
-            head, _ = await store.run(buckets.head, bucket)
-            body = await store.run(buckets.version_at, bucket, head["version"], head["digest"])
-        else:
-            body = await store.run(buckets.version, bucket, n)
-        await self.registry.write_lease(store, {s for m in body["members"]
-                                                for s in m["manifest"]["segments"]})
+        body = await self.registry.leased_version(store, bucket, n)
         made = []
         for member in body["members"]:
             name = _member_name(new_volume, body, member)
@@ -589,22 +584,36 @@ class Control:
             self._check_manifest_fits(manifest, local)
             if sub["clone"]:
                 if f"{local}-{tag}" not in {v.name for v in self.pool.list_volumes()}:
-                    await self._volume_of_manifest(store, manifest, f"{local}-{tag}", origin)
+                    vol = await self._volume_of_manifest(store, manifest, f"{local}-{tag}",
+                                                         origin)
+                    if not sub["hydrate"]:
+                        self._pause(vol)
                 continue
-            await self._remote_snapshot(store, manifest, f"{local}@{tag}", labels, origin)
+            snap = await self._remote_snapshot(store, manifest, f"{local}@{tag}", labels, origin)
+            if not sub["hydrate"]:
+                self._pause(snap)
 
     async def _remote_snapshot(self, store, manifest, full_name, labels, origin):
         volume = full_name.split("@")[0]
         if full_name in {s.full_name for s in self.pool.list_snapshots()}:
-            return
+            return self.pool.get_snapshot(full_name)
         with trio.CancelScope(shield=True):
             if volume not in {v.name for v in self.pool.list_volumes()}:
                 self.pool.create_volume(volume, 0, origin=origin.split("@")[0])
             base_id = self.remote_state.add_base(store.spec, manifest["name"], manifest)
-            self.pool.create_remote_snapshot(full_name, manifest["size"], base_id,
-                                             manifest["chunks"], labels)
+            snap = self.pool.create_remote_snapshot(full_name, manifest["size"], base_id,
+                                                    manifest["chunks"], labels)
             await self.flush()
         self._new_base()
+        return snap
+
+    def _pause_on_demand_subscriptions(self):
+        """Images of subscriptions that hydrate on demand only: paused (at start)."""
+        on_demand = {s["bucket"].replace("/", ".") for s in self.registry.state.subscriptions()
+                     if not s["hydrate"]}
+        for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
+            if image.base and getattr(image, "labels", {}).get("registry.bucket") in on_demand:
+                self._pause(image)
 
     # -- hydration ----------------------------------------------------------------------
     async def fetch_chunks(self, image, chunks, *, readahead=True):
@@ -647,12 +656,12 @@ class Control:
         self.pool.finish_install(image, plan)
 
     def hydration_status(self, volume):
-        return self._hydration_of(self.pool.get_volume(volume))
+        return self._hydration_of(self.pool.get_image(volume))
 
     def _hydration_of(self, vol):
         h = self._hydration_now(vol)
         cs = self.pool.chunk_size
-        return {"volume": vol.name, **h, "bytes_done": h["chunks_done"] * cs,
+        return {"volume": vol.full_name, **h, "bytes_done": h["chunks_done"] * cs,
                 "bytes_total": h["chunks_total"] * cs}
 
     def _hydration_now(self, vol):
@@ -672,7 +681,7 @@ class Control:
     async def wait_hydrated(self, volume, *, progress=None, detach=False):
         """Follow a volume's hydration as a "hydration" job until it is done
         (returns its hydration status); `detach` starts the job and returns it."""
-        vol = self.pool.get_volume(volume)
+        vol = self.pool.get_image(volume)
         job = self._hydration_job("hydration", vol)
         return await self.jobs.run(job, functools.partial(self._until_hydrated, vol),
                                    progress=progress, detach=detach)
@@ -713,6 +722,7 @@ class Control:
         """Hydrate every volume and snapshot that has a base, including ones
         pulled later; host detached jobs; poll registry subscriptions."""
         self._bases_changed = trio.Event()
+        self._pause_on_demand_subscriptions()
         running = set()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.jobs.serve)
@@ -755,7 +765,7 @@ class Control:
     def pause_hydration(self, volume):
         """Stop fetching `volume`'s chunks in the background (reads still
         fetch what they need) until resume_hydration; not kept across a restart."""
-        vol = self.pool.get_volume(volume)
+        vol = self.pool.get_image(volume)
         self._pause(vol)
         return self._hydration_of(vol)
 
@@ -765,7 +775,7 @@ class Control:
             self._hydration[vol.id]["state"] = "paused: by request"
 
     def resume_hydration(self, volume):
-        vol = self.pool.get_volume(volume)
+        vol = self.pool.get_image(volume)
         self._paused.discard(vol.id)
         if self._hydration.get(vol.id, {}).get("state") == "paused: by request":
             self._hydration[vol.id]["state"] = "hydrating"

@@ -88,7 +88,7 @@ VERBS = {
     "registry_trusted": (),
     "registry_publish": ("target", "bucket", "message", "labels", "remote", "detach"),
     "registry_ls": ("bucket", "remote"),
-    "registry_subscribe": ("bucket", "remote", "local", "clone"),
+    "registry_subscribe": ("bucket", "remote", "local", "clone", "hydrate"),
     "registry_unsubscribe": ("bucket",),
     "registry_subscriptions": (),
     "registry_sync": ("bucket",),

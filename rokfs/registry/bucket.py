@@ -24,9 +24,12 @@ Invariants:
   with put_new (If-None-Match: the second guard, should a stalled holder
   outlive its lease) and then the head. The history is linear: version n's
   parent is version n-1, by number and digest.
-- GC (`live_objects`) keeps every segment and pack a version of any bucket
-  names, and those a fresh subscriber lease names (a version being pulled,
-  even if deleted since).
+- GC (`live_segments`) keeps every segment (and so its packs) that a
+  version of any bucket names, and those a subscriber's lease names for
+  the lease's own ttl after its last write (a version being pulled, even
+  if removed since), however short a grace gc runs with. A subscriber
+  writes its lease before it relies on a version, then checks the version
+  is still there: a gc that missed the version (removed) sees the lease.
 """
 
 import json
@@ -42,6 +45,8 @@ LEASES = "registry/leases/"
 LOCK_LEASE = 60.0              # seconds a publisher's lock stays fresh without a refresh
 LOCK_WAIT = 300.0              # how long a publisher waits for the bucket
 CLOCK_SLACK = 1.0
+LEASE_TTL = 3600.0             # a subscriber's lease holds this long after its last write
+MAX_LEASE_TTL = 7 * 86400.0
 
 
 def bucket_prefix(bucket):
@@ -174,9 +179,11 @@ class Buckets:
         self.objects.delete(key)
 
     # -- subscriber leases and gc -----------------------------------------------------
-    def write_lease(self, lease_id, segments):
+    def write_lease(self, lease_id, segments, ttl=LEASE_TTL):
+        """Our lease: keep `segments` (and their packs) for `ttl` seconds
+        after this write, whatever grace gc runs with."""
         self.objects.put(LEASES + lease_id, json.dumps(
-            {"time": time.time(), "segments": sorted(segments)}).encode())
+            {"time": time.time(), "ttl": ttl, "segments": sorted(segments)}).encode())
 
     def drop_lease(self, lease_id):
         self.objects.delete(LEASES + lease_id)
@@ -192,8 +199,9 @@ class Buckets:
                 live.update(self._segments_named(obj.key))
         now = time.time()
         for obj in self.objects.list(LEASES):
-            if now - obj.mtime < grace + CLOCK_SLACK:
-                live.update(self._lease_segments(obj.key))
+            ttl, segments = self._lease(obj.key)
+            if now - obj.mtime < max(ttl, grace) + CLOCK_SLACK:
+                live.update(segments)
         return live
 
     def _segments_named(self, key):
@@ -205,14 +213,18 @@ class Buckets:
             return ()                   # deleted since the listing
         return [s for m in body["members"] for s in m["manifest"]["segments"]]
 
-    def _lease_segments(self, key):
+    def _lease(self, key):
+        """(ttl, segments) of lease `key`; Corrupt (gc deletes nothing) if it
+        does not read."""
         try:
             lease = json.loads(self.objects.get(key))
-            segments = lease["segments"]
+            ttl, segments = lease["ttl"], lease["segments"]
+            if type(ttl) not in (int, float) or not 0 <= ttl <= MAX_LEASE_TTL:
+                raise ValueError(f"ttl {ttl!r}")
             if not all(isinstance(s, str) and s.startswith("segments/") for s in segments):
                 raise ValueError("not segment keys")
-            return segments
+            return ttl, segments
         except NotFound:
-            return ()
+            return 0, ()
         except (ValueError, KeyError, TypeError) as exc:
-            raise Corrupt(f"{key}: not a lease ({exc})") from None
+            raise Corrupt(f"gc deletes nothing while {key} is not a lease ({exc})") from None

@@ -121,11 +121,11 @@ class Registry:
         return [{**sub, "remote": self.control.remote_url_of(sub["remote"]),
                  **self.status.get(sub["bucket"], {})} for sub in self.state.subscriptions()]
 
-    def subscribe(self, bucket, store, local, clone):
+    def subscribe(self, bucket, store, local, clone, hydrate):
         documents.check_bucket(bucket)
         if self._subscribed(bucket):
             raise InvalidArgument(f"already subscribed to {bucket}")
-        self.state.subscribe(bucket, store.spec, local, clone, time.time())
+        self.state.subscribe(bucket, store.spec, local, clone, hydrate, time.time())
         self._wake.set()
 
     def unsubscribe(self, bucket):
@@ -179,6 +179,18 @@ class Registry:
             log.info("event=registry_version_gone bucket=%s version=%d", version["bucket"],
                      version["version"])
             return False
+
+    async def leased_version(self, store, bucket, n=None):
+        """Version n of `bucket` (the head's if None), under our lease (for a pull)."""
+        buckets = self.buckets(store)
+        if n is None:
+            head, _ = await store.run(buckets.head, bucket)
+            body = await store.run(buckets.version_at, bucket, head["version"], head["digest"])
+        else:
+            body = await store.run(buckets.version, bucket, n)
+        if not await self._still_there(store, buckets, body):
+            raise NotFound(f"version v{body['version']} of {bucket} was removed meanwhile")
+        return body
 
     async def write_lease(self, store, extra=()):
         segments = set(extra) | self.control.base_segments(store)

@@ -7,6 +7,8 @@ Invariants:
   snapshots are committed in the pool: after a crash a sync sees that
   version again and finds its snapshots there (sync is idempotent).
 - `version` only grows: a head older than it is a replay, refused.
+- `hydrate` false: the subscription's images fetch only what is read
+  (their background hydration is paused whenever the daemon starts).
 - Trust is per scope: a team (`team`, every bucket of it) or a bucket
   (`team/exp1`).
 """
@@ -23,9 +25,9 @@ CREATE TABLE IF NOT EXISTS trust (scope TEXT NOT NULL, key TEXT NOT NULL,
     PRIMARY KEY (scope, key));
 CREATE TABLE IF NOT EXISTS subscriptions (bucket TEXT PRIMARY KEY, remote TEXT NOT NULL,
     local TEXT NOT NULL, clone INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0,
-    digest TEXT, created REAL NOT NULL);
+    digest TEXT, created REAL NOT NULL, hydrate INTEGER NOT NULL DEFAULT 1);
 """
-FIELDS = ("bucket", "remote", "local", "clone", "version", "digest", "created")
+FIELDS = ("bucket", "remote", "local", "clone", "version", "digest", "created", "hydrate")
 
 
 class RegistryState:
@@ -62,11 +64,12 @@ class RegistryState:
                 self.db.execute("SELECT scope, key FROM trust ORDER BY scope, key")]
 
     # -- subscriptions ---------------------------------------------------------------------
-    def subscribe(self, bucket, remote_spec, local, clone, now):
+    def subscribe(self, bucket, remote_spec, local, clone, hydrate, now):
         with transaction(self.db):
-            self.db.execute("INSERT INTO subscriptions (bucket, remote, local, clone, created) "
-                            "VALUES (?, ?, ?, ?, ?)",
-                            (bucket, json.dumps(remote_spec), local, int(clone), now))
+            self.db.execute("INSERT INTO subscriptions (bucket, remote, local, clone, created, "
+                            "hydrate) VALUES (?, ?, ?, ?, ?, ?)",
+                            (bucket, json.dumps(remote_spec), local, int(clone), now,
+                             int(hydrate)))
 
     def unsubscribe(self, bucket):
         with transaction(self.db):
@@ -96,4 +99,5 @@ def _subscription(row):
     sub = dict(zip(FIELDS, row))
     sub["remote"] = json.loads(sub["remote"])
     sub["clone"] = bool(sub["clone"])
+    sub["hydrate"] = bool(sub["hydrate"])
     return sub

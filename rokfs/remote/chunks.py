@@ -24,7 +24,8 @@ Invariants:
   pack and segment it names, so a visible manifest is always complete.
 - GC deletes a pack or segment only if no manifest (nor registry version
   or fresh subscriber lease: the `roots` of gc) references it, it is
-  older than the grace period, and no push holds a fresh lock; and nothing
+  older than the grace period, and no push holds a fresh lock (fresh for
+  the lease its holder declared in it); and nothing
   at all unless every manifest and every segment they name reads well. A
   push writes its lock and then looks for GC locks; GC writes its lock and
   then looks for push locks: on a consistent store at least one sees the
@@ -215,16 +216,29 @@ class ChunkStore:
 
     # -- locks ------------------------------------------------------------------
     def take_lock(self, kind, grace):
-        """Write our lock, then refuse if the other kind holds a fresh one."""
+        """Write our lock, then refuse if the other kind holds a fresh one.
+        Our lock declares `grace` as its lease: its holder rewrites it well
+        within that (store.py), so it is fresh for that long after its last
+        write, whatever grace the other side runs with."""
         key = f"locks/{kind}-{uuid.uuid4().hex}"
-        self.objects.put(key, json.dumps({"time": time.time()}).encode())
+        self.objects.put(key, json.dumps({"time": time.time(), "lease": grace}).encode())
         other = "gc" if kind == "push" else "push"
         now = time.time()
         for obj in self.objects.list("locks/"):
-            if obj.key.startswith(f"locks/{other}-") and now - obj.mtime < grace + CLOCK_SLACK:
+            if obj.key.startswith(f"locks/{other}-") and \
+                    now - obj.mtime < self._lease_of(obj.key, grace) + CLOCK_SLACK:
                 self.objects.delete(key)
                 raise Busy(f"{self.url}: a {other} is running; try again later")
         return key
+
+    def _lease_of(self, key, grace):
+        """The lease lock `key` declares (`grace` for a lock of an older rokfs,
+        or one gone or unreadable: it is judged by our own grace then)."""
+        try:
+            lease = json.loads(self.objects.get(key)).get("lease")
+        except (NotFound, ValueError, AttributeError):
+            return grace
+        return lease if type(lease) in (int, float) and 0 <= lease <= 86400 else grace
 
     def drop_lock(self, key):
         self.objects.delete(key)
