@@ -162,3 +162,41 @@ def test_tampered_replayed_and_untrusted_are_refused_while_v2_serves(clusters, t
     finally:
         b.stop()
 
+
+
+def test_two_publishers_racing_50_times_keep_every_version_in_a_linear_history(clusters):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rokfs.client import Client
+    from rokfs.registry import documents
+    a, b = clusters
+    for me, other in ((a, b), (b, a)):
+        me.ok("registry", "trust", "team/race", publisher_key(other))
+        me.ok("volume", "create", "racer", "--size", "1M")
+        me.nbdsh("racer", f"h.pwrite(b'{me.tmp.name}' * 4096, 0); h.flush()")
+        me.ok("snapshot", "create", "racer@r")
+
+    def publish_50(daemon):
+        with Client(daemon.control) as client:
+            return [client.registry_publish("racer@r", "team/race", remote="hub",
+                                            message=f"{daemon.tmp.name} {i}")["version"]
+                    for i in range(50)]
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(publish_50, (a, b)))
+    assert sorted(got[0] + got[1]) == list(range(1, 101))      # no number given twice
+    assert got[0] == sorted(got[0]) and got[1] == sorted(got[1])
+    print("A got", got[0], "\nB got", got[1])
+    assert min(got[0]) < max(got[1]) and min(got[1]) < max(got[0])   # they did interleave
+    prefix = "registry/buckets/team/race/"
+    parent = None
+    for n in range(1, 101):
+        data = _get(a, f"{prefix}versions/{n:08d}")
+        v = documents.decode(data, f"v{n}", "version", "team/race", lambda key: True)
+        assert v["version"] == n and v["parent"] == parent, n   # linear: each on the one before
+        parent = {"version": n, "digest": v["digest"]}
+    head = documents.decode(_head(a, "team/race"), "head", "head", "team/race", lambda k: True)
+    assert (head["version"], head["digest"]) == (100, parent["digest"])
+    messages = {documents.decode(_get(a, f"{prefix}versions/{n:08d}"), "v", "version",
+                                 "team/race", lambda k: True)["message"] for n in range(1, 101)}
+    assert len(messages) == 100                                 # every publish kept

@@ -1,0 +1,162 @@
+"""The registry's pieces without daemons: signed documents refused byte by
+byte, keys on disk, and the publisher lock racing 50 ways on a real S3
+server (moto over HTTP) with conditional writes switched off, and on a
+directory."""
+
+import json
+import os
+import stat
+import threading
+
+import pytest
+
+from rokfs import errors
+from rokfs.registry import documents
+from rokfs.registry.bucket import Buckets, head_key, version_key
+from rokfs.registry.keys import Identity
+from rokfs.remote.chunks import new_manifest
+from rokfs.remote.objects import DirStore, open_object_store
+from s3_helpers import s3_spec
+
+
+def member(name="data@s1"):
+    return {"volume": name.split("@")[0], "manifest": new_manifest(name, 0, 65536, {}, None,
+                                                                   [], 0)}
+
+
+def trust_all(bucket, key):
+    return True
+
+
+@pytest.fixture
+def signer(tmp_path):
+    return Identity(str(tmp_path / "pool"))
+
+
+def test_documents_round_trip_and_every_flipped_byte_is_refused(signer):
+    body = {"kind": "head", "bucket": "team/exp1", "version": 3, "digest": "ab" * 32,
+            "time": 1.5}
+    data = documents.encode(body, signer)
+    got = documents.decode(data, "k", "head", "team/exp1", lambda key: True)
+    assert got["version"] == 3 and got["signer"] == signer.public_hex
+    for i in range(len(data)):
+        bad = bytearray(data)
+        bad[i] ^= 0x01
+        with pytest.raises((errors.Corrupt, errors.NotAllowed)):
+            documents.decode(bytes(bad), "k", "head", "team/exp1", lambda key: True)
+
+
+def test_documents_refuse_another_kind_bucket_and_untrusted_keys(signer):
+    body = {"kind": "head", "bucket": "team/exp1", "version": 3, "digest": "ab" * 32,
+            "time": 1.5}
+    data = documents.encode(body, signer)
+    with pytest.raises(errors.Corrupt, match="signature"):      # a head is not a version
+        documents.decode(data, "k", "version", "team/exp1", lambda key: True)
+    with pytest.raises(errors.Corrupt, match="copied from another bucket"):
+        documents.decode(data, "k", "head", "team/exp2", lambda key: True)
+    with pytest.raises(errors.NotAllowed, match="does not trust"):
+        documents.decode(data, "k", "head", "team/exp1", lambda key: False)
+    line, _, rest = data.partition(b"\n")
+    head = json.loads(line)
+    other = Identity(os.path.dirname(signer.dir) + "-other")
+    head["key"] = other.public_hex                                 # another key's claim
+    with pytest.raises(errors.Corrupt, match="signature"):
+        documents.decode(json.dumps(head).encode() + b"\n" + rest, "k", "head", "team/exp1",
+                         lambda key: True)
+    for junk in (b"", b"{}", b"not json\n{}", b'{"format": 2}\n{}'):
+        with pytest.raises(errors.Corrupt):
+            documents.decode(junk, "k", "head", "team/exp1", lambda key: True)
+
+
+@pytest.mark.parametrize("name", ["exp1", "team/", "/exp1", "Team/exp1", "a/b/c", "t/e@v1", 7])
+def test_bad_bucket_names_are_refused(name):
+    with pytest.raises(errors.InvalidArgument):
+        documents.check_bucket(name)
+
+
+@pytest.mark.parametrize("ref", ["team/exp1@3", "team/exp1@v0", "team/exp1@vx", "team/exp1@"])
+def test_bad_version_refs_are_refused(ref):
+    with pytest.raises(errors.InvalidArgument):
+        documents.split_version_ref(ref)
+
+
+def test_keys_are_made_once_0600_and_loose_ones_refused(tmp_path):
+    ident = Identity(str(tmp_path))
+    key = ident.public_hex
+    path = tmp_path / "registry" / "publisher.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Identity(str(tmp_path)).public_hex == key                 # the same key again
+    path.chmod(0o644)
+    with pytest.raises(errors.InvalidArgument, match="chmod 600"):
+        Identity(str(tmp_path)).public_hex
+    path.chmod(0o600)
+    path.write_text("short\n")
+    with pytest.raises(errors.InvalidArgument, match="not a private key"):
+        Identity(str(tmp_path)).public_hex
+
+
+def race(objects, signers, rounds):
+    """len(signers) publishers, `rounds` publishes each, all at once."""
+    got, errors_seen = [], []
+    start = threading.Barrier(len(signers))
+
+    def publisher(signer, i):
+        buckets = Buckets(objects, trust_all)
+        start.wait()
+        for r in range(rounds):
+            try:
+                v = buckets.publish("team/race", signer, [member()], message=f"{i}-{r}")
+                got.append(v["version"])
+            except Exception as exc:           # noqa: BLE001  (reported below)
+                errors_seen.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(s, i)) for i, s in enumerate(signers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors_seen, errors_seen[:3]
+    return got
+
+
+def check_linear(objects, count):
+    parent, messages = None, set()
+    for n in range(1, count + 1):
+        v = documents.decode(objects.get(version_key("team/race", n)), "v", "version",
+                             "team/race", lambda key: True)
+        assert v["version"] == n and v["parent"] == parent
+        parent = {"version": n, "digest": v["digest"]}
+        messages.add(v["message"])
+    head = documents.decode(objects.get(head_key("team/race")), "h", "head", "team/race",
+                            lambda key: True)
+    assert (head["version"], head["digest"]) == (count, parent["digest"])
+    assert len(messages) == count
+    assert not objects.list("registry/buckets/team/race/locks/")      # every lock let go
+
+
+def test_50_publishers_race_on_s3_without_conditional_writes(tmp_path, s3_server):
+    objects = open_object_store(s3_spec(s3_server, deadline=30))
+    objects.conditional_puts = False            # only the lock keeps them apart
+    signers = [Identity(str(tmp_path / f"p{i}")) for i in range(50)]
+    got = race(objects, signers, 1)
+    assert sorted(got) == list(range(1, 51))
+    check_linear(objects, 50)
+
+
+def test_publishers_race_on_a_directory(tmp_path):
+    objects = DirStore(str(tmp_path / "remote"))
+    signers = [Identity(str(tmp_path / f"p{i}")) for i in range(10)]
+    got = race(objects, signers, 5)
+    assert sorted(got) == list(range(1, 51))
+    check_linear(objects, 50)
+
+
+def test_put_new_never_overwrites(tmp_path, s3_server):
+    for objects in (DirStore(str(tmp_path / "d")), open_object_store(s3_spec(s3_server))):
+        assert objects.put_new("k", b"one") is True
+        assert objects.put_new("k", b"two") is False
+        assert objects.get("k") == b"one"
+        data, tag = objects.get_tagged("k")
+        assert data == b"one" and objects.get_tagged("k", tag) == (None, tag)
+        objects.put("k", b"three")
+        assert objects.get_tagged("k", tag)[0] == b"three"
