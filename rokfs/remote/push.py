@@ -148,8 +148,7 @@ class PushJob:
         self.unsaved[key] = entries
         if len(self.unsaved) >= SAVE_PACKS:
             self._save_packs()
-        for h, offset, length in entries:
-            self.remote.index[h] = (key, offset, length)
+        self.remote.uploaded(key, entries)
         self.uploaded_chunks += len(items)
         self.uploaded_bytes += size
         self._advance(len(items))

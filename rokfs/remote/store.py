@@ -23,7 +23,11 @@ Invariants:
   as its place in the manifest says (so every chunk below the manifest's
   count has an entry).
 - The chunk index holds only packs whose header read well; a pack whose
-  header does not is reported and left out (its chunks go up again).
+  header does not is reported and left out (its chunks go up again). A
+  push reloading the index keeps the packs a concurrent push of ours
+  uploaded after its LIST started (both hold push locks: GC cannot have
+  removed them), so concurrent pushes to one remote never lose each
+  other's chunks.
 """
 
 import copy
@@ -65,6 +69,7 @@ class RemoteStore:
         self.index = {}          # chunk hash -> (pack key, offset, length)
         self._segments = {}      # segment key -> parsed segment
         self._loading = {}       # segment key -> _Load of the one GET in flight
+        self._fresh = {}         # pack key -> (when, entries) uploaded by our pushes
         self.on_demand = 0       # on-demand fetches in flight (hydrators yield to them)
 
     async def run(self, fn, *args, **kwargs):
@@ -79,6 +84,7 @@ class RemoteStore:
         """Index every pack on the remote: cached headers, fetched for new
         packs. Returns {key: Corrupt} of the packs whose header does not
         read (left out of the index and of the cache)."""
+        started = time.monotonic()
         listed = {o.key: o.size for o in await self.run(self.objects.list, "packs/")}
         cached = state.packs(self.url)
         state.forget_packs(self.url, [k for k in cached if k not in listed])
@@ -88,11 +94,31 @@ class RemoteStore:
                 for key in sorted(listed.keys() - cached.keys()):
                     nursery.start_soon(self._fetch_header, key, listed[key], new, corrupt)
         state.add_packs(self.url, new)
+        known = {**{k: v for k, v in cached.items() if k in listed}, **new,
+                 **self._uploaded_since(started, listed)}
         self.index = {}
-        for key, entries in {**{k: v for k, v in cached.items() if k in listed}, **new}.items():
+        for key, entries in known.items():
             for h, offset, length in entries:
                 self.index[h] = (key, offset, length)
         return corrupt
+
+    def uploaded(self, key, entries):
+        """A push of ours uploaded pack `key`: index it now."""
+        self._fresh[key] = (time.monotonic(), entries)
+        for h, offset, length in entries:
+            self.index[h] = (key, offset, length)
+
+    def _uploaded_since(self, started, listed):
+        """Packs our pushes uploaded after a LIST `started` (so it may not
+        show them), to keep in the index a concurrent push is using; the
+        others are forgotten (the LIST spoke for them)."""
+        out = {}
+        for key, (when, entries) in list(self._fresh.items()):
+            if key not in listed and when >= started:
+                out[key] = entries
+            else:
+                del self._fresh[key]
+        return out
 
     async def _fetch_header(self, key, size, out, corrupt):
         try:
