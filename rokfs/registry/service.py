@@ -153,7 +153,10 @@ class Registry:
         bucket = sub["bucket"]
         store = self.control.remote_of_spec(sub["remote"])
         buckets = self.buckets(store)
-        head, etag = await store.run(buckets.head, bucket, self._etags.get(bucket))
+        try:
+            head, etag = await store.run(buckets.head, bucket, self._etags.get(bucket))
+        except NotFound:
+            return []                   # nothing published yet: nothing to refuse
         if head is None:
             return []
         _check_forward(bucket, head, sub)
