@@ -302,6 +302,11 @@ class Control:
         return store
 
     def _remote_for_spec(self, spec):
+        if "registry_private" in spec:          # a private bucket's encrypted store
+            private = spec["registry_private"]
+            base = self._remote_for_spec({k: v for k, v in spec.items()
+                                          if k != "registry_private"})
+            return self.registry.private_store(base, private["bucket"], private["generation"])
         for store in self.remotes.values():
             if store.spec == spec or store.url == spec.get("url"):
                 return store
@@ -436,10 +441,12 @@ class Control:
         return self.registry.state.trust_list()
 
     async def registry_publish(self, target, bucket, *, message="", labels=None,
-                               remote="default", progress=None, detach=False):
+                               remote="default", private=False, progress=None, detach=False):
         """Publish snapshot VOLUME@SNAP or group snapshot `target` as the next
         version of `bucket`: push what is missing, write the version, move
-        the head, all under one push lock. A job, like push."""
+        the head, all under one push lock. A job, like push. `private` makes
+        a new bucket private (docs/registry.md); a private bucket's chunks
+        go up encrypted with its data key."""
         from .registry.documents import check_bucket
         check_bucket(bucket)
         labels = names.check_labels(labels)
@@ -447,22 +454,24 @@ class Control:
                  else self.pool.get_group(target))
         store = self.remote(remote)
         job = Job("publish", bucket, remote=store.url, cancelled_note=PUBLISH_CANCELLED)
-        work = functools.partial(self._publish_held, snaps, store, bucket, message, labels)
+        work = functools.partial(self._publish_held, snaps, store, bucket, message, labels,
+                                 private)
         return await self.jobs.run(job, work, progress=progress, detach=detach)
 
-    async def _publish_held(self, snaps, store, bucket, message, labels, job):
+    async def _publish_held(self, snaps, store, bucket, message, labels, private, job):
         started = time.monotonic()
         for snap in snaps:
             self.hold(snap, "publish")
         try:
             version = []
+            target, acl = await self.registry.publish_target(store, bucket, private)
 
             async def commit(pushed):
                 version.append(await self.registry.commit_version(store, bucket, pushed,
-                                                                  message, labels))
-            pushed, _ = await store.upload(self.pool, self.remote_state, snaps, commit,
-                                           progress=job.report, base_entry=self._base_entry(store),
-                                           named=False)
+                                                                  message, labels, acl))
+            pushed, _ = await target.upload(self.pool, self.remote_state, snaps, commit,
+                                            progress=job.report,
+                                            base_entry=self._base_entry(target), named=False)
         finally:
             for snap in snaps:
                 self.release(snap, "publish")
@@ -517,11 +526,11 @@ class Control:
         bucket, n = split_version_ref(version)
         names.check_name(new_volume, "new volume")
         store = self.remote(remote)
-        body = await self.registry.leased_version(store, bucket, n)
+        body, source = await self.registry.leased_version(store, bucket, n)
         made = []
         for member in body["members"]:
             name = _member_name(new_volume, body, member)
-            made.append(await self._volume_of_manifest(store, member["manifest"], name,
+            made.append(await self._volume_of_manifest(source, member["manifest"], name,
                                                        f"{store.url}#{bucket}@v{body['version']}"))
         return [v.info() for v in made]
 
@@ -542,6 +551,27 @@ class Control:
             raise InvalidArgument(f"{name}: the version has {manifest['chunk_size']}-byte "
                                   f"chunks, this pool uses {self.pool.chunk_size}")
         self.pool.check_size(manifest["size"])
+
+    async def registry_acl_show(self, bucket, *, remote="default"):
+        """A private bucket's ACL: readers, writers, key generation."""
+        return await self.registry.acl_show(self.remote(remote), bucket)
+
+    async def registry_acl_grant(self, bucket, key, *, writer=False, remote="default"):
+        """Let reader key `key` read every version of private `bucket` (or,
+        `writer`, let publisher key `key` publish to it)."""
+        return await self.registry.acl_grant(self.remote(remote), bucket, key, bool(writer))
+
+    async def registry_acl_revoke(self, bucket, key, *, remote="default"):
+        """Take a reader (the data key rotates: versions published after are
+        closed to it) or a writer off private `bucket`'s ACL."""
+        return await self.registry.acl_revoke(self.remote(remote), bucket, key)
+
+    def registry_policy(self, bucket, *, remote="default"):
+        """An S3 bucket policy enforcing the publisher/subscriber split of
+        `bucket` at the storage layer, prefix-scoped (a template: put the
+        IAM principals of your publishers and subscribers in)."""
+        from .registry.policy import bucket_policy
+        return bucket_policy(self.remote(remote).spec, bucket)
 
     async def registry_rm(self, version, *, remote="default"):
         """Remove one version from its bucket (gc frees its chunks later)."""

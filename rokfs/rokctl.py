@@ -647,7 +647,8 @@ def registry_trusted(c, a):
 
 
 def registry_publish(c, a):
-    args = dict(message=a.message, labels=parse_labels(a.label), remote=a.remote)
+    args = dict(message=a.message, labels=parse_labels(a.label), remote=a.remote,
+                private=a.private or None)
     if a.detach:
         return _detached(a, c.registry_publish(a.target, a.bucket, detach=True, **args))
     with _attached_job(c, f"publish {a.bucket}", a.progress) as follow:
@@ -700,6 +701,32 @@ def registry_rm(c, a):
         f"removed {a.version} (its chunks go at the next rokctl remote gc)"))
 
 
+def _acl_text(r):
+    print(f"{r['bucket']}: private, key generation {r['generation']}, ACL serial {r['serial']}"
+          f" (signed by {r['signer'][:16]}...)")
+    for key in r["writers"]:
+        print(f"  writer  {key}")
+    for key in r["readers"]:
+        print(f"  reader  {key}")
+
+
+def registry_acl(c, a):
+    if a.action == "show":
+        result = c.registry_acl_show(a.bucket, remote=a.remote)
+    elif a.key is None:
+        raise errors.InvalidArgument(f"usage: rokctl registry acl {a.action} TEAM/NAME KEY")
+    elif a.action == "grant":
+        result = c.registry_acl_grant(a.bucket, a.key, writer=a.writer or None,
+                                      remote=a.remote)
+    else:
+        result = c.registry_acl_revoke(a.bucket, a.key, remote=a.remote)
+    _show(a, result, _acl_text)
+
+
+def registry_policy(c, a):
+    print(json.dumps(c.registry_policy(a.bucket, remote=a.remote), indent=2))
+
+
 def add_registry_commands(p, cmd, A, remote, detach):
     bucket = A("bucket", metavar="TEAM/NAME")
     version = A("version", metavar="TEAM/NAME@vN")
@@ -711,7 +738,9 @@ def add_registry_commands(p, cmd, A, remote, detach):
     cmd(p, "publish", registry_publish, "publish a snapshot or group snapshot as the next "
         "version of a bucket", A("target", metavar="VOLUME@SNAP|GROUP"),
         A("--bucket", required=True, metavar="TEAM/NAME"), A("--message", default=""),
-        A("--label", action="append", default=[], metavar="KEY=VALUE"), remote, detach)
+        A("--label", action="append", default=[], metavar="KEY=VALUE"),
+        A("--private", action="store_true", help="make a new bucket private: encrypted, "
+          "readable by the reader keys of its ACL only"), remote, detach)
     cmd(p, "ls", registry_ls, "the buckets on a remote, or one bucket's versions",
         A("bucket", nargs="?", metavar="TEAM/NAME"), remote)
     cmd(p, "subscribe", registry_subscribe, "follow a bucket: each version becomes "
@@ -727,6 +756,14 @@ def add_registry_commands(p, cmd, A, remote, detach):
     cmd(p, "pull", registry_pull, "restore a version as new volumes (lazily)", version,
         A("--as", dest="new_volume", required=True, metavar="VOLUME"), remote)
     cmd(p, "rm", registry_rm, "remove a version from its bucket", version, remote)
+    cmd(p, "acl", registry_acl, "a private bucket's readers and writers: show, grant, revoke",
+        A("action", choices=("show", "grant", "revoke")), bucket,
+        A("key", nargs="?", metavar="KEY", help="a reader key (or a publisher key with "
+          "--writer); rokctl registry key prints a pool's"),
+        A("--writer", action="store_true", help="grant KEY (a publisher key) as a writer"),
+        remote)
+    cmd(p, "policy", registry_policy, "print an S3 bucket policy (prefix-scoped) enforcing "
+        "who writes and reads the bucket", bucket, remote)
 
 
 def main(argv=None):

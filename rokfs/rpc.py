@@ -86,7 +86,8 @@ VERBS = {
     "registry_trust": ("scope", "key"),
     "registry_distrust": ("scope", "key"),
     "registry_trusted": (),
-    "registry_publish": ("target", "bucket", "message", "labels", "remote", "detach"),
+    "registry_publish": ("target", "bucket", "message", "labels", "remote", "private",
+                         "detach"),
     "registry_ls": ("bucket", "remote"),
     "registry_subscribe": ("bucket", "remote", "local", "clone", "hydrate"),
     "registry_unsubscribe": ("bucket",),
@@ -94,6 +95,10 @@ VERBS = {
     "registry_sync": ("bucket",),
     "registry_pull": ("version", "new_volume", "remote"),
     "registry_rm": ("version", "remote"),
+    "registry_acl_show": ("bucket", "remote"),
+    "registry_acl_grant": ("bucket", "key", "writer", "remote"),
+    "registry_acl_revoke": ("bucket", "key", "remote"),
+    "registry_policy": ("bucket", "remote"),
 }
 # verbs taking progress=callback (with on_job); their RPC streams Progress
 STREAMING = {"push", "pull", "wait_hydrated", "wait_job", "registry_publish"}

@@ -24,6 +24,11 @@ Invariants:
   with put_new (If-None-Match: the second guard, should a stalled holder
   outlive its lease) and then the head. The history is linear: version n's
   parent is version n-1, by number and digest.
+- A private bucket has a signed ACL (`acl`): its writers (publisher keys)
+  and readers (reader keys), and per generation the data key wrapped for
+  each reader. It changes under the bucket's lock, signed by a writer of
+  the ACL it replaces; a version records the generation its chunks were
+  encrypted with, and is written only if that is still the current one.
 - GC (`live_segments`) keeps every segment (and so its packs) that a
   version of any bucket names, and those a subscriber's lease names for
   the lease's own ttl after its last write (a version being pulled, even
@@ -37,7 +42,7 @@ import random
 import time
 import uuid
 
-from ..errors import Busy, Corrupt, NotFound
+from ..errors import Busy, Corrupt, InvalidArgument, NotAllowed, NotFound
 from . import documents
 
 ROOT = "registry/buckets/"
@@ -59,6 +64,10 @@ def version_key(bucket, n):
 
 def head_key(bucket):
     return bucket_prefix(bucket) + "head"
+
+
+def acl_key(bucket):
+    return bucket_prefix(bucket) + "acl"
 
 
 class Buckets:
@@ -132,6 +141,9 @@ class Buckets:
             head, _ = self.head(bucket)
         except NotFound:
             head = None
+        current = self.acl(bucket)
+        if (current and current["generation"]) != (acl and acl["generation"]):
+            raise Busy(f"{bucket}: its ACL changed while we published; publish again")
         n = head["version"] + 1 if head else 1
         body = {"kind": "version", "bucket": bucket, "version": n,
                 "parent": {"version": head["version"], "digest": head["digest"]}
@@ -147,6 +159,39 @@ class Buckets:
             {"kind": "head", "bucket": bucket, "version": n, "digest": digest,
              "time": time.time()}, signer))
         return {**body, "digest": digest, "signer": signer.public_hex}
+
+    # -- private buckets: the signed ACL ----------------------------------------------
+    def acl(self, bucket):
+        """The bucket's ACL (None: a public bucket), signed by a trusted key
+        that it lists as a writer."""
+        key = acl_key(bucket)
+        try:
+            data = self.objects.get(key)
+        except NotFound:
+            return None
+        acl = documents.decode(data, key, "acl", bucket, self._trusted(bucket))
+        if acl["signer"] not in acl["writers"]:
+            raise NotAllowed(f"{key}: signed by {acl['signer'][:16]}..., not one of the writers "
+                             "it lists")
+        return acl
+
+    def change_acl(self, bucket, signer, change):
+        """Write change(current ACL or None) as the next ACL, under the
+        bucket's lock; only a writer of the current one may."""
+        lock = self.lock(bucket)
+        try:
+            old = self.acl(bucket)
+            if old is None and self.version_numbers(bucket):
+                raise InvalidArgument(f"{bucket} is public (it has versions and no ACL): a "
+                                      "bucket is made private before its first version")
+            if old is not None and signer.public_hex not in old["writers"]:
+                raise NotAllowed(f"{bucket}: this pool is not a writer of its ACL")
+            body = change(old)
+            body.update(kind="acl", bucket=bucket, serial=old["serial"] + 1 if old else 1)
+            self.objects.put(acl_key(bucket), documents.encode(body, signer))
+            return self.acl(bucket)
+        finally:
+            self.objects.delete(lock)
 
     def lock(self, bucket, wait=LOCK_WAIT):
         """Hold `bucket`'s publisher lock (see the module's invariants); its key."""
@@ -211,6 +256,8 @@ class Buckets:
                                     lambda _: True)
         except NotFound:
             return ()                   # deleted since the listing
+        if body["acl"] is not None:     # a private bucket's: in its own store, not here
+            return ()
         return [s for m in body["members"] for s in m["manifest"]["segments"]]
 
     def _lease(self, key):

@@ -208,10 +208,12 @@ def _check_acl(body, key):
     for field in ("readers", "writers"):
         _need(isinstance(a[field], list) and all(_is_digest(k) for k in a[field]), key,
               f"{field} must be a list of keys")
+    _need(a["writers"], key, "an ACL lists at least one writer")
     _need(isinstance(a["keys"], dict) and all(
-        _is_int(int(g) if str(g).isdigit() else -1, 1, 10**9) and isinstance(w, dict)
-        and all(_is_digest(r) and isinstance(b, str) for r, b in w.items())
-        for g, w in a["keys"].items()), key, "keys must map generations to wrapped keys")
+        g.isdigit() and _is_int(int(g), 1, a["generation"]) and isinstance(wrapped, dict)
+        and all(_is_digest(r) and isinstance(w, str) for r, w in wrapped.items())
+        for g, wrapped in a["keys"].items()), key,
+        "keys must map generations to {reader key: wrapped data key}")
     return a
 
 

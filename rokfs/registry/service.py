@@ -29,8 +29,8 @@ import time
 
 import trio
 
-from ..errors import Corrupt, InvalidArgument, NotFound, RokfsError, one_line
-from . import documents
+from ..errors import Corrupt, InvalidArgument, NotAllowed, NotFound, RokfsError, one_line
+from . import crypto, documents
 from .bucket import Buckets
 from .keys import Identity
 from .state import RegistryState
@@ -49,6 +49,7 @@ class Registry:
         self._etags = {}        # bucket -> the ETag of the head last accepted
         self._wake = trio.Event()
         self._syncing = {}      # bucket -> trio.Lock: one sync of a bucket at a time
+        self._private = {}      # (remote url, bucket, generation) -> RemoteStore
 
     # -- trust ---------------------------------------------------------------------------
     def trusts(self, bucket, key):
@@ -67,12 +68,140 @@ class Registry:
         return self.state.trust_list()
 
     # -- publish --------------------------------------------------------------------------
-    async def commit_version(self, store, bucket, pushed, message, labels):
+    async def publish_target(self, store, bucket, private):
+        """(the store a publish to `bucket` uploads to, the version's acl
+        field): `store` itself for a public bucket, the bucket's encrypted
+        store of the current generation for a private one (made private now
+        if `private` and it has no version yet)."""
+        buckets = self.buckets(store)
+        acl = await store.run(buckets.acl, bucket)
+        if acl is None and private:
+            acl = await store.run(buckets.change_acl, bucket, self.identity,
+                                  self._first_acl(bucket))
+        if acl is None:
+            return store, None
+        if self.identity.public_hex not in acl["writers"]:
+            raise NotAllowed(f"{bucket} is private and this pool is not one of its writers "
+                             "(rokctl registry acl grant BUCKET KEY --writer, by a writer)")
+        return self.data_store(store, bucket, acl, acl["generation"]), \
+            {"generation": acl["generation"]}
+
+    def _first_acl(self, bucket):
+        """The change that makes `bucket` private: this pool its one writer
+        and reader, a first data key."""
+        def change(old):
+            data_key, me = crypto.new_data_key(), self.identity.reader_hex
+            self.state.keep_data_key(bucket, 1, data_key)
+            return {"readers": [me], "writers": [self.identity.public_hex], "generation": 1,
+                    "keys": {"1": {me: crypto.wrap(data_key, me, bucket, 1)}}}
+        return change
+
+    async def commit_version(self, store, bucket, pushed, message, labels, acl):
         """The commit of a publish (under its push lock): the version, then the head."""
         members = [{"volume": job.snap.volume_name, "manifest": manifest}
                    for job, manifest in pushed]
         return await store.run(self.buckets(store).publish, bucket, self.identity, members,
-                               message, labels)
+                               message, labels, acl)
+
+    # -- private buckets ----------------------------------------------------------------------
+    def data_store(self, store, bucket, acl, generation):
+        """The encrypted store of `bucket`'s generation, its data key
+        unwrapped with our reader key (NotAllowed: not a reader)."""
+        if self.state.data_key(bucket, generation) is None:
+            wrapped = acl["keys"].get(str(generation), {}).get(self.identity.reader_hex)
+            if wrapped is None:
+                raise NotAllowed(f"{bucket} is private and this pool is not a reader of its "
+                                 f"generation {generation}: a writer must grant its reader key"
+                                 f" {self.identity.reader_hex[:16]}... (rokctl registry key)")
+            self.state.keep_data_key(bucket, generation, crypto.unwrap(
+                wrapped, self.identity.reader, bucket, generation))
+        return self.private_store(store, bucket, generation)
+
+    def private_store(self, store, bucket, generation):
+        """The encrypted store of a generation whose key this pool holds."""
+        from ..remote.store import RemoteStore
+        found = self._private.get((store.url, bucket, generation))
+        if found is None:
+            key = self.state.data_key(bucket, generation)
+            if key is None:
+                raise NotAllowed(f"{bucket}: this pool holds no data key of generation "
+                                 f"{generation} (not a reader)")
+            objects = crypto.EncryptedObjects(store.objects,
+                                              crypto.private_prefix(bucket, generation), key)
+            spec = {**store.spec, "registry_private": {"bucket": bucket,
+                                                       "generation": generation}}
+            found = RemoteStore(objects, spec, concurrency=store.concurrency)
+            self._private[(store.url, bucket, generation)] = found
+        return found
+
+    async def acl_show(self, store, bucket):
+        acl = await store.run(self.buckets(store).acl, documents.check_bucket(bucket))
+        if acl is None:
+            raise NotFound(f"{bucket} is public: it has no ACL")
+        return {"bucket": bucket, "serial": acl["serial"], "generation": acl["generation"],
+                "readers": acl["readers"], "writers": acl["writers"], "signer": acl["signer"]}
+
+    async def acl_grant(self, store, bucket, key, writer):
+        """Add a writer (a publisher key), or a reader (a reader key): the
+        data key of every generation is wrapped for the new reader."""
+        documents.check_key_hex(key)
+
+        def change(old):
+            acl = self._writable(bucket, old)
+            if writer:
+                acl["writers"] = sorted(set(acl["writers"]) | {key})
+                return acl
+            acl["readers"] = sorted(set(acl["readers"]) | {key})
+            for g in acl["keys"]:
+                data_key = self._generation_key(bucket, acl, int(g))
+                acl["keys"][g][key] = crypto.wrap(data_key, key, bucket, int(g))
+            return acl
+        await store.run(self.buckets(store).change_acl, bucket, self.identity, change)
+        return await self.acl_show(store, bucket)
+
+    async def acl_revoke(self, store, bucket, key):
+        """Remove a writer, or a reader: then the data key rotates, wrapped
+        for the remaining readers only, for the versions published after."""
+        documents.check_key_hex(key)
+
+        def change(old):
+            acl = self._writable(bucket, old)
+            if key in acl["writers"]:
+                if acl["writers"] == [key]:
+                    raise InvalidArgument(f"{bucket}: the last writer cannot be revoked")
+                acl["writers"].remove(key)
+                return acl
+            if key not in acl["readers"]:
+                raise NotFound(f"{key[:16]}... is neither a reader nor a writer of {bucket}")
+            acl["readers"].remove(key)
+            for wrapped in acl["keys"].values():
+                wrapped.pop(key, None)
+            g = acl["generation"] = acl["generation"] + 1
+            data_key = crypto.new_data_key()
+            acl["keys"][str(g)] = {r: crypto.wrap(data_key, r, bucket, g)
+                                   for r in acl["readers"]}
+            if self.identity.reader_hex in acl["readers"]:
+                self.state.keep_data_key(bucket, g, data_key)
+            return acl
+        await store.run(self.buckets(store).change_acl, bucket, self.identity, change)
+        return await self.acl_show(store, bucket)
+
+    def _writable(self, bucket, old):
+        if old is None:
+            raise NotFound(f"{bucket} is public: it has no ACL (publish --private makes a "
+                           "new bucket private)")
+        return {k: old[k] for k in ("readers", "writers", "generation")} | {
+            "keys": {g: dict(w) for g, w in old["keys"].items()}}
+
+    def _generation_key(self, bucket, acl, generation):
+        key = self.state.data_key(bucket, generation)
+        if key is None:
+            wrapped = acl["keys"][str(generation)].get(self.identity.reader_hex)
+            if wrapped is None:
+                raise NotAllowed(f"{bucket}: this pool cannot open generation {generation} "
+                                 "to wrap it for another reader (not a reader of it)")
+            key = crypto.unwrap(wrapped, self.identity.reader, bucket, generation)
+        return key
 
     # -- listing ----------------------------------------------------------------------------
     async def list(self, store, bucket=None):
@@ -163,17 +292,36 @@ class Registry:
         versions = await store.run(_walk_back, buckets, bucket, head, sub)
         made = []
         for version in reversed(versions):
-            if await self._still_there(store, buckets, version):
-                await self.control.make_version_snapshots(store, sub, version)
+            source = await self._version_store(store, buckets, version)
+            if await self._still_there(store, buckets, version, source is store):
+                await self.control.make_version_snapshots(source, sub, version)
                 made.append(version["version"])
             self.state.advance(bucket, version["version"], version["digest"])
         self._etags[bucket] = etag
         return made
 
-    async def _still_there(self, store, buckets, version):
-        """Write our lease naming the version's segments, then check the
-        version is still there (gc keeps what a fresh lease names)."""
-        segments = {s for m in version["members"] for s in m["manifest"]["segments"]}
+    async def _version_store(self, store, buckets, version):
+        """Where a version's chunks are: `store`, or for a version of a
+        private bucket its generation's encrypted store, if the version's
+        signer is a writer of the bucket's ACL and we are a reader."""
+        if version["acl"] is None:
+            return store
+        bucket = version["bucket"]
+        acl = await store.run(buckets.acl, bucket)
+        if acl is None:
+            raise Corrupt(f"{bucket}: v{version['version']} says the bucket is private, and "
+                          "it has no ACL")
+        if version["signer"] not in acl["writers"]:
+            raise NotAllowed(f"{bucket}: v{version['version']} is signed by "
+                             f"{version['signer'][:16]}..., not a writer of its ACL: refused")
+        return self.data_store(store, bucket, acl, version["acl"]["generation"])
+
+    async def _still_there(self, store, buckets, version, public=True):
+        """Write our lease naming the version's segments (a public
+        version's: a private bucket's chunks are not collected), then check
+        the version is still there (gc keeps what a fresh lease names)."""
+        segments = {s for m in version["members"] for s in m["manifest"]["segments"]} \
+            if public else set()
         await self.write_lease(store, segments)
         try:
             await store.run(buckets.version, version["bucket"], version["version"])
@@ -191,9 +339,10 @@ class Registry:
             body = await store.run(buckets.version_at, bucket, head["version"], head["digest"])
         else:
             body = await store.run(buckets.version, bucket, n)
-        if not await self._still_there(store, buckets, body):
+        source = await self._version_store(store, buckets, body)
+        if not await self._still_there(store, buckets, body, source is store):
             raise NotFound(f"version v{body['version']} of {bucket} was removed meanwhile")
-        return body
+        return body, source
 
     async def write_lease(self, store, extra=()):
         segments = set(extra) | self.control.base_segments(store)

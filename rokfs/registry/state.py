@@ -9,6 +9,9 @@ Invariants:
 - `version` only grows: a head older than it is a replay, refused.
 - `hydrate` false: the subscription's images fetch only what is read
   (their background hydration is paused whenever the daemon starts).
+- `data_keys` holds the data keys of private buckets this pool has
+  unwrapped (as a reader), so that their images hydrate after a restart;
+  registry.db is created 0600 for that reason.
 - Trust is per scope: a team (`team`, every bucket of it) or a bucket
   (`team/exp1`).
 """
@@ -26,13 +29,17 @@ CREATE TABLE IF NOT EXISTS trust (scope TEXT NOT NULL, key TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS subscriptions (bucket TEXT PRIMARY KEY, remote TEXT NOT NULL,
     local TEXT NOT NULL, clone INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0,
     digest TEXT, created REAL NOT NULL, hydrate INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS data_keys (bucket TEXT NOT NULL, generation INTEGER NOT NULL,
+    key TEXT NOT NULL, PRIMARY KEY (bucket, generation));
 """
 FIELDS = ("bucket", "remote", "local", "clone", "version", "digest", "created", "hydrate")
 
 
 class RegistryState:
     def __init__(self, pool_path):
-        self.db = sqlite3.connect(os.path.join(pool_path, "registry.db"),
+        path = os.path.join(pool_path, "registry.db")
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        self.db = sqlite3.connect(path,
                                   isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -62,6 +69,17 @@ class RegistryState:
     def trust_list(self):
         return [{"scope": s, "key": k} for s, k in
                 self.db.execute("SELECT scope, key FROM trust ORDER BY scope, key")]
+
+    # -- data keys of private buckets, once unwrapped ------------------------------------
+    def data_key(self, bucket, generation):
+        row = self.db.execute("SELECT key FROM data_keys WHERE bucket = ? AND generation = ?",
+                              (bucket, generation)).fetchone()
+        return bytes.fromhex(row[0]) if row else None
+
+    def keep_data_key(self, bucket, generation, key):
+        with transaction(self.db):
+            self.db.execute("INSERT OR REPLACE INTO data_keys VALUES (?, ?, ?)",
+                            (bucket, generation, key.hex()))
 
     # -- subscriptions ---------------------------------------------------------------------
     def subscribe(self, bucket, remote_spec, local, clone, hydrate, now):
