@@ -4,6 +4,7 @@ bucket's versions; B subscribes, reads files before hydration completes,
 follows new versions within a poll interval, and refuses tampered,
 replayed and untrusted data while serving what it had."""
 
+import json
 import os
 
 import boto3
@@ -200,3 +201,54 @@ def test_two_publishers_racing_50_times_keep_every_version_in_a_linear_history(c
     messages = {documents.decode(_get(a, f"{prefix}versions/{n:08d}"), "v", "version",
                                  "team/race", lambda k: True)["message"] for n in range(1, 101)}
     assert len(messages) == 100                                 # every publish kept
+
+
+def test_private_bucket_reader_grant_and_revoke(clusters, tmp_path):
+    a, c = clusters                     # c: not a reader until granted
+    secret = b"PRIVATE-PAYLOAD!" * 65536                       # 1 MiB, compressible
+    a.ok("volume", "create", "sec", "--size", "2M")
+    (tmp_path / "secret").write_bytes(secret)
+    a.nbdsh("sec", f"h.pwrite(open({str(tmp_path / 'secret')!r}, 'rb').read(), 0); h.flush()")
+    a.ok("snapshot", "create", "sec@s1")
+    a.ok("registry", "publish", "sec@s1", "--bucket", "team/secret", "--remote", "hub",
+         "--private")
+    everything = [o["Key"] for o in a.s3.list_objects_v2(Bucket="rokfs-registry",
+                                                          Prefix=PREFIX)["Contents"]]
+    private = [k for k in everything if k.startswith(PREFIX + "registry/private/team/secret/")]
+    assert private                                            # its chunks are there...
+    for key in everything:                                    # ...and no byte of it in clear
+        body = a.s3.get_object(Bucket="rokfs-registry", Key=key)["Body"].read()
+        assert b"PRIVATE-PAYLOAD!" not in body, key
+    assert all(len(k.rsplit("/", 1)[1]) > 64 for k in private)   # names encrypted, no hashes
+
+    c.ok("registry", "trust", "team/secret", publisher_key(a))
+    rc, _, err = c.rokctl("registry", "subscribe", "team/secret", "--remote", "hub")
+    assert rc == 12 and "not a reader" in err, err
+    rc, _, err = c.rokctl("registry", "pull", "team/secret@v1", "--as", "stolen",
+                          "--remote", "hub")
+    assert rc == 12 and "not a reader" in err, err
+    names = {s["name"] for s in c.json("snapshot", "ls")} | \
+        {v["name"] for v in c.json("volume", "ls")}
+    assert not {"secret@v1", "stolen"} & names
+
+    reader = c.json("registry", "key")["reader_key"]
+    acl = a.json("registry", "acl", "grant", "team/secret", reader, "--remote", "hub")
+    assert reader in acl["readers"] and acl["generation"] == 1
+    assert c.json("registry", "sync", "team/secret") == {"team/secret": [1]}
+    assert c.nbdsh("secret@v1", "print(bytes(h.pread(16, 0)))").strip() == \
+        "b'PRIVATE-PAYLOAD!'"
+
+    acl = a.json("registry", "acl", "revoke", "team/secret", reader, "--remote", "hub")
+    assert reader not in acl["readers"] and acl["generation"] == 2
+    a.nbdsh("sec", "h.pwrite(b'LATER-PAYLOAD!!!' * 4096, 0); h.flush()")
+    a.ok("snapshot", "create", "sec@s2")
+    assert a.json("registry", "publish", "sec@s2", "--bucket", "team/secret",
+                  "--remote", "hub")["version"] == 2
+    rc, _, err = c.rokctl("registry", "sync", "team/secret")
+    assert rc == 12 and "not a reader of its generation 2" in err, err
+    assert "secret@v2" not in {s["name"] for s in c.json("snapshot", "ls")}
+    policy = json.loads(a.ok("registry", "policy", "team/secret", "--remote", "hub"))
+    assert any("registry/private/team/secret/*" in r for s in policy["Statement"]
+               for r in s.get("Resource", []) if isinstance(s.get("Resource"), list))
+    shown = a.ok("registry", "acl", "show", "team/secret", "--remote", "hub")
+    assert "generation 2" in shown and "writer  " + publisher_key(a) in shown
