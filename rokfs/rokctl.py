@@ -595,6 +595,8 @@ def run_text(report):
     text += f"; deleted {', '.join(report['deleted']) or 'none'}"
     if report.get("pushed"):
         text += f"; pushed {', '.join(report['pushed'])}"
+    if report.get("published"):
+        text += f"; published {report['published']}"
     return text + "".join(f"; error: {e}" for e in report["errors"])
 
 

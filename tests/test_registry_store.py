@@ -160,3 +160,28 @@ def test_put_new_never_overwrites(tmp_path, s3_server):
         assert data == b"one" and objects.get_tagged("k", tag) == (None, tag)
         objects.put("k", b"three")
         assert objects.get_tagged("k", tag)[0] == b"three"
+
+
+def test_a_policy_publishes_each_scheduled_snapshot(tmp_path):
+    import trio
+
+    from rokfs.control import Control
+    from rokfs.pool import Pool
+    from rokfs.remote import open_remote
+    control = Control(Pool.create(str(tmp_path / "pool")),
+                      {"default": open_remote(str(tmp_path / "remote"))})
+
+    async def main():
+        await control.create_volume("a", 1 << 20)
+        await control.create_volume("b", 1 << 20)
+        await control.set_policy("nightly", "volumes a,b every 1h keep-last 2 publish team/ml")
+        first = await control.run_policy("nightly")
+        second = await control.run_policy("nightly")
+        assert (first["published"], second["published"]) == ("team/ml@v1", "team/ml@v2")
+        assert not first["errors"]
+        versions = await control.registry_ls("team/ml")
+        assert [[m["volume"] for m in v["members"]] for v in versions] == [["a", "b"]] * 2
+        with pytest.raises(errors.InvalidArgument, match="publish"):
+            await control.set_policy("a", "every 1h publish nobucket")
+
+    trio.run(main)
