@@ -90,6 +90,11 @@ def test_publish_subscribe_read_before_hydration_then_follow_v2(clusters, tmp_pa
     versions = b.json("registry", "ls", "team/exp1", "--remote", "hub")
     assert [v["version"] for v in versions] == [1, 2]
     assert [v["message"] for v in versions] == ["first", "1% changed"]
+    assert "team/exp1" in b.ok("registry", "ls", "--remote", "hub")       # human forms too
+    assert "1% changed" in b.ok("registry", "ls", "team/exp1", "--remote", "hub")
+    assert "exp1" in b.ok("registry", "subscriptions")
+    assert publisher_key(a) in b.ok("registry", "trusted")
+    assert "made v" not in b.ok("registry", "sync")                      # up to date
 
 
 def _head(a, bucket):

@@ -185,3 +185,61 @@ def test_a_policy_publishes_each_scheduled_snapshot(tmp_path):
             await control.set_policy("a", "every 1h publish nobucket")
 
     trio.run(main)
+
+
+def test_sync_is_idempotent_across_a_crash_and_clone_subscriptions_clone(tmp_path):
+    """A crash after a version's snapshots are committed but before the
+    subscription records it: the next sync finds them made and goes on.
+    A --clone subscription makes writable volumes LOCAL-vN instead."""
+    import trio
+
+    from rokfs.control import Control
+    from rokfs.pool import Pool
+    from rokfs.remote import open_remote
+    remote = str(tmp_path / "remote")
+    a = Control(Pool.create(str(tmp_path / "a")), {"default": open_remote(remote)})
+
+    def subscriber(path):
+        return Control(Pool.open_or_create(str(path)), {"default": open_remote(remote)})
+
+    async def main():
+        await a.create_volume("data", 1 << 20)
+        dev = a.open_device("data")
+        await dev.pwrite(0, b"v1" * 32768)
+        dev.close()
+        await a.create_snapshot("data@s1")
+        await a.registry_publish("data@s1", "team/idem")
+        key = a.registry_key()["publisher_key"]
+
+        b = subscriber(tmp_path / "b")
+        b.registry_trust("team", key)
+        b.registry.subscribe("team/idem", b.remote(), "idem", False, True)
+        real_advance = b.registry.state.advance
+        b.registry.state.advance = lambda *args: None          # the crash: never recorded
+        assert await b.registry_sync("team/idem") == {"team/idem": [1]}
+        b.registry.state.advance = real_advance
+        b.pool.close()
+        b = subscriber(tmp_path / "b")                         # restart
+        assert b.registry.state.subscription("team/idem")["version"] == 0
+        assert await b.registry_sync("team/idem") == {"team/idem": [1]}   # made: found there
+        assert [s["name"] for s in b.list_snapshots()] == ["idem@v1"]
+        assert b.registry.state.subscription("team/idem")["version"] == 1
+        assert await b.registry_sync("team/idem") == {"team/idem": []}
+        dev = b.open_device("idem@v1")
+        assert bytes(await dev.pread(0, 4)) == b"v1v1"
+        dev.close()
+
+        c = subscriber(tmp_path / "c")
+        c.registry_trust("team/idem", key)
+        result = await c.registry_subscribe("team/idem", local="work", clone=True)
+        assert result["made"] == [1]
+        dev = c.open_device("work-v1")                          # writable
+        await dev.pwrite(0, b"mine")
+        assert bytes(await dev.pread(0, 6)) == b"minev1"
+        dev.close()
+        with pytest.raises(errors.InvalidArgument, match="already subscribed"):
+            await c.registry_subscribe("team/idem")
+        with pytest.raises(errors.InvalidArgument):
+            await c.registry_subscribe("team/idem2", local="Bad Name")
+
+    trio.run(main)
