@@ -46,3 +46,13 @@ def write_seed(path, size):
     with open(path, "wb") as f:
         for _ in range(size >> 20):
             f.write(os.urandom(1 << 20))
+
+
+def fio_arguments(parser, size, runtime):
+    """The options every fio side-by-side bench takes."""
+    parser.add_argument("--size", default=size, help="image size (default %(default)s)")
+    parser.add_argument("--runtime", type=int, default=runtime, help="seconds per fio run")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per workload")
+    parser.add_argument("--dir", help="work directory (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument("--only", help="comma-separated words selecting workloads, e.g. seq,4K")

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from common import run_fio, select_workloads, write_seed  # noqa: E402
+from common import fio_arguments, run_fio, select_workloads, write_seed  # noqa: E402
 
 from rokfs.units import parse_size  # noqa: E402
 
@@ -131,12 +131,7 @@ def print_table(rows, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="512M", help="export size (default %(default)s)")
-    parser.add_argument("--runtime", type=int, default=5, help="seconds per fio run")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per workload")
-    parser.add_argument("--dir", help="work directory (default: a temporary one)")
-    parser.add_argument("--json", action="store_true", help="print JSON rows")
-    parser.add_argument("--only", help="comma-separated words selecting workloads, e.g. seq,4K")
+    fio_arguments(parser, size="512M", runtime=5)
     args = parser.parse_args()
     for tool in ("fio", "nbdkit", "nbdcopy"):
         if not shutil.which(tool):
