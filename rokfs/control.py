@@ -47,6 +47,7 @@ Invariants:
 import contextlib
 import functools
 import logging
+import os
 import time
 
 import trio
@@ -81,6 +82,7 @@ class Control:
         self._hydration = {}
         self._paused = set()            # volume ids whose hydration a person paused
         self._bases_changed = None      # a trio.Event while run_background runs
+        self._registry_used = trio.Event()
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
@@ -420,10 +422,21 @@ class Control:
 
     @property
     def registry(self):
+        """The registry's state and work, made on first use (registry.db)."""
         if self._registry is None:
             from .registry.service import Registry
             self._registry = Registry(self, self.pool.path, poll=self.registry_poll)
+            self._registry_used.set()
         return self._registry
+
+    def _registry_exists(self):
+        return os.path.exists(os.path.join(self.pool.path, "registry.db"))
+
+    async def _poll_registry(self):
+        """Poll subscriptions once this pool uses the registry at all (a
+        pool that never does opens no registry.db)."""
+        await self._registry_used.wait()
+        await self.registry.run_poller()
 
     def registry_key(self):
         """This pool's public keys: the publisher key subscribers trust and
@@ -752,11 +765,12 @@ class Control:
         """Hydrate every volume and snapshot that has a base, including ones
         pulled later; host detached jobs; poll registry subscriptions."""
         self._bases_changed = trio.Event()
-        self._pause_on_demand_subscriptions()
+        if self._registry_exists():
+            self._pause_on_demand_subscriptions()
         running = set()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.jobs.serve)
-            await nursery.start(self.registry.run_poller)
+            nursery.start_soon(self._poll_registry)
             task_status.started()
             while True:
                 for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
