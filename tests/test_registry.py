@@ -243,8 +243,17 @@ def test_private_bucket_reader_grant_and_revoke(clusters, tmp_path):
     assert c.nbdsh("secret@v1", "print(bytes(h.pread(16, 0)))").strip() == \
         "b'PRIVATE-PAYLOAD!'"
 
+    acl_key = "registry/buckets/team/secret/acl"
+    granted = _get(a, acl_key)
     acl = a.json("registry", "acl", "revoke", "team/secret", reader, "--remote", "hub")
     assert reader not in acl["readers"] and acl["generation"] == 2
+    revoked = _get(a, acl_key)
+    _put(a, acl_key, granted)              # the ACL rolled back: would reopen later versions
+    a.ok("snapshot", "create", "sec@replay")
+    rc, _, err = a.rokctl("registry", "publish", "sec@replay", "--bucket", "team/secret",
+                          "--remote", "hub")
+    assert rc == 10 and "replayed (rolled back) ACL" in err, err
+    _put(a, acl_key, revoked)
     a.nbdsh("sec", "h.pwrite(b'LATER-PAYLOAD!!!' * 4096, 0); h.flush()")
     a.ok("snapshot", "create", "sec@s2")
     assert a.json("registry", "publish", "sec@s2", "--bucket", "team/secret",

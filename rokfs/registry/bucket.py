@@ -74,9 +74,10 @@ class Buckets:
     """The registry on one object store; `trust` is a callable
     (bucket, public_hex) -> bool saying who may sign what."""
 
-    def __init__(self, objects, trust):
+    def __init__(self, objects, trust, acl_serials=None):
         self.objects = objects
         self.trust = trust
+        self.acl_serials = acl_serials      # RegistryState: ACL serials only move forward
 
     # -- reading ------------------------------------------------------------------
     def _trusted(self, bucket):
@@ -173,6 +174,12 @@ class Buckets:
         if acl["signer"] not in acl["writers"]:
             raise NotAllowed(f"{key}: signed by {acl['signer'][:16]}..., not one of the writers "
                              "it lists")
+        if self.acl_serials is not None:
+            seen = self.acl_serials.acl_serial(bucket)
+            if acl["serial"] < seen:
+                raise Corrupt(f"{key}: ACL serial {acl['serial']} is older than {seen}, already "
+                              "seen: a replayed (rolled back) ACL, refused")
+            self.acl_serials.saw_acl(bucket, acl["serial"])
         return acl
 
     def change_acl(self, bucket, signer, change):

@@ -56,7 +56,7 @@ class Registry:
         return key == self.identity.public_hex or self.state.trusted(bucket, key)
 
     def buckets(self, store):
-        return Buckets(store.objects, self.trusts)
+        return Buckets(store.objects, self.trusts, self.state)
 
     def trust(self, scope, key):
         _check_scope(scope)

@@ -12,6 +12,8 @@ Invariants:
 - `data_keys` holds the data keys of private buckets this pool has
   unwrapped (as a reader), so that their images hydrate after a restart;
   registry.db is created 0600 for that reason.
+- `acl_serials` only grows: an ACL older than one this pool has seen (a
+  replay that would bring back a revoked reader's generation) is refused.
 - Trust is per scope: a team (`team`, every bucket of it) or a bucket
   (`team/exp1`).
 """
@@ -31,6 +33,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (bucket TEXT PRIMARY KEY, remote TEXT N
     digest TEXT, created REAL NOT NULL, hydrate INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS data_keys (bucket TEXT NOT NULL, generation INTEGER NOT NULL,
     key TEXT NOT NULL, PRIMARY KEY (bucket, generation));
+CREATE TABLE IF NOT EXISTS acl_serials (bucket TEXT PRIMARY KEY, serial INTEGER NOT NULL);
 """
 FIELDS = ("bucket", "remote", "local", "clone", "version", "digest", "created", "hydrate")
 
@@ -80,6 +83,18 @@ class RegistryState:
         with transaction(self.db):
             self.db.execute("INSERT OR REPLACE INTO data_keys VALUES (?, ?, ?)",
                             (bucket, generation, key.hex()))
+
+    def acl_serial(self, bucket):
+        """The newest ACL serial of `bucket` this pool has seen (0: none)."""
+        row = self.db.execute("SELECT serial FROM acl_serials WHERE bucket = ?",
+                              (bucket,)).fetchone()
+        return row[0] if row else 0
+
+    def saw_acl(self, bucket, serial):
+        if serial > self.acl_serial(bucket):
+            with transaction(self.db):
+                self.db.execute("INSERT OR REPLACE INTO acl_serials VALUES (?, ?)",
+                                (bucket, serial))
 
     # -- subscriptions ---------------------------------------------------------------------
     def subscribe(self, bucket, remote_spec, local, clone, hydrate, now):
