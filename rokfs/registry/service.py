@@ -22,6 +22,10 @@ Invariants:
   checks the version is still there; gc keeps what a fresh lease names.
 - The poller asks each head with a conditional GET (its ETag): an
   unchanged bucket costs one request and no body.
+- A version of a private bucket is served only if its signer is a writer
+  of the bucket's ACL and this pool unwrapped the data key of the
+  version's generation with its reader key; its chunks come from the
+  bucket's encrypted store (crypto.py), never from the shared one.
 """
 
 import logging
