@@ -35,6 +35,8 @@ from dataclasses import dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(os.path.dirname(HERE), "tests", "fuzz_corpus")
 REMOTE_PARSERS = ("rokfs.remote.formats", "rokfs.remote.chunks", "rokfs.names")
+SETTINGS_PARSERS = ("rokfs.config", "rokfs.fusefs.xattrs", "rokfs.names", "rokfs.units",
+                    "rokfs.remote.objects", "rokfs.endpoints")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ TARGETS = {
     "pack_header": Target("fuzz_remote:pack_header", REMOTE_PARSERS,
                           "fuzz_remote:pack_mutator"),
     "chunk_frame": Target("fuzz_remote:chunk_frame", REMOTE_PARSERS, max_len=9000),
+    "config": Target("fuzz_settings:config_file", SETTINGS_PARSERS),
+    "xattr": Target("fuzz_settings:xattr", SETTINGS_PARSERS, max_len=512),
+    "remote_url": Target("fuzz_settings:remote_url", SETTINGS_PARSERS, max_len=1024),
+    "nbd": Target("fuzz_nbd:session", ("nbd_server",)),
 }
 
 

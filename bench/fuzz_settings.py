@@ -11,7 +11,7 @@ a remote URL becomes a spec that boto3 itself accepts.
     python bench/fuzz_settings.py --write-seeds tests/fuzz_corpus
 writes the seed corpus (deterministic, small). Driven by atheris through
 bench/fuzz.py (targets `config`, `xattr`, `remote_url`, instrumenting
-SETTINGS_PARSERS), and by hypothesis in tests/test_settings_fuzz.py.
+SETTINGS_PARSERS there), and by hypothesis in tests/test_settings_fuzz.py.
 """
 
 import os
@@ -22,9 +22,6 @@ from rokfs.errors import InvalidArgument
 from rokfs.fusefs import xattrs
 from rokfs.names import check_labels, check_name, split_snapshot
 from rokfs.remote.objects import parse_url
-
-SETTINGS_PARSERS = ("rokfs.config", "rokfs.fusefs.xattrs", "rokfs.names", "rokfs.units",
-                    "rokfs.remote.objects", "rokfs.endpoints")
 
 
 # -- the config file ------------------------------------------------------------------
@@ -44,13 +41,16 @@ def check_config_invariants(cfg):
     assert cfg["log"]["level"] in ("debug", "info", "warning", "error")
     assert cfg["log"]["format"] in ("kv", "json") and cfg["nbd"]["tls"] in ("off", "on",
                                                                             "require")
+    reserve = cfg["pool"]["reserve"]
+    assert reserve is None or (type(reserve) is int
+                               and config.MIN_RESERVE <= reserve <= config.MAX_RESERVE), reserve
     for section, key, _, _, _ in config.SETTINGS:
         if (section, key) == ("fuse", "workers"):
             assert type(cfg[section][key]) is int and 1 <= cfg[section][key] <= 1024
         elif (section, key) == ("registry", "poll"):
             assert type(cfg[section][key]) is int and 1 <= cfg[section][key] <= 86400
-        elif (section, key) not in (("pool", "chunk_size"), ("control", "mode"),
-                                    ("control", "group")):
+        elif (section, key) not in (("pool", "chunk_size"), ("pool", "reserve"),
+                                    ("control", "mode"), ("control", "group")):
             assert isinstance(cfg[section][key], str), (section, key)
     for name, spec in cfg["remotes"].items():
         check_name(name, "remote")

@@ -66,7 +66,8 @@ MAX_IOV = 512
 EAGER_BYTES = 64 * 1024      # queued reply bytes that are sent without waiting for the batch
 FAIR_STREAK = 128             # inline requests (a read counts 16) between yields to others
 HANDSHAKE_TIMEOUT = 60
-STATUS_CAP = 1 << 30          # bytes described per BLOCK_STATUS reply at most
+STATUS_CAP = 4 << 30          # bytes a BLOCK_STATUS reply may describe (a request's 32-bit
+                              # length at most; the device may describe less)
 STATUS_WINDOW = 1 << 20       # first look for a REQ_ONE block status, growing 8x
 BIG_OP = 256 << 20            # trims and zeroes run in pieces this large, letting others in
 HOLE_GRANULE = 64 * 1024     # zero blocks this large go out as holes

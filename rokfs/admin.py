@@ -47,7 +47,7 @@ async def _report_created(control, args):
 
 async def status(control, args):
     report = {**control.status(), "volumes": control.list_volumes(),
-              "snapshots": control.list_snapshots()}
+              "snapshots": await control.list_snapshots()}
     if args.output == "json":
         print(json.dumps(json_view(report), indent=2))
     else:

@@ -8,7 +8,7 @@ Invariants:
 - Every value is checked when loaded, wherever it came from, by its row's
   check: its type (a table where a string belongs is refused) and its range
   or form; what `load` returns is the checked value (chunk_size in bytes,
-  control.mode as an int). A refusal is one InvalidArgument naming the
+  control.mode as an int, pool.reserve in bytes or None for "auto"). A refusal is one InvalidArgument naming the
   setting and where the value came from; nothing is opened or started
   before `load` returns.
 - A file that is not UTF-8, not TOML, or nested too deeply is refused the
@@ -31,13 +31,14 @@ from .errors import InvalidArgument
 from .fusefs import DEFAULT_WORKERS as DEFAULT_FUSE_WORKERS
 from .names import check_name
 from .remote.objects import check_spec, parse_url
-from .runner import DEFAULT_CHUNK_SIZE
+from .runner import DEFAULT_CHUNK_SIZE, MIN_RESERVE
 from .units import format_size, parse_size
 
 
 def defaults():
     return {
-        "pool": {"path": paths.default_pool(), "chunk_size": format_size(DEFAULT_CHUNK_SIZE)},
+        "pool": {"path": paths.default_pool(), "chunk_size": format_size(DEFAULT_CHUNK_SIZE),
+                 "reserve": "auto"},
         "nbd": {"socket": paths.default_nbd_socket(), "listen": "", "tls": "off",
                 "tls_cert": "", "tls_key": "", "tls_ca": ""},
         "fuse": {"mountpoint": "", "workers": DEFAULT_FUSE_WORKERS},
@@ -81,6 +82,24 @@ def chunk_size(value, name):
     size = parse_size(value, name)
     if size <= 0 or size & (size - 1):
         raise InvalidArgument(f"{name} must be a power of two such as 32K, not {value!r}")
+    return size
+
+
+MAX_RESERVE = 1 << 40
+
+
+def reserve(value, name):
+    """"auto" (None: the engine's default, 1% of the filesystem within 2M..64M)
+    or a size from MIN_RESERVE (the headroom metadata needs to free space
+    at a full disk) to MAX_RESERVE."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidArgument(f"{name} must be auto or a size such as 64M, not {_kind(value)}")
+    size = parse_size(value, name)
+    if not MIN_RESERVE <= size <= MAX_RESERVE:
+        raise InvalidArgument(f"{name} must be auto or a size from {format_size(MIN_RESERVE)} "
+                              f"to {format_size(MAX_RESERVE)}, not {value!r}")
     return size
 
 
@@ -140,6 +159,7 @@ def group(value, name):
 SETTINGS = [   # section, key, environment variable, argparse dest, check
     ("pool", "path", paths.POOL_ENV, "pool", path),
     ("pool", "chunk_size", "ROKFS_CHUNK_SIZE", "chunk_size", chunk_size),
+    ("pool", "reserve", "ROKFS_POOL_RESERVE", "pool_reserve", reserve),
     ("nbd", "socket", paths.NBD_SOCKET_ENV, "nbd_socket", path_or_off),
     ("nbd", "listen", "ROKFS_NBD_LISTEN", "nbd_listen", address_or_off("NBD listen address")),
     ("nbd", "tls", "ROKFS_NBD_TLS", "nbd_tls", one_of("off", "on", "require")),

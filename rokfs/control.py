@@ -30,8 +30,12 @@ Invariants:
   completes) and what it uploaded is reused by the next push; no cancel
   falls between a pulled volume's creation and its commit, and a cancelled
   pull or hydration job leaves the volume usable with its hydration paused.
-- `stat` stays cheap for listings and every FUSE getattr: no per-chunk
-  work; its `allocated` equals that of the image's info().
+- `stat`, `info` and listings stay cheap for any size: O(1) per image
+  (the engine keeps the space accounting as it goes), never a map walk on
+  the loop; `stat`'s `allocated` is that of the image's info().
+- Deleting a big image returns once it is DELETING and committed; its
+  space comes back in slices (pool.free_some) run by one background task
+  that yields between slices, then commits.
 - A create verb that fails leaves no image behind; pull checks the name
   and the size the pool can hold before it records the remote base.
 - Registry verbs are thin: signed documents, buckets, trust and sync are
@@ -56,7 +60,6 @@ from . import freeze, lineage, names, policies
 from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RemoteError,
                      RokfsError, one_line, single_errors)
 from .fsck import fsck
-from .extentmap import FANOUT, INHERIT, ZERO
 from .image import NeedsChunks
 from .jobs import Job, Jobs
 from .policy import POLICY_LABEL, parse_policy
@@ -66,6 +69,8 @@ log = logging.getLogger("rokfs.control")
 HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHUNKS)
 HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
 HOLDER_OF_FRONT = {"nbd": "NBD connection", "fuse": "FUSE handle"}
+SPACE_KEYS = ("allocated", "exclusive", "shared", "unhydrated")
+LIST_SLICE = 256                # snapshots listed between yields to other work
 HYDRATION_POLL = 0.2            # seconds between checks of a hydration job
 PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
 PUBLISH_CANCELLED = ("no version was written; publish again to resume from what was "
@@ -86,6 +91,7 @@ class Control:
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
+        self._freeing = False           # a task frees queued images in slices
 
     # -- durability ------------------------------------------------------------
     async def flush(self):
@@ -103,6 +109,7 @@ class Control:
                 raise
             commits.end(batch)
             self._commits_done = self._commits_started
+        self._free_soon()
 
     async def _flush_in_background(self):
         try:
@@ -116,6 +123,28 @@ class Control:
             trio.lowlevel.spawn_system_task(self._flush_in_background)
         except RuntimeError:            # no trio loop: the next commit carries it
             pass
+
+    def _free_soon(self):
+        """Images queued for freeing (pool.py) are freed by one background
+        task, a slice at a time between other work, then committed."""
+        if not self.pool.freeing or self._freeing:
+            return
+        try:
+            trio.lowlevel.spawn_system_task(self._free_in_slices)
+            self._freeing = True
+        except RuntimeError:            # no trio loop: the pool's close finishes them
+            pass
+
+    async def _free_in_slices(self):
+        try:
+            while self.pool.free_some():
+                await trio.sleep(0)
+            await self.flush()
+        except RokfsError as exc:       # the next flush carries what was freed
+            log.warning("event=background_free_failed error=%s", exc)
+        finally:
+            self._freeing = False
+        self._free_soon()
 
     async def _hydrating(self, op, *args, **kwargs):
         """Run engine call `op`; when it meets cold chunks, fetch them and
@@ -248,12 +277,18 @@ class Control:
     def snapshot_info(self, full_name):
         return self.pool.get_snapshot(full_name).info()
 
-    def list_snapshots(self, volume=None, labels=None, group=None):
-        """Snapshots (of `volume`), with every label in `labels`, in `group`."""
+    async def list_snapshots(self, volume=None, labels=None, group=None):
+        """Snapshots (of `volume`), with every label in `labels`, in `group`.
+        O(1) per snapshot; yields to other work every LIST_SLICE of them."""
         want = names.check_labels(labels)
-        return [s.info() for s in self.pool.list_snapshots(volume)
-                if all(s.labels.get(k) == v for k, v in want.items())
-                and (group is None or s.group == group)]
+        out = []
+        for i, snap in enumerate(self.pool.list_snapshots(volume)):
+            if i and not i % LIST_SLICE:
+                await trio.lowlevel.checkpoint()
+            if snap.live and all(snap.labels.get(k) == v for k, v in want.items()) \
+                    and (group is None or snap.group == group):
+                out.append(snap.info())
+        return out
 
     # -- pool ------------------------------------------------------------------------
     def status(self):
@@ -302,6 +337,12 @@ class Control:
                 store = open_remote(default_remote_spec(self.pool.path))
             self.remotes[name] = store
         return store
+
+    def transfer_stats(self):
+        """{remote URL: its object store's request, failure and retry counts}
+        for every remote opened so far."""
+        stores = {id(store): store for store in self.remotes.values()}
+        return {store.url: store.objects.stats.copy() for store in stores.values()}
 
     def _remote_for_spec(self, spec):
         if "registry_private" in spec:          # a private bucket's encrypted store
@@ -988,26 +1029,20 @@ def _member_name(local, version, member):
 def _group_info(group, snaps):
     return {"name": group, "created": min(s.created for s in snaps),
             "labels": dict(snaps[0].labels), "members": [s.full_name for s in snaps],
-            "volumes": [s.volume_name for s in snaps]}
+            "volumes": [s.volume_name for s in snaps], "space": _space_of(snaps)}
+
+
+def _space_of(images):
+    """The members' space summed (each O(1)); exclusive is what deleting
+    each alone frees, so deleting them all frees at least that."""
+    usages = [i.usage() for i in images]
+    return {k: sum(u[k] for u in usages) for k in SPACE_KEYS}
 
 
 def _stat_of(image):
     return {"id": image.id, "name": image.full_name, "size": image.size,
-            "allocated": _allocated_bytes(image), "read_only": image.read_only,
+            "allocated": image.usage()["allocated"], "read_only": image.read_only,
             "created": image.created}
-
-
-def _allocated_bytes(image):
-    """Bytes of `image` held in slots: the `allocated` of its info(), counted
-    a map leaf at a time with array counts (no per-chunk Python work), so
-    that a stat stays cheap for any size. (It belongs beside Image.usage in
-    image.py; kept here while that file's space accounting is reworked.)"""
-    nodes, chunks = image.pool.nodes, image.nchunks
-    total = 0
-    for leaf_no, leaf_id, _ in nodes.walk_leaves(image.root, 0, max(chunks - 1, 0) // FANOUT):
-        entries = nodes.get(leaf_id)[:chunks - leaf_no * FANOUT]
-        total += len(entries) - entries.count(INHERIT) - entries.count(ZERO)
-    return total * image.pool.chunk_size
 
 
 class Device:

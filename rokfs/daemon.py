@@ -46,7 +46,7 @@ def run(args):
         check_mountpoint(os.path.abspath(cfg["fuse"]["mountpoint"]))  # stale/busy: say so first
     tls = nbd_tls(cfg["nbd"])
     run_with_pool(cfg["pool"]["path"], serve, cfg, tls, remotes=cfg["remotes"],
-                  chunk_size=cfg["pool"]["chunk_size"])
+                  chunk_size=cfg["pool"]["chunk_size"], reserve=cfg["pool"]["reserve"])
     return 0
 
 

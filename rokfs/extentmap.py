@@ -15,8 +15,26 @@ Invariants:
 - A snapshot or clone therefore costs one reference on a root, whatever
   the size of the volume.
 - A leaf entry holds one reference on its slot (see extents.py).
+- Every node has a fixed *position* `pos[node] = (level, index)`: the leaf
+  number of a leaf, the root index of a mid, 0 for a root. Copies keep
+  their original's position, so nodes (and slots) are only ever shared
+  among nodes of one position: the parents of a node are found among the
+  nodes at the position above it (`at`), the other holders of a slot among
+  the leaves at its leaf's position.
+- Space summaries, kept exact as entries, counts and links change, and
+  persisted with the nodes: `mapped[n]` = slot entries in n's subtree;
+  `sole[n]` = slot entries under n reached only through nodes of count 1
+  below n and whose slot count is 1 (a leaf: its entries with a slot of
+  count 1; an interior node: the sum of `sole` over its children of count
+  1). An image with root r has `mapped[r]` chunks allocated and frees
+  `sole[r]` chunks when deleted if rc[r] == 1 (0 if its root is shared).
+  Each change costs O(depth), plus, when a count drops to 1, finding the
+  one holder left: first where a hint says (the parent a node was created
+  under, the node a leaf was copied from: right in a volume's usual
+  lineage, always checked), else a scan of the nodes at that position.
 """
 
+import collections
 from array import array
 
 from .errors import Corrupt
@@ -28,6 +46,7 @@ MAX_CHUNKS = FANOUT ** DEPTH
 INHERIT = 0
 ZERO = 1
 SLOT_BASE = 2
+POS_LEVEL = 1 << 40     # stored position = level * POS_LEVEL + index
 
 
 def empty_node():
@@ -47,17 +66,38 @@ def split(leaf_no):
 
 
 class MapNodes:
-    """All map nodes of a pool: refcounts in memory, contents loaded lazily."""
+    """All map nodes of a pool: counts, positions and summaries in memory,
+    contents loaded lazily."""
 
     def __init__(self, store, slots):
         self.store = store
         self.slots = slots
         self.rc = store.load_node_refcounts()
+        self.pos, self.mapped, self.sole = {}, {}, {}
+        self.at = collections.defaultdict(set)     # position -> node ids
+        self.parent_hint = {}     # node -> the node likely to point at it
+        self.copy_hint = {}       # leaf -> the leaf it was copied from (shares its slots)
+        self.stale = self._load_summaries(store.load_node_summaries())
         self.data = {}
         self.next_id = max(self.rc, default=0) + 1
         self.dirty = set()      # rows to write whole (content changed or new)
-        self.dirty_rc = set()   # rows whose count alone changed
+        self.dirty_rc = set()   # rows whose counts or summaries alone changed
         self.deleted = set()
+
+    def _load_summaries(self, rows):
+        """Returns True if a summary is missing (a pool older than them)."""
+        stale = False
+        for node_id, pos, mapped, sole in rows:
+            if pos is None or mapped is None or sole is None:
+                stale = True
+                continue
+            self._place(node_id, _decode(pos))
+            self.mapped[node_id], self.sole[node_id] = mapped, sole
+        return stale
+
+    def _place(self, node_id, pos):
+        self.pos[node_id] = pos
+        self.at[pos].add(node_id)
 
     def get(self, node_id):
         node = self.data.get(node_id)
@@ -69,11 +109,13 @@ class MapNodes:
             self.data[node_id] = node
         return node
 
-    def new(self, node):
+    def new(self, node, pos, mapped=0, sole=0):
         node_id = self.next_id
         self.next_id += 1
         self.rc[node_id] = 1
         self.data[node_id] = node
+        self._place(node_id, pos)
+        self.mapped[node_id], self.sole[node_id] = mapped, sole
         self.dirty.add(node_id)
         return node_id
 
@@ -88,33 +130,52 @@ class MapNodes:
     def forget(self, node_id):
         """Drop a node (its children untouched); the next commit deletes its row."""
         del self.rc[node_id]
-        self.data.pop(node_id, None)
+        self.at[self.pos.get(node_id)].discard(node_id)
+        for table in (self.pos, self.mapped, self.sole, self.data, self.parent_hint,
+                      self.copy_hint):
+            table.pop(node_id, None)
         self.dirty.discard(node_id)
         self.dirty_rc.discard(node_id)
         self.deleted.add(node_id)
 
-    def decref(self, node_id, level):
-        """Drop one reference; free the node and its subtree at zero."""
+    def decref(self, node_id, level, parent=None):
+        """Drop one reference (`parent`'s, if a node: it is being freed);
+        free the node and its subtree at zero. A node left with one
+        reference now counts in its remaining parent's `sole`."""
         if not node_id:
             return
         count = self.rc[node_id] - 1
         if count > 0:
             self.set_count(node_id, count)
+            if count == 1 and parent is not None and self.sole[node_id]:
+                self.add_sole(self.parent_of(node_id, exclude=parent), self.sole[node_id])
             return
-        self._release_children(self.get(node_id), level)
+        self._release_children(node_id, self.get(node_id), level)
         self.forget(node_id)
 
-    def owned(self, node_id, level):
+    def owned(self, node_id, level, pos, parent=None):
         """Return a node id the caller may modify: `node_id` itself if not
-        shared, a private copy if shared, a new empty node if absent."""
+        shared, a private copy if shared, a new empty node (at `pos`) if absent
+        (`parent`: the node that will point at it, a hint). A copy shares
+        every child, so neither it nor its original has a child or slot of
+        count 1 left: both `sole` are 0 afterwards."""
         if not node_id:
-            return self.new(empty_node())
+            return self._hinted(self.new(empty_node(), pos), parent)
         if self.rc[node_id] == 1:
             return node_id
         node = array("q", self.get(node_id))
         self._share_children(node, level)
+        self.sole[node_id] = 0
         self.decref(node_id, level)
-        return self.new(node)
+        copy = self._hinted(self.new(node, self.pos[node_id], self.mapped[node_id]), parent)
+        if level == LEAF:
+            self.copy_hint[copy] = node_id
+        return copy
+
+    def _hinted(self, node_id, parent):
+        if parent is not None:
+            self.parent_hint[node_id] = parent
+        return node_id
 
     def _share_children(self, node, level):
         """A copy of `node` now also points at each of its children."""
@@ -122,26 +183,93 @@ class MapNodes:
         for child in _children(node, level):
             add(child)
 
-    def _release_children(self, node, level):
+    def _release_children(self, node_id, node, level):
         """`node` is gone: drop the reference it held on each child."""
-        for child in _children(node, level):
-            if level == LEAF:
-                self.slots.decref(child)
-            else:
-                self.decref(child, level + 1)
+        if level != LEAF:
+            for child in _children(node, level):
+                self.decref(child, level + 1, parent=node_id)
+            return
+        for i, entry in enumerate(node):
+            if entry >= SLOT_BASE:
+                self.drop_slot(entry - SLOT_BASE, node_id, i)
+
+    def drop_slot(self, slot, leaf_id, index):
+        """Leaf `leaf_id` no longer points at `slot` (from its entry `index`).
+        Returns True if the slot was the leaf's alone (it counted in `sole`)."""
+        before = self.slots.rc[slot]
+        self.slots.decref(slot)
+        if before == 2:
+            holder = self.slot_holder(slot, leaf_id, index)
+            if holder is not None:
+                self.add_sole(holder, 1)
+        return before == 1
+
+    def slot_holder(self, slot, leaf_id, index):
+        """The other leaf at `leaf_id`'s position whose entry `index` is `slot`."""
+        entry = slot + SLOT_BASE
+        hint = self.copy_hint.get(leaf_id)
+        if hint in self.rc and self.pos.get(hint) == self.pos[leaf_id] \
+                and self.get(hint)[index] == entry:
+            return hint
+        for other in self.at[self.pos[leaf_id]]:
+            if other != leaf_id and self.get(other)[index] == entry:
+                return other
+        return None
+
+    def parent_of(self, node_id, exclude=None):
+        """The node pointing at `node_id` (count 1), other than `exclude`;
+        None for a root."""
+        level, index = self.pos[node_id]
+        if level == 0:
+            return None
+        slot_in_parent, where = index % FANOUT, (level - 1, index // FANOUT)
+        hint = self.parent_hint.get(node_id)
+        if hint != exclude and hint in self.rc and self.pos.get(hint) == where \
+                and self.get(hint)[slot_in_parent] == node_id:
+            return hint
+        for parent in self.at[where]:
+            if parent != exclude and self.get(parent)[slot_in_parent] == node_id:
+                self.parent_hint[node_id] = parent
+                return parent
+        return None
+
+    def add_sole(self, node_id, delta):
+        """`sole[node_id]` changes by `delta`, and so does each ancestor's
+        while the node below it has count 1."""
+        while node_id is not None:
+            self.sole[node_id] += delta
+            self.dirty_rc.add(node_id)
+            if self.rc[node_id] != 1:
+                return
+            node_id = self.parent_of(node_id)
+
+    def add_along(self, path, mapped, sole):
+        """Change the summaries of an owned path (every count 1) at once."""
+        for node_id in path:
+            self.mapped[node_id] += mapped
+            self.sole[node_id] += sole
+            self.dirty_rc.add(node_id)
 
     def changed(self, node_id):
         self.dirty.add(node_id)
 
+    def allocated_chunks(self, root):
+        return self.mapped[root] if root else 0
+
+    def exclusive_chunks(self, root):
+        return self.sole[root] if root and self.rc[root] == 1 else 0
+
+    def leaf_id(self, root, leaf_no):
+        """The id of the leaf for `leaf_no` under `root`, or 0 (all INHERIT)."""
+        if not root:
+            return 0
+        i0, i1 = split(leaf_no)
+        mid = self.get(root)[i0]
+        return self.get(mid)[i1] if mid else 0
+
     def leaf(self, root, leaf_no):
         """The leaf array for `leaf_no` under `root`, or None (all INHERIT)."""
-        i0, i1 = split(leaf_no)
-        if not root:
-            return None
-        mid = self.get(root)[i0]
-        if not mid:
-            return None
-        leaf_id = self.get(mid)[i1]
+        leaf_id = self.leaf_id(root, leaf_no)
         return self.get(leaf_id) if leaf_id else None
 
     def walk_leaves(self, root, first_leaf=0, last_leaf=MAX_CHUNKS // FANOUT - 1):
@@ -160,16 +288,76 @@ class MapNodes:
                 if mid_node[i1]:
                     yield i0 * FANOUT + i1, mid_node[i1], (root, mid)
 
+    # -- summaries from scratch (pools older than them, fsck --repair) ------------
+    def recount(self, roots, node_rc=None, slot_rc=None):
+        """(pos, mapped, sole) of every node reachable from `roots`, computed
+        from the nodes' contents and the given counts (default: the stored ones)."""
+        node_rc = self.rc if node_rc is None else node_rc
+        slot_rc = self.slots.rc if slot_rc is None else slot_rc
+        out = {}
+        for root in set(roots):
+            if root:
+                self._recount(root, (0, 0), node_rc, slot_rc, out)
+        return out
+
+    def _recount(self, node_id, pos, node_rc, slot_rc, out):
+        if node_id in out:
+            return out[node_id]
+        node = self.get(node_id)
+        level, index = pos
+        if level == LEAF:
+            slots = [e - SLOT_BASE for e in node if e >= SLOT_BASE]
+            summary = (pos, len(slots), sum(1 for s in slots if slot_rc[s] == 1))
+        else:
+            mapped = sole = 0
+            for i, child in enumerate(node):
+                if child:
+                    _, m, s = self._recount(child, (level + 1, index * FANOUT + i),
+                                            node_rc, slot_rc, out)
+                    mapped += m
+                    sole += s if node_rc.get(child) == 1 else 0
+            summary = (pos, mapped, sole)
+        out[node_id] = summary
+        return summary
+
+    def reset_summaries(self, summaries):
+        """Take `recount`'s summaries as the truth (stored at the next commit)."""
+        self.pos, self.mapped, self.sole = {}, {}, {}
+        self.at = collections.defaultdict(set)
+        for node_id, (pos, mapped, sole) in summaries.items():
+            self._place(node_id, pos)
+            self.mapped[node_id], self.sole[node_id] = mapped, sole
+            if node_id in self.rc:
+                self.dirty_rc.add(node_id)
+        self.stale = False
+
     def begin_commit(self):
-        rows = [(i, self.rc[i], self.data[i].tobytes()) for i in sorted(self.dirty)]
-        rcs = [(self.rc[i], i) for i in sorted(self.dirty_rc - self.dirty)]
+        rows = [(i, self.rc[i], self.data[i].tobytes(), *self._summary_row(i))
+                for i in sorted(self.dirty)]
+        rcs = [(self.rc[i], *self._summary_row(i), i) for i in sorted(self.dirty_rc - self.dirty)]
         deleted = sorted(self.deleted)
         state = (set(self.dirty), set(self.dirty_rc), set(self.deleted))
         self.dirty, self.dirty_rc, self.deleted = set(), set(), set()
         return rows, rcs, deleted, state
+
+    def _summary_row(self, node_id):
+        """(pos, mapped, sole) as stored; NULLs for a node no image reaches."""
+        if node_id not in self.pos:
+            return None, None, None
+        return _encode(self.pos[node_id]), self.mapped[node_id], self.sole[node_id]
 
     def abort_commit(self, state):
         dirty, dirty_rc, deleted = state
         self.dirty |= {i for i in dirty if i in self.rc}
         self.dirty_rc |= {i for i in dirty_rc if i in self.rc}
         self.deleted |= deleted
+
+
+def _encode(pos):
+    level, index = pos
+    return level * POS_LEVEL + index
+
+
+def _decode(value):
+    level, index = divmod(value, POS_LEVEL)
+    return level, index

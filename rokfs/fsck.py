@@ -4,10 +4,14 @@ A pool is consistent when (1) every map node reachable from a volume or
 snapshot root exists and has FANOUT entries, (2) each node's stored count
 equals the number of parents pointing at it, (3) each slot's stored count
 equals the number of leaf entries pointing at it, (4) no stored node is
-unreachable. Leaks (counts too high, unreachable nodes) waste space only;
-counts too low would let live data be overwritten and are errors. Repair
-rewrites every count to its computed value, drops unreachable nodes and
-returns the space of every free slot to the filesystem.
+unreachable, (5) the space accounting kept as the pool changes (each
+node's summaries, each image's allocated / exclusive / unhydrated chunks)
+equals a recount from the maps and the recomputed counts. Leaks (counts
+too high, unreachable nodes) waste space only; counts too low would let
+live data be overwritten and are errors; wrong accounting misreports space
+and loses nothing. Repair rewrites every count and summary to its computed
+value, drops unreachable nodes and returns the space of every free slot to
+the filesystem.
 """
 
 from collections import Counter
@@ -61,6 +65,38 @@ def _compare(kind, stored, expected, problems):
     return leaks, errors
 
 
+def _check_accounting(pool, node_refs, slot_refs, problems):
+    """Recount every summary and every image's space; describe what the
+    kept accounting gets wrong. Returns (summaries, {image: usage}, totals)."""
+    nodes, cs = pool.nodes, pool.chunk_size
+    summaries = nodes.recount([i.root for i in pool.images()], node_refs, slot_refs)
+    for node_id, want in sorted(summaries.items()):
+        have = (nodes.pos.get(node_id), nodes.mapped.get(node_id), nodes.sole.get(node_id))
+        if have != want:
+            problems.append(f"accounting: node {node_id} (position, mapped, sole) is {have}, "
+                            f"recounted {want}")
+    usages = {}
+    for image in pool.images():
+        want = _recounted_usage(image, summaries, node_refs)
+        have = {k: image.usage()[k] // cs for k in want}
+        usages[image.full_name] = {k: v * cs for k, v in want.items()}
+        if have != want:
+            problems.append(f"accounting: {image.full_name} chunks {have}, recounted {want}")
+    totals = {"allocated": len(slot_refs) * cs,
+              "exclusive": sum(u["exclusive"] for u in usages.values()),
+              "unhydrated": sum(u["unhydrated"] for u in usages.values())}
+    totals["shared"] = totals["allocated"] - totals["exclusive"]
+    return summaries, usages, totals
+
+
+def _recounted_usage(image, summaries, node_refs):
+    root = image.root
+    allocated = summaries[root][1] if root else 0
+    exclusive = summaries[root][2] if root and node_refs[root] == 1 else 0
+    return {"allocated": allocated, "exclusive": exclusive,
+            "shared": allocated - exclusive, "unhydrated": image.count_cold()}
+
+
 def fsck(pool, repair=False):
     pool.commit()
     problems = []
@@ -72,20 +108,25 @@ def fsck(pool, repair=False):
     node_leaks, node_errors = _compare("node", dict(pool.nodes.rc), node_refs, problems)
     slot_leaks, slot_errors = _compare("slot", stored_slots, slot_refs, problems)
     read_errors = sum(p.startswith("error: map node") for p in problems)
+    summaries, usages, totals = ({}, {}, {}) if read_errors else \
+        _check_accounting(pool, node_refs, slot_refs, problems)
     clean = not problems
     report = {"clean": clean, "problems": problems, "repaired": False,
               "nodes": len(node_refs), "slots": len(slot_refs),
-              "leaks": node_leaks + slot_leaks, "errors": node_errors + slot_errors + read_errors}
+              "leaks": node_leaks + slot_leaks, "errors": node_errors + slot_errors + read_errors,
+              "accounting": sum(p.startswith("accounting:") for p in problems),
+              "space": totals, "images": usages}
     if repair and not read_errors:
-        _repair(pool, node_refs, slot_refs)
+        _repair(pool, node_refs, slot_refs, summaries)
         report["repaired"] = True
     state = "clean" if clean else ("repaired" if report["repaired"] else "NOT clean")
     report["summary"] = (f"{state}: {report['nodes']} map nodes, {report['slots']} slots in use, "
-                         f"{report['leaks']} leaks, {report['errors']} errors")
+                         f"{report['leaks']} leaks, {report['errors']} errors, "
+                         f"{report['accounting']} accounting mismatches")
     return report
 
 
-def _repair(pool, node_refs, slot_refs):
+def _repair(pool, node_refs, slot_refs, summaries):
     nodes, slots = pool.nodes, pool.slots
     for node_id in list(nodes.rc):
         if node_id not in node_refs:
@@ -101,6 +142,10 @@ def _repair(pool, node_refs, slot_refs):
         if want == 0:
             free.append(slot)
     pool.forget_slot_hashes(free)
+    nodes.reset_summaries(summaries)
+    for image in pool.images():
+        image.cold = image.count_cold()
+        pool.changed(image)
     pool.commit()
     slots.reset_free(free)
     slots.punch(free)

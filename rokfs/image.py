@@ -20,6 +20,13 @@ Invariants:
   image's bytes.
 - Reads that meet a cold chunk raise NeedsChunks before returning anything;
   writes that would partially cover a cold chunk raise it before any change.
+- Space accounting is O(1) per image and kept as entries change: allocated
+  and exclusive come from the root's summaries (extentmap.py), unhydrated
+  from `cold`, the count of INHERIT entries below `cold_limit`, adjusted by
+  every entry set and every resize and stored with the image's row.
+- Block status (`extents`) costs O(leaves in the range): a leaf whose
+  entries are all slots, or that holds no slot where nothing is cold, is
+  answered from its summary without visiting its entries.
 """
 
 import collections
@@ -30,6 +37,7 @@ from .fileio import pread_full
 
 HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
 LIVE, DELETING, FREED = "live", "deleting", "freed"
+EXTENT_VISITS = 1 << 15     # chunks `extents` looks at one by one per call, at most
 YIELDING_HOLDERS = frozenset({"hydrator"})   # let a delete through; the image waits for them
 
 
@@ -62,8 +70,10 @@ class Image:
         self.state = DELETING if row.get("deleting") else LIVE
         self.holders = collections.Counter()    # who has it open now (not persisted)
         self.holds = dict(row.get("holds") or {})   # tag -> reason: kept from deletion
+        self.cold = row.get("cold")      # None: an older pool, counted when it opens
         self._leaves = {}
         self._owned = {}
+        self._paths = {}                # leaf_no -> (root, mid, leaf) ids, owned
 
     @property
     def live(self):
@@ -96,6 +106,11 @@ class Image:
 
     def is_cold(self, chunk, entry):
         return entry == INHERIT and chunk < self.base_chunks
+
+    @property
+    def cold_limit(self):
+        """Chunks below this read from the base while their entry is INHERIT."""
+        return min(self.base_chunks, self.nchunks)
 
     def _check_range(self, offset, length):
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -154,41 +169,45 @@ class Image:
 
     def extents(self, offset, length):
         """[(offset, length, flags)] for the range; flags HOLE|ZERO_FLAG for
-        ranges that read as zeros without stored data, 0 for data."""
+        ranges that read as zeros without stored data, 0 for data. A leaf
+        that is uniform (see the note above) costs one step; past
+        EXTENT_VISITS chunks looked at one by one, the answer stops at a leaf
+        boundary, describing less than asked (as NBD allows)."""
         self._check_range(offset, length)
         out = []
-        for chunk, within, n in self.spans(offset, length):
-            entry = self.entry(chunk)
-            data = entry >= SLOT_BASE or self.is_cold(chunk, entry)
-            flags = 0 if data else HOLE | ZERO_FLAG
-            if out and out[-1][2] == flags:
-                out[-1][1] += n
-            else:
-                out.append([chunk * self.pool.chunk_size + within, n, flags])
+        cs, end = self.pool.chunk_size, offset + length
+        span, visits = FANOUT * cs, 0
+        for leaf_no in range(offset // span, -(-end // span)):
+            lo, hi = max(offset, leaf_no * span), min(end, (leaf_no + 1) * span)
+            flags = self._uniform_flags(leaf_no, lo // cs, -(-hi // cs))
+            if flags is not None:
+                _add_extent(out, lo, hi - lo, flags)
+                continue
+            if visits >= EXTENT_VISITS:
+                break
+            visits += FANOUT
+            for chunk, within, n in self.spans(lo, hi - lo):
+                entry = self.entry(chunk)
+                data = entry >= SLOT_BASE or self.is_cold(chunk, entry)
+                _add_extent(out, chunk * cs + within, n, 0 if data else HOLE | ZERO_FLAG)
         return [tuple(e) for e in out]
 
-    def mapped_chunks(self, cold=True):
-        """Yield (chunk, entry, exclusive) for every slot (and cold chunk)."""
+    def _uniform_flags(self, leaf_no, first, stop):
+        """The flags of chunks [first, stop) of leaf `leaf_no` if they are all
+        alike, told from the leaf's summary alone; else None."""
         nodes = self.pool.nodes
-        for leaf_no, leaf_id, path in nodes.walk_leaves(self.root):
-            shared_path = any(nodes.rc[n] > 1 for n in path) or nodes.rc[leaf_id] > 1
-            leaf = nodes.get(leaf_id)
-            first = leaf_no * FANOUT
-            for i, entry in enumerate(leaf):
-                chunk = first + i
-                if chunk >= self.nchunks:
-                    break
-                if entry >= SLOT_BASE:
-                    exclusive = not shared_path and self.pool.slots.rc[entry - SLOT_BASE] == 1
-                    yield chunk, entry, exclusive
-        if cold:
-            for chunk in range(min(self.base_chunks, self.nchunks)):
-                if self.is_cold(chunk, self.entry(chunk)):
-                    yield chunk, INHERIT, False
+        leaf_id = nodes.leaf_id(self.root, leaf_no)
+        mapped = nodes.mapped[leaf_id] if leaf_id else 0
+        if mapped == FANOUT:
+            return 0
+        if first >= self.cold_limit or (not leaf_id and stop <= self.cold_limit):
+            return None if mapped else (HOLE | ZERO_FLAG if first >= self.cold_limit else 0)
+        return None
 
     def _shared(self):
         """Our root is now shared: every path must be copied before writing."""
         self._owned.clear()
+        self._paths.clear()
 
     def _own_leaf(self, leaf_no):
         """(leaf id, leaf array) for `leaf_no`, exclusively ours."""
@@ -197,24 +216,39 @@ class Image:
             return hit
         nodes = self.pool.nodes
         i0, i1 = divmod(leaf_no, FANOUT)
-        root = nodes.owned(self.root, 0)
+        root = nodes.owned(self.root, 0, (0, 0))
         if root != self.root:
             self.root = root
             self.pool.changed(self)
-        mid = _own_child(nodes, root, i0, 1)
-        leaf_id = _own_child(nodes, mid, i1, LEAF)
+        mid = _own_child(nodes, root, i0, 1, (1, i0))
+        leaf_id = _own_child(nodes, mid, i1, LEAF, (LEAF, leaf_no))
         hit = (leaf_id, nodes.get(leaf_id))
         self._owned[leaf_no] = hit
+        self._paths[leaf_no] = (root, mid, leaf_id)
         self._leaves[leaf_no] = hit[1]
         return hit
 
     def _set_entry(self, leaf_id, leaf, chunk, new):
+        """Set an entry of an owned leaf; the path's summaries and `cold`
+        follow. A new slot entry is a fresh slot (count 1)."""
+        nodes = self.pool.nodes
         i = chunk % FANOUT
         old = leaf[i]
         leaf[i] = new
-        self.pool.nodes.changed(leaf_id)
+        nodes.changed(leaf_id)
+        mapped = sole = 0
         if old >= SLOT_BASE:
-            self.pool.slots.decref(old - SLOT_BASE)
+            mapped -= 1
+            sole -= nodes.drop_slot(old - SLOT_BASE, leaf_id, i)
+        if new >= SLOT_BASE:
+            mapped += 1
+            sole += 1
+        if mapped or sole:
+            nodes.add_along(self._paths[chunk // FANOUT], mapped, sole)
+        if self.base_chunks and (old == INHERIT) != (new == INHERIT) \
+                and chunk < self.cold_limit:
+            self.cold += 1 if new == INHERIT else -1
+            self.pool.changed(self)
 
     def touches_cold(self, offset, length):
         """Does [offset, offset+length) meet a cold chunk? O(1) for an image
@@ -240,9 +274,13 @@ class Image:
         return out
 
     def cold_count(self):
-        """How many chunks are still cold, without visiting every chunk: the
-        base's chunks minus the entries set in existing leaves (O(leaves))."""
-        limit = min(self.base_chunks, self.nchunks)
+        """How many chunks are still cold (O(1): kept as entries change)."""
+        return self.cold
+
+    def count_cold(self):
+        """Count the cold chunks from the map: the base's chunks minus the
+        entries set in existing leaves (O(leaves)). For fsck and older pools."""
+        limit = self.cold_limit
         if not limit:
             return 0
         warm = 0
@@ -254,18 +292,62 @@ class Image:
             warm += n - leaf[:n].count(INHERIT)
         return limit - warm
 
+    # -- freeing in slices (pool.py): only for a DELETING image nobody holds --------
+    def forget_base(self):
+        """Nobody reads this image again: its base (and cold count) go."""
+        self.base, self.base_chunks, self.cold = None, 0, 0
+        self.pool.changed(self)
+
+    def detach_leaves(self, limit):
+        """Detach up to `limit` subtrees (leaves, or shared mids) from our own
+        map, dropping their references; returns how many (0: none left).
+        Every state in between is a consistent, smaller map."""
+        nodes = self.pool.nodes
+        if not self.root or nodes.rc[self.root] != 1:
+            return 0
+        self._leaves.clear()
+        self._shared()
+        done, root_node = 0, nodes.get(self.root)
+        for i0, mid in enumerate(root_node):
+            if done >= limit:
+                break
+            if not mid:
+                continue
+            if nodes.rc[mid] == 1:
+                mid_node = nodes.get(mid)
+                for i1, leaf in enumerate(mid_node):
+                    if leaf and done < limit:
+                        self._detach((self.root, mid), mid_node, i1, leaf, LEAF)
+                        done += 1
+                if any(mid_node):
+                    break
+            self._detach((self.root,), root_node, i0, mid, 1)
+            done += 1
+        return done
+
+    def _detach(self, path, parent_node, index, child, level):
+        """Point `parent_node[index]` (the end of `path`) at nothing, taking
+        `child`'s summaries off the path."""
+        nodes = self.pool.nodes
+        own = nodes.sole[child] if nodes.rc[child] == 1 else 0
+        nodes.add_along(path, -nodes.mapped[child], -own)
+        parent_node[index] = 0
+        nodes.changed(path[-1])
+        nodes.decref(child, level, parent=path[-1])
+
     def lifecycle(self):
         return {"state": self.state, "holders": dict(self.holders)}
 
     def usage(self):
-        cs = self.pool.chunk_size
-        allocated = exclusive = 0
-        for _, entry, excl in self.mapped_chunks(cold=False):
-            allocated += 1
-            exclusive += excl
+        """Space in bytes: allocated (chunks it maps to slots), exclusive (what
+        deleting it frees), shared (the rest), unhydrated (still on the base).
+        O(1): read from the kept counts."""
+        cs, nodes = self.pool.chunk_size, self.pool.nodes
+        allocated = nodes.allocated_chunks(self.root)
+        exclusive = nodes.exclusive_chunks(self.root)
         return {"size": self.size, "allocated": allocated * cs,
                 "exclusive": exclusive * cs, "shared": (allocated - exclusive) * cs,
-                "unhydrated": self.cold_count() * cs}
+                "unhydrated": self.cold * cs}
 
 
 class Snapshot(Image):
@@ -285,7 +367,7 @@ class Snapshot(Image):
                 "size": self.size, "root": self.root, "created": self.created,
                 "labels": self.labels, "base": self.base, "base_chunks": self.base_chunks,
                 "deleting": int(self.state == DELETING), "group_name": self.group,
-                "holds": self.holds}
+                "holds": self.holds, "cold": self.cold}
 
     def info(self):
         return {"name": self.full_name, "volume": self.volume_name, "snapshot": self.name,
@@ -307,7 +389,8 @@ class Volume(Image):
     def row(self):
         return {"id": self.id, "name": self.name, "size": self.size, "root": self.root,
                 "created": self.created, "origin": self.origin, "base": self.base,
-                "base_chunks": self.base_chunks, "deleting": int(self.state == DELETING)}
+                "base_chunks": self.base_chunks, "deleting": int(self.state == DELETING),
+                "cold": self.cold}
 
     def pwrite(self, offset, data):
         self._check_range(offset, len(data))
@@ -384,26 +467,40 @@ class Volume(Image):
 
     def resize(self, new_size, force=False):
         self.pool.check_size(new_size)
+        old_limit = self.cold_limit
         if new_size < self.size:
             if not force:
                 self._refuse_shrink_over_data(new_size)
             self._drop_tail(new_size)
         self.size = new_size
+        self.cold += self.cold_limit - old_limit    # entries there are all INHERIT
         self.pool.changed(self)
 
     def _refuse_shrink_over_data(self, new_size):
         cs = self.pool.chunk_size
         first_full = -(-new_size // cs)
-        for chunk, entry, _ in self.mapped_chunks():
-            if chunk >= first_full:
-                raise InvalidArgument(
-                    f"{self.name}: cannot shrink to {new_size} bytes: data is stored "
-                    f"beyond it (at {chunk * cs}); trim it first or force the resize")
+        chunk = self._first_data_from(first_full)
+        if chunk is not None:
+            raise InvalidArgument(
+                f"{self.name}: cannot shrink to {new_size} bytes: data is stored "
+                f"beyond it (at {chunk * cs}); trim it first or force the resize")
         tail = min(first_full * cs, self.size) - new_size
         if tail and self.pread(new_size, tail) != bytes(tail):
             raise InvalidArgument(
                 f"{self.name}: cannot shrink to {new_size} bytes: the bytes after it "
                 "hold data; trim them first or force the resize")
+
+    def _first_data_from(self, first):
+        """The first chunk >= `first` holding data (a slot, or cold), or None;
+        visits only the leaves from there on."""
+        nodes, cold = self.pool.nodes, self.cold_chunks(first, self.cold_limit)[:1]
+        for leaf_no, leaf_id, _ in nodes.walk_leaves(self.root, first // FANOUT,
+                                                     max(self.nchunks - 1, 0) // FANOUT):
+            leaf, base = nodes.get(leaf_id), leaf_no * FANOUT
+            for i in range(max(first - base, 0), FANOUT):
+                if leaf[i] >= SLOT_BASE:
+                    return min([base + i, *cold])
+        return cold[0] if cold else None
 
     def _drop_tail(self, new_size):
         cs = self.pool.chunk_size
@@ -426,9 +523,16 @@ class Volume(Image):
                 "snapshots": [s.name for s in snaps], **self.usage(), **self.lifecycle()}
 
 
-def _own_child(nodes, parent_id, index, level):
+def _add_extent(out, offset, length, flags):
+    if out and out[-1][2] == flags:
+        out[-1][1] += length
+    else:
+        out.append([offset, length, flags])
+
+
+def _own_child(nodes, parent_id, index, level, pos):
     parent = nodes.get(parent_id)
-    child = nodes.owned(parent[index], level)
+    child = nodes.owned(parent[index], level, pos, parent_id)
     if child != parent[index]:
         parent[index] = child
         nodes.changed(parent_id)

@@ -6,7 +6,8 @@ Invariants:
   scrapes, then builds the metric families in the HTTP thread.
 - Served over HTTP by prometheus_client's server thread at /metrics.
 - Everything comes from Control verbs (list_exports, hydration_status,
-  status) and the Control's counters; nothing here touches the engine.
+  status, transfer_stats) and the Control's counters; nothing here touches
+  the engine.
 """
 
 import logging
@@ -31,7 +32,8 @@ def _snapshot(control):
     counters = control.counters.copy()
     counters.io = {name: io for name, io in counters.io.items() if name in live}
     return {"counters": counters, "pool": control.status(),
-            "hydration": list(_hydration(control, volumes))}
+            "hydration": list(_hydration(control, volumes)),
+            "remotes": control.transfer_stats()}
 
 
 def _hydration(control, volumes):
@@ -64,6 +66,7 @@ class ControlCollector:
         yield from self._io(c)
         yield from self._pool(pool, c)
         yield from self._transfers(c, snap["hydration"])
+        yield from self._requests(snap["remotes"])
 
     def _io(self, c):
         ops = CounterMetricFamily("rokfs_io_ops", "I/O requests per volume or snapshot",
@@ -88,6 +91,11 @@ class ControlCollector:
                                ("used_bytes", "bytes of chunk slots in use"),
                                ("disk_bytes", "bytes the extent files occupy on disk")):
             yield GaugeMetricFamily(f"rokfs_pool_{key}", help_text, value=pool[key])
+        space = GaugeMetricFamily("rokfs_pool_space_bytes", "the pool's space by kind "
+                                  "(allocated, exclusive, shared, unhydrated)", labels=["kind"])
+        for kind, value in sorted(pool["space"].items()):
+            space.add_metric([kind], value)
+        yield space
         yield GaugeMetricFamily("rokfs_volumes", "volumes in the pool", value=pool["volumes"])
         yield GaugeMetricFamily("rokfs_snapshots", "snapshots in the pool",
                                 value=pool["snapshots"])
@@ -110,6 +118,22 @@ class ControlCollector:
             done.add_metric([st["volume"]], st.get("bytes_done", 0))
             total.add_metric([st["volume"]], st.get("bytes_total", 0))
         yield from (done, total)
+
+    def _requests(self, remotes):
+        requests = CounterMetricFamily("rokfs_remote_requests",
+                                       "object store request attempts by operation",
+                                       labels=["remote", "op"])
+        errors = CounterMetricFamily("rokfs_s3_errors", "failed object store requests by kind",
+                                     labels=["remote", "kind"])
+        retries = CounterMetricFamily("rokfs_s3_retries", "object store requests tried again",
+                                      labels=["remote"])
+        for url, stats in sorted(remotes.items()):
+            for op, count in sorted(stats["requests"].items()):
+                requests.add_metric([url, op], count)
+            for kind, count in sorted(stats["errors"].items()):
+                errors.add_metric([url, kind], count)
+            retries.add_metric([url], stats["retries"])
+        yield from (requests, errors, retries)
 
 
 async def serve_metrics(control, address, *, task_status=trio.TASK_STATUS_IGNORED):

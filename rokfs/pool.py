@@ -15,6 +15,13 @@ Invariants:
   its root's reference (and so its slots') dropped. DELETING images are
   persisted as such and freed when the pool next opens (nothing holds an
   image across a restart). Names of DELETING images stay reserved.
+- Freeing an image with more than FREE_NOW_CHUNKS chunks of its own
+  (exclusive) is work proportional to them: it is queued (`freeing`) and done by
+  `free_some` a few leaves at a time (Control runs it in slices between
+  other work; `close` and the next open finish it). Each slice detaches
+  whole leaves from the unheld DELETING image's own map, so every state
+  between slices is a consistent pool (that image just maps less), safe to
+  commit, to crash in and to check; the root goes last.
 - `_images` holds every image not FREED; `_volumes` and `_snapshots` index
   the same objects by name. Lookups and listings show LIVE images only.
 - Policies (rokfs/policy.py) are stored here as opaque records {spec text,
@@ -34,12 +41,14 @@ from . import names
 from .commit import Commits
 from .errors import AlreadyExists, Busy, Corrupt, InvalidArgument, NotEmpty, NotFound
 from .extentmap import FANOUT, MAX_CHUNKS, SLOT_BASE, ZERO, MapNodes
-from .extents import ExtentStore
+from .extents import METADATA_RESERVE_MIN as MIN_RESERVE, ExtentStore  # noqa: F401 (re-exported)
 from .image import DELETING, FREED, Snapshot, Volume
 from .store import FORMAT_VERSION, MetaStore
 
 DEFAULT_CHUNK_SIZE = 32 * 1024
 EXTENT_FILE_BYTES = 1 << 30
+FREE_NOW_CHUNKS = 1 << 16       # an image with more exclusive chunks is freed in slices
+FREE_SLICE_LEAVES = 4           # leaves detached per slice (~1k slots each)
 SECTOR = 512
 
 
@@ -60,7 +69,9 @@ class Pool:
         self.nodes = MapNodes(store, self.slots)
         self.commits = Commits(self)
         self._images, self._volumes, self._snapshots = {}, {}, {}
+        self.freeing = []       # DELETING images, unheld, freed in slices
         self._load_images()
+        self._count_what_older_pools_lack()
         self._policies = store.load_policies()
         self._next_id = max([0, *self._images]) + 1
         self.closed = False
@@ -75,11 +86,22 @@ class Pool:
             snap = Snapshot(self, row, vol.name if vol else f"#{row['volume_id']}")
             self._images[snap.id] = self._snapshots[(snap.volume_id, snap.name)] = snap
 
+    def _count_what_older_pools_lack(self):
+        """A pool written before the space summaries: count them once (a
+        walk of every map); the next commit stores them."""
+        if self.nodes.stale:
+            self.nodes.reset_summaries(self.nodes.recount(i.root for i in self._images.values()))
+        for image in self._images.values():
+            if image.cold is None:
+                image.cold = image.count_cold()
+                self.changed(image)
+
     def _free_leftovers(self):
         """Images left DELETING by the last run: nothing holds them now."""
         leftovers = [i for i in self._images.values() if i.state == DELETING]
         for image in leftovers:
             self._free(image)
+        self.free_all()
         if leftovers:
             self.commit()
 
@@ -119,6 +141,7 @@ class Pool:
     def close(self):
         if self.closed:
             return
+        self.free_all()
         self.commit()
         self.slots.close()
         self.store.close()
@@ -227,8 +250,7 @@ class Pool:
         vol = self._volumes.get(name)
         if vol is not None:
             raise AlreadyExists(f"volume {name!r} already exists" if vol.live else
-                                f"volume {name!r} is being deleted (held by "
-                                f"{vol.describe_holders()}); its name is free once they close")
+                                f"volume {name!r} is being deleted {_deleting(vol)}")
 
     def create_volume(self, name, size, *, base=None, base_chunks=0, origin=None):
         names.check_name(name)
@@ -236,7 +258,8 @@ class Pool:
         self._refuse_taken_name(name)
         vol = Volume(self, {"id": self._new_id(), "name": name, "size": size, "root": 0,
                             "created": time.time(), "origin": origin, "base": base,
-                            "base_chunks": base_chunks})
+                            "base_chunks": base_chunks, "cold": 0})
+        vol.cold = vol.cold_limit       # nothing mapped yet: every base chunk is cold
         self._images[vol.id] = self._volumes[name] = vol
         self.changed(vol)
         return vol
@@ -272,8 +295,34 @@ class Pool:
 
     def _free(self, image):
         """Drop the image's references: its exclusive slots become reusable
-        after the next commit. Only for a DELETING image nobody holds."""
+        after the next commit. Only for a DELETING image nobody holds. A big
+        one is queued for `free_some` (see the note above)."""
         assert image.state == DELETING and not image.holders, image.full_name
+        nodes = self.nodes
+        if nodes.exclusive_chunks(image.root) > FREE_NOW_CHUNKS:
+            image.forget_base()         # nobody reads it again
+            self.freeing.append(image)
+            return
+        self._drop(image)
+
+    def free_some(self, leaves=FREE_SLICE_LEAVES):
+        """Free about `leaves` leaves of the queued images; True while some
+        remain queued. Durable at the next commit."""
+        while self.freeing and leaves > 0:
+            image = self.freeing[0]
+            done = image.detach_leaves(leaves)
+            leaves -= done
+            if not done:
+                self.freeing.pop(0)
+                self._drop(image)
+                leaves -= 1
+        return bool(self.freeing)
+
+    def free_all(self):
+        while self.free_some(1 << 30):
+            pass
+
+    def _drop(self, image):
         self.nodes.decref(image.root, 0)
         del self._images[image.id]
         image.state = FREED
@@ -313,7 +362,8 @@ class Pool:
         snap = Snapshot(self, {"id": self._new_id(), "volume_id": vol.id, "name": snap_name,
                                "size": vol.size, "root": vol.root, "created": time.time(),
                                "labels": labels, "base": vol.base,
-                               "base_chunks": vol.base_chunks, "group_name": group}, vol.name)
+                               "base_chunks": vol.base_chunks, "group_name": group,
+                               "cold": vol.cold}, vol.name)
         self.nodes.incref(vol.root)
         vol._shared()
         self._images[snap.id] = self._snapshots[(vol.id, snap_name)] = snap
@@ -342,8 +392,7 @@ class Pool:
         if taken is not None:
             full_name = f"{vol.name}@{snap_name}"
             raise AlreadyExists(f"snapshot {full_name!r} already exists" if taken.live else
-                                f"snapshot {full_name!r} is being deleted (held by "
-                                f"{taken.describe_holders()}); its name is free once they close")
+                                f"snapshot {full_name!r} is being deleted {_deleting(taken)}")
 
     # -- group snapshots: VOLUME@GROUP for several volumes, in one step ----------------
     def create_group_snapshot(self, group, volumes, labels=None):
@@ -423,7 +472,7 @@ class Pool:
         vol = Volume(self, {"id": self._new_id(), "name": new_name, "size": src.size,
                             "root": src.root, "created": time.time(),
                             "origin": src.full_name, "base": src.base,
-                            "base_chunks": src.base_chunks})
+                            "base_chunks": src.base_chunks, "cold": src.cold})
         self.nodes.incref(src.root)
         src._shared()
         self._images[vol.id] = self._volumes[new_name] = vol
@@ -445,6 +494,7 @@ class Pool:
             start = first + leaf_no * FANOUT + SLOT_BASE
             leaf[:count] = type(leaf)("q", range(start, start + count))
             self.nodes.changed(leaf_id)
+            self.nodes.add_along(vol._paths[leaf_no], count, count)   # fresh slots
         return vol
 
     # -- remote support ------------------------------------------------------------
@@ -553,12 +603,31 @@ class Pool:
         """The free-space reserve data writes leave for metadata, in bytes."""
         return self.slots.space()[1]
 
+    def set_reserve(self, nbytes):
+        """Keep `nbytes` of the filesystem free of data (None: the default, 1%
+        of the filesystem within MIN_RESERVE..64 MiB). Every data writer stops
+        short of it (user writes, copy-on-write, hydration and pull installs:
+        NoSpace, a restore pauses); metadata commits may use it."""
+        self.slots.reserve_bytes = nbytes
+
+    def space(self):
+        """Pool totals in bytes (O(images)): allocated = slots in use,
+        exclusive = the sum of what deleting each image alone frees, shared
+        = the rest of allocated, unhydrated = chunks images still read from
+        their bases."""
+        cs, nodes, images = self.chunk_size, self.nodes, self._images.values()
+        allocated = self.slots.used_slots() * cs
+        exclusive = sum(nodes.exclusive_chunks(i.root) for i in images) * cs
+        return {"allocated": allocated, "exclusive": exclusive,
+                "shared": allocated - exclusive,
+                "unhydrated": sum(i.cold for i in images) * cs}
+
     def status(self):
         st = os.statvfs(self.path)
         deleting = [i for i in self._images.values() if i.state == DELETING]
         return {"path": self.path, "chunk_size": self.chunk_size,
                 "volumes": len(self.list_volumes()), "snapshots": len(self.list_snapshots()),
-                "deleting": len(deleting),
+                "deleting": len(deleting), "space": self.space(),
                 "used_bytes": self.slots.used_slots() * self.chunk_size,
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
@@ -582,6 +651,13 @@ class Pool:
         if self._policies.pop(target, None) is None:
             raise NotFound(f"no policy for {target!r}")
         self.commits.policies.add(target)
+
+
+def _deleting(image):
+    """Why a DELETING image's name is still taken, and until when."""
+    if image.holders:
+        return f"(held by {image.describe_holders()}); its name is free once they close"
+    return "(its space is being freed); its name is free in a moment"
 
 
 def _refuse_kept(images):

@@ -173,7 +173,8 @@ def group_ls(c, a):
 
 
 def group_info(c, a):
-    _show(a, c.group_info(a.name), lambda r: print(json.dumps(r, indent=2)))
+    _show(a, c.group_info(a.name), lambda r: (print(json.dumps(r, indent=2)),
+                                              print("space: " + _space_line(r["space"]))))
 
 
 def group_rm(c, a):
@@ -393,6 +394,13 @@ def jobs_wait(c, a):
     _show(a, result, lambda r: print(r["message"]))
 
 
+def _space_line(space):
+    """'1.0 GiB allocated (256 MiB exclusive, ...)' from a space summary."""
+    return (f"{format_size(space['allocated'])} allocated ({format_size(space['exclusive'])} "
+            f"exclusive, {format_size(space['shared'])} shared), "
+            f"{format_size(space['unhydrated'])} unhydrated")
+
+
 def status(c, a):
     result = {**c.status(), "volumes_list": c.list_volumes(), "policies": _policies(c)}
     _show(a, result, lambda r: (
@@ -400,6 +408,7 @@ def status(c, a):
               f"{r['volumes']} volumes, {r['snapshots']} snapshots, "
               f"{format_size(r['used_bytes'])} used, {format_size(r['free_bytes'])} free of "
               f"{format_size(r['capacity_bytes'])}"),
+        print("space: " + _space_line(r["space"])),
         r["volumes_list"] and table(r["volumes_list"], VOLUME_COLUMNS),
         r["policies"] and table(r["policies"], POLICY_COLUMNS)))
 

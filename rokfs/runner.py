@@ -1,7 +1,7 @@
 """The one run sequence: how every rokfs command runs on a pool.
 
     run_with_pool(path, main, *args, remotes=None, must_exist=False,
-                  must_be_new=False, chunk_size=None)
+                  must_be_new=False, chunk_size=None, reserve=None)
         -> main's result (None if a signal stopped it)
 
 Every `rokfs` command runs this way: `serve`, `nbd`, `mount`,
@@ -29,7 +29,7 @@ import trio
 
 from .control import Control
 from .errors import Busy, RokfsError, from_os_error
-from .pool import DEFAULT_CHUNK_SIZE, Pool
+from .pool import DEFAULT_CHUNK_SIZE, MIN_RESERVE, Pool  # noqa: F401 (config reads them)
 from .remote import open_remote
 
 log = logging.getLogger("rokfs.runner")
@@ -51,12 +51,15 @@ def open_pool(path, *, must_exist=False, must_be_new=False, chunk_size=None):
 
 
 def run_with_pool(path, main, *args, remotes=None, must_exist=False, must_be_new=False,
-                  chunk_size=None):
-    """Open the pool (as open_pool does) and the `remotes` (name -> spec),
+                  chunk_size=None, reserve=None):
+    """Open the pool (as open_pool does), keeping `reserve` bytes free of
+    data if given (else the pool's default), and the `remotes` (name -> spec),
     run `await main(control, *args)` until it returns or a signal stops it,
     flush, close; returns main's result, or None when a signal stopped it."""
     pool = open_pool(path, must_exist=must_exist, must_be_new=must_be_new,
                      chunk_size=chunk_size)
+    if reserve is not None:
+        pool.set_reserve(reserve)
     try:
         control = Control(pool, remotes={name: open_remote(spec)
                                          for name, spec in (remotes or {}).items()})

@@ -36,18 +36,19 @@ class Counters:
     """Every counter of one daemon; `control.counters`."""
 
     TRANSFER = ("push_bytes", "push_chunks", "pull_bytes", "pull_chunks",
-                "hydrated_bytes", "hydrated_chunks", "s3_errors", "s3_retries")
+                "hydrated_bytes", "hydrated_chunks")
     # Control bumps push_* (bytes and chunks uploaded), pull_* (chunks fetched
     # for reads and hydration, counted uncompressed) and hydrated_* (chunks
-    # the hydrators fetched). s3_errors / s3_retries are not bumped yet: the
-    # retry loop runs in worker threads and reports nothing to the loop.
+    # the hydrators fetched). Requests, failures and retries are counted by
+    # each remote's object store, in the worker threads that make them
+    # (rokfs.remote.objects.RequestStats; Control.transfer_stats).
 
     def __init__(self):
         self.io = {}              # image name -> {op: [ops, bytes]}
         self.latency = {}         # (front, op) -> Histogram
         self.snapshots_created = 0
         self.snapshot_latency = Histogram()
-        for name in self.TRANSFER:        # see TRANSFER_NOTE
+        for name in self.TRANSFER:
             setattr(self, name, 0)
 
     def image_io(self, name):

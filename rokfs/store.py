@@ -8,7 +8,12 @@ Invariants:
   engine keeps the authoritative copy in memory and hands the store only
   the rows that changed since the previous commit.
 - Tables added since format 1 was first written (ADDED_TABLES) are created
-  when a pool opens, as missing columns are added: older pools open.
+  when a pool opens, as missing columns are added: older pools open. Space
+  accounting columns (a node's `pos`, `mapped`, `sole`; an image's `cold`)
+  are NULL in a pool written before them: the pool recounts once at open
+  (extentmap.py, image.py) and stores the counts with the next commit.
+  A new pool has a node's summaries before its data in the row, so that
+  loading them at open reads no blob (an older pool has them after it).
 """
 
 import json
@@ -32,21 +37,28 @@ CREATE TABLE IF NOT EXISTS snapshots (
     labels TEXT NOT NULL, base INTEGER, base_chunks INTEGER NOT NULL DEFAULT 0,
     deleting INTEGER NOT NULL DEFAULT 0, group_name TEXT, holds TEXT NOT NULL DEFAULT '{}',
     UNIQUE (volume_id, name));
-CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, rc INTEGER NOT NULL,
+    pos INTEGER, mapped INTEGER, sole INTEGER, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_rc (block INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slot_hash (slot INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
 VOLUME_COLUMNS = ("id", "name", "size", "root", "created", "origin", "base", "base_chunks",
-                  "deleting")
+                  "deleting", "cold")
 SNAPSHOT_COLUMNS = ("id", "volume_id", "name", "size", "root", "created", "labels",
-                    "base", "base_chunks", "deleting", "group_name", "holds")
+                    "base", "base_chunks", "deleting", "group_name", "holds", "cold")
+NODE_SUMMARY = ("pos", "mapped", "sole")     # see extentmap.py
 JSON_COLUMNS = ("labels", "holds")
 ADDED_COLUMNS = [   # (table, column definition) added since format 1 was first written
     ("volumes", "deleting INTEGER NOT NULL DEFAULT 0"),
     ("snapshots", "deleting INTEGER NOT NULL DEFAULT 0"),
     ("snapshots", "group_name TEXT"),
     ("snapshots", "holds TEXT NOT NULL DEFAULT '{}'"),
+    ("volumes", "cold INTEGER"),
+    ("snapshots", "cold INTEGER"),
+    ("nodes", "pos INTEGER"),
+    ("nodes", "mapped INTEGER"),
+    ("nodes", "sole INTEGER"),
 ]
 
 
@@ -98,6 +110,10 @@ class MetaStore:
     def load_node_refcounts(self):
         return dict(self.db.execute("SELECT id, rc FROM nodes"))
 
+    def load_node_summaries(self):
+        """[(id, pos, mapped, sole)] of every node (NULLs in older pools)."""
+        return list(self.db.execute("SELECT id, pos, mapped, sole FROM nodes"))
+
     def load_node(self, node_id):
         row = self.db.execute("SELECT data FROM nodes WHERE id = ?", (node_id,)).fetchone()
         if row is None:
@@ -133,9 +149,10 @@ class MetaStore:
                            [tuple(json.dumps(row[c], sort_keys=True) if c in JSON_COLUMNS else row[c]
                                   for c in SNAPSHOT_COLUMNS) for row in batch.snapshots])
             db.executemany("DELETE FROM nodes WHERE id = ?", [(i,) for i in batch.deleted_nodes])
-            db.executemany("INSERT OR REPLACE INTO nodes (id, rc, data) VALUES (?, ?, ?)",
-                           batch.nodes)
-            db.executemany("UPDATE nodes SET rc = ? WHERE id = ?", batch.node_rcs)
+            db.executemany("INSERT OR REPLACE INTO nodes (id, rc, data, pos, mapped, sole) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", batch.nodes)
+            db.executemany("UPDATE nodes SET rc = ?, pos = ?, mapped = ?, sole = ? WHERE id = ?",
+                           batch.node_rcs)
             db.executemany("INSERT OR REPLACE INTO slot_rc (block, data) VALUES (?, ?)",
                            batch.slot_blocks)
             db.executemany("INSERT OR REPLACE INTO slot_hash (slot, hash) VALUES (?, ?)",

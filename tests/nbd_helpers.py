@@ -75,15 +75,19 @@ def split_option_replies(buf):
 
 def split_replies(buf, read_lengths=None):
     """Transmission replies -> list of dicts; simple READ replies need the
-    request length, given as {cookie: length} in `read_lengths`."""
-    read_lengths = read_lengths or {}
+    request length, given as {cookie: length} in `read_lengths`, or as
+    {cookie: [length, ...]} in the order they were answered when a client
+    reused a cookie (the protocol allows it): such lists are consumed, so
+    replies split in several calls take their lengths in turn."""
+    pending = {cookie: n if isinstance(n, list) else [n]
+               for cookie, n in (read_lengths or {}).items()}
     out, pos = [], 0
     while pos < len(buf):
         (magic,) = struct.unpack_from(">I", buf, pos)
         if magic == C.SIMPLE_REPLY_MAGIC:
             _, error, cookie = struct.unpack_from(">IIQ", buf, pos)
             pos += 16
-            n = read_lengths.get(cookie, 0) if error == 0 else 0
+            n = _next_read_length(pending, cookie) if error == 0 else 0
             out.append(dict(kind="simple", error=error, cookie=cookie, data=bytes(buf[pos:pos + n])))
             pos += n
         else:
@@ -95,6 +99,11 @@ def split_replies(buf, read_lengths=None):
             pos += length
     assert pos == len(buf), "trailing partial reply"
     return out
+
+
+def _next_read_length(pending, cookie):
+    lengths = pending.get(cookie, [0])
+    return lengths.pop(0) if len(lengths) > 1 else lengths[0]
 
 
 def error_of(reply):

@@ -1,6 +1,7 @@
 """A real S3-compatible server over HTTP for tests (moto's server mode),
 and a flaky TCP proxy to put in front of it."""
 
+import collections
 import os
 import random
 import socket
@@ -58,14 +59,19 @@ def _swallow(sock):
 
 class FlakyProxy:
     """Forward TCP to a target; drop (close) or delay a share of requests;
-    `rate` (bytes per second, each connection and direction; None = no
-    limit, may be changed at any time) slows every transfer down."""
+    `hold` stops requests at the proxy until `release`, so a test catches a
+    transfer mid-way whatever the machine's speed; `fail` makes chosen
+    requests fail as S3 or the network would. `seen` counts the requests
+    that arrived, by operation (put, get, list, head, delete)."""
 
-    def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1, rate=None):
+    def __init__(self, target_port, drop=0.0, delay=0.0, delay_share=0.0, seed=1):
         self.target_port = target_port
         self.stall = ()        # request paths containing one of these are never answered
         self.drop, self.delay, self.delay_share = drop, delay, delay_share
-        self.rate = rate
+        self.gate = None       # the Gate of `hold`, until `release`
+        self.faults = []       # [part, times left, how] of `fail`
+        self.seen = collections.Counter()
+        self.lock = threading.Lock()
         self.random = random.Random(seed)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -99,21 +105,9 @@ class FlakyProxy:
                 break
             if not data:
                 break
-            if fresh and any(part.encode() in data.split(b"\r\n", 1)[0]
-                             for part in self.stall):
-                self.delayed += 1
-                _swallow(client)               # answer nothing, ever
+            if fresh and self._intercept(client, data.split(b"\r\n", 1)[0]):
                 break
-            if fresh:       # the start of a request: maybe misbehave
-                r = self.random.random()
-                if r < self.drop:
-                    self.dropped += 1
-                    break
-                if r < self.drop + self.delay_share:
-                    self.delayed += 1
-                    time.sleep(self.delay)
             fresh = False
-            self._throttle(len(data))
             try:
                 upstream.sendall(data)
             except OSError:
@@ -126,10 +120,71 @@ class FlakyProxy:
                 pass
             s.close()
 
-    def _throttle(self, nbytes):
-        rate = self.rate
-        if rate:
-            time.sleep(nbytes / rate)
+    def _intercept(self, client, line):
+        """At what may start a request (its first line): count it, then
+        True if its connection is to be cut instead of forwarded (stalled,
+        held then released, failed or dropped)."""
+        if b" HTTP/1." in line:
+            with self.lock:
+                self.seen[_operation(line)] += 1
+        if any(part.encode() in line for part in self.stall):
+            self.delayed += 1
+            _swallow(client)               # answer nothing, ever
+            return True
+        if not self._pass_gate(line) or self._fail(client, line):
+            return True                    # its client tries again
+        r = self.random.random()
+        if r < self.drop:
+            self.dropped += 1
+            return True
+        if r < self.drop + self.delay_share:
+            self.delayed += 1
+            time.sleep(self.delay)
+        return False
+
+    def fail(self, part, times=1, how="503"):
+        """The next `times` requests whose request line contains `part` fail
+        at the proxy, never reaching the server: `how` "503" answers S3's
+        503 SlowDown, "close" closes the connection unanswered."""
+        with self.lock:
+            self.faults.append([part.encode(), times, how])
+
+    def _fail(self, client, line):
+        if b" HTTP/1." not in line:
+            return False
+        with self.lock:
+            fault = next((f for f in self.faults if f[0] in line and f[1] > 0), None)
+            if fault is None:
+                return False
+            fault[1] -= 1
+        if fault[2] == "503":
+            try:
+                client.sendall(SLOW_DOWN)
+            except OSError:
+                pass
+        return True
+
+    def hold(self, part, after=0):
+        """From now on, of the requests whose request line contains `part`,
+        let `after` through; stop every later one at the proxy (nothing of
+        it reaches the server) until `release`."""
+        self.gate = Gate(part, after)
+
+    def release(self):
+        """Open the gate: every held request's connection is cut unanswered
+        (its client, if still waiting, tries again and gets through; one
+        that gave up meanwhile lands nothing late), later ones pass."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.opened.set()
+
+    def _pass_gate(self, line):
+        """False if the request starting with `line` was held (and is now to be cut)."""
+        gate = self.gate
+        if gate is None or not gate.holds(line):
+            return True
+        gate.opened.wait()
+        return False
 
     def _pump(self, src, dst):
         while True:
@@ -137,7 +192,6 @@ class FlakyProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                self._throttle(len(data))
                 dst.sendall(data)
             except OSError:
                 break
@@ -148,6 +202,7 @@ class FlakyProxy:
 
     def close(self):
         """Stop listening and cut every open connection."""
+        self.release()
         self.running = False
         try:
             self.listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
@@ -159,6 +214,41 @@ class FlakyProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _operation(request_line):
+    method, target = request_line.split(b" ")[:2]
+    if method == b"GET" and b"list-type=" in target:
+        return "list"
+    return method.decode().lower()
+
+
+_SLOW_DOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                   b'<Message>Please reduce your request rate.</Message></Error>')
+SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_SLOW_DOWN_BODY)
+             + _SLOW_DOWN_BODY)
+
+
+class Gate:
+    """Requests whose request line (an HTTP one) contains `part`: the first
+    `after` pass, later ones wait for `opened`; `passed` and `held` count them."""
+
+    def __init__(self, part, after):
+        self.part, self.after = part.encode(), after
+        self.passed = self.held = 0
+        self.opened = threading.Event()
+        self.lock = threading.Lock()
+
+    def holds(self, request_line):
+        if b" HTTP/1." not in request_line or self.part not in request_line:
+            return False
+        with self.lock:
+            if self.passed < self.after:
+                self.passed += 1
+                return False
+            self.held += 1
+            return True
 
 
 @pytest.fixture(scope="session")

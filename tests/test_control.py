@@ -80,7 +80,7 @@ async def test_list_snapshots_by_label_and_exports(control):
     await control.create_snapshot("data@pre", {"run": "42", "phase": "pre"})
     await control.create_snapshot("data@post", {"run": "42", "phase": "post"})
     await control.create_snapshot("data@other", {"run": "7"})
-    names = [s["name"] for s in control.list_snapshots(labels={"run": "42"})]
+    names = [s["name"] for s in await control.list_snapshots(labels={"run": "42"})]
     assert names == ["data@pre", "data@post"]
     exports = {name: ro for name, _, ro, _ in control.list_exports()}
     assert exports == {"data": False, "data@pre": True, "data@post": True, "data@other": True}

@@ -178,6 +178,10 @@ BAD_FILES = [   # (file content, words of the one line `rokfs serve --config` mu
     (b"[control]\nsocket = { path = '/x' }\n", "control.socket (from config "),
     (b"[nbd]\nlisten = '127.0.0.1:x'\n", "invalid NBD listen address '127.0.0.1:x'"),
     (b"[pool]\nchunk_size = 3000\n", "pool.chunk_size (from config "),
+    (b"[pool]\nreserve = '1K'\n", "must be auto or a size from 2M to 1T, not '1K'"),
+    (b"[pool]\nreserve = { size = '8M' }\n",
+     "must be auto or a size such as 64M, not a table"),
+    (b"[pool]\nreserve = 'plenty'\n", "invalid pool.reserve (from config "),
     (b"[control]\nmode = 999\n", "control.mode (from config "),
     (b"[log]\nlevel = ['info']\n", "log.level (from config "),
 ]
@@ -211,3 +215,12 @@ def test_config_values_are_checked_wherever_they_come_from(tmp_path):
     assert cfg["control"]["mode"] == 0o660 and cfg["control"]["group"] == 0
     assert cfg["pool"]["chunk_size"] == 64 << 10 and cfg["log"]["level"] == "debug"
     assert config.load(None, env={})["pool"]["chunk_size"] == 32 << 10
+    assert config.load(None, env={})["pool"]["reserve"] is None          # auto
+    assert config.load(None, env={"ROKFS_POOL_RESERVE": "1G"})["pool"]["reserve"] == 1 << 30
+    path.write_text("[pool]\nreserve = 16777216\n")
+    assert config.load(str(path), env={})["pool"]["reserve"] == 16 << 20
+
+    class Reserve:
+        pool_reserve = "2T"
+    with pytest.raises(InvalidArgument, match=r"pool.reserve \(from --pool-reserve\) must be"):
+        config.load(None, env={}, flags=Reserve())

@@ -1,10 +1,17 @@
 """Property test: random sequences of engine operations against a pure
-in-memory model; every volume and snapshot must read exactly as the model."""
+in-memory model; every volume and snapshot must read exactly as the model,
+and the space accounting the engine keeps as it goes must equal fsck's
+recount from the maps (writes, trims, snapshots, clones, deletes, pulled
+volumes hydrating chunk by chunk, resizes, reopens)."""
+
+import hashlib
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from rokfs.fsck import fsck
+from rokfs import pool as pool_module
+from rokfs.image import NeedsChunks
 from rokfs.pool import Pool
 
 CHUNK = 4096
@@ -18,6 +25,8 @@ class PoolModel(RuleBasedStateMachine):
         import tempfile
         self.dir = tempfile.mkdtemp(prefix="rokfs-model-")
         self.pool = Pool.create(self.dir + "/pool", chunk_size=CHUNK)
+        self.free_now = pool_module.FREE_NOW_CHUNKS
+        pool_module.FREE_NOW_CHUNKS = 64     # bigger images are freed in slices here
         self.model = {}      # image name -> bytearray
         self.counter = 0
 
@@ -29,11 +38,29 @@ class PoolModel(RuleBasedStateMachine):
             assert report["clean"], report["problems"]
             for name in [v.name for v in self.pool.list_volumes()]:
                 self.pool.delete_volume(name, recursive=True)
+            self.pool.free_all()
             assert self.pool.slots.used_slots() == 0
             assert not self.pool.nodes.rc
         finally:
+            pool_module.FREE_NOW_CHUNKS = self.free_now
             self.pool.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def run(self, op, *args):
+        """Call engine `op`; install the cold chunks it needs (from the base,
+        as a fetch would) and call it again."""
+        while True:
+            try:
+                return op(*args)
+            except NeedsChunks as need:
+                self.install(need.image, need.chunks)
+
+    def install(self, image, chunks):
+        fetched = {c: base_chunk(image.base, c) for c in chunks}
+        plan = self.pool.reserve_install(image, fetched)
+        self.pool.slots.write_runs(self.pool.slots.plan_runs([(s, d) for _, s, d in plan]))
+        if plan:
+            self.pool.finish_install(image, plan)
 
     def fresh(self, prefix):
         self.counter += 1
@@ -47,7 +74,14 @@ class PoolModel(RuleBasedStateMachine):
             self.check_extents(name)
             image = self.pool.get_image(name)
             assert image.size == len(data)
-            assert bytes(image.pread(0, len(data))) == bytes(data), name
+            assert bytes(self.run(image.pread, 0, len(data))) == bytes(data), name
+
+    def check_accounting(self):
+        report = fsck(self.pool)
+        assert report["accounting"] == 0, report["problems"]
+        assert self.pool.space() == report["space"]
+        for image in self.pool.images():
+            assert image.usage() == {"size": image.size, **report["images"][image.full_name]}
 
     @initialize(size=SIZES)
     def first_volume(self, size):
@@ -68,7 +102,7 @@ class PoolModel(RuleBasedStateMachine):
         length = min(length, size)
         offset = data.draw(st.integers(0, size - length))
         payload = (PATTERN[fill:] + PATTERN * (length // 256 + 1))[:length]
-        self.pool.get_volume(name).pwrite(offset, payload)
+        self.run(self.pool.get_volume(name).pwrite, offset, payload)
         self.model[name][offset:offset + length] = payload
 
     @precondition(lambda self: self.volumes())
@@ -81,10 +115,38 @@ class PoolModel(RuleBasedStateMachine):
         offset = data.draw(st.integers(0, size - length))
         vol = self.pool.get_volume(name)
         if trim:
-            vol.trim(offset, length)
+            self.run(vol.trim, offset, length)
         else:
-            vol.write_zeroes(offset, length, no_hole=no_hole)
+            self.run(vol.write_zeroes, offset, length, no_hole)
         self.model[name][offset:offset + length] = bytes(length)
+
+    @rule(chunks=st.integers(1, 2 * 1024 + 9), written=st.integers(0, 6))
+    def pull(self, chunks, written):
+        """A volume whose content is a remote base (fetched chunk by chunk)."""
+        name, base = self.fresh("p"), self.fresh("base")
+        self.pool.create_volume(name, chunks * CHUNK, base=base, base_chunks=chunks)
+        self.model[name] = bytearray(b"".join(base_chunk(base, c) for c in range(chunks)))
+        step = max(1, chunks // (written or 1))
+        self.install(self.pool.get_volume(name), list(range(0, chunks, step))[:written])
+
+    @precondition(lambda self: any(i.cold for i in self.pool.images()))
+    @rule(data=st.data(), count=st.integers(1, 40))
+    def hydrate(self, data, count):
+        image = data.draw(st.sampled_from(sorted((i for i in self.pool.images() if i.cold),
+                                                 key=lambda i: i.full_name)))
+        cold = image.cold_chunks()
+        first = data.draw(st.integers(0, len(cold) - 1))
+        self.install(image, cold[first:first + count])
+
+    @rule(leaves=st.integers(1, 3))
+    def free_some(self, leaves):
+        """Free a slice of the images queued for freeing (deleted ones with
+        more than 64 chunks of their own)."""
+        self.pool.free_some(leaves)
+
+    @rule()
+    def accounting(self):
+        self.check_accounting()
 
     @rule()
     def flush(self):
@@ -126,7 +188,7 @@ class PoolModel(RuleBasedStateMachine):
     def resize(self, data, sectors):
         name = data.draw(st.sampled_from(self.volumes()))
         new = sectors * 512
-        self.pool.resize_volume(name, new, force=True)
+        self.run(lambda: self.pool.resize_volume(name, new, force=True))
         old = self.model[name]
         self.model[name] = old[:new] + bytearray(max(0, new - len(old)))
 
@@ -141,8 +203,11 @@ class PoolModel(RuleBasedStateMachine):
 
     @rule()
     def reopen(self):
+        before = {i.full_name: i.usage() for i in self.pool.images()}
         self.pool.close()
         self.pool = Pool.open(self.dir + "/pool")
+        assert {i.full_name: i.usage() for i in self.pool.images()} == before
+        self.check_accounting()
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
@@ -153,7 +218,7 @@ class PoolModel(RuleBasedStateMachine):
             return
         offset = data.draw(st.integers(0, size - 1))
         length = data.draw(st.integers(0, min(size - offset, 6 * CHUNK)))
-        got = self.pool.get_image(name).pread(offset, length)
+        got = self.run(self.pool.get_image(name).pread, offset, length)
         assert bytes(got) == bytes(self.model[name][offset:offset + length])
 
     @precondition(lambda self: self.model)
@@ -169,6 +234,13 @@ class PoolModel(RuleBasedStateMachine):
             for offset, length, flags in image.extents(0, image.size):
                 if flags:
                     assert data[offset:offset + length] == bytes(length), (name, offset, length)
+
+
+def base_chunk(base, chunk):
+    """Chunk `chunk` of remote base `base`: distinct bytes, some all zero."""
+    if chunk % 5 == 3:
+        return bytes(CHUNK)
+    return hashlib.blake2b(f"{base}/{chunk}".encode()).digest() * (CHUNK // 64)
 
 
 TestPoolModel = PoolModel.TestCase

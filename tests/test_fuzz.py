@@ -1,7 +1,8 @@
-"""Short coverage-guided runs (bench/fuzz.py, atheris) of the remote's
-parsers from the committed seed corpus, and the seeds themselves: every
-seed goes through its target without a finding, and the seeds named
-valid-* still decode (a format change that breaks them shows here)."""
+"""Short coverage-guided runs (bench/fuzz.py, atheris) of every target (the
+remote's parsers, the settings parsers, the NBD protocol) from the
+committed seed corpus, and the seeds themselves: every seed goes through
+its target without a finding, and the remote's seeds named valid-* still
+decode (a format change that breaks them shows here)."""
 
 import os
 import subprocess
@@ -16,7 +17,7 @@ sys.path.insert(0, BENCH)
 import fuzz  # noqa: E402
 import fuzz_remote  # noqa: E402
 
-REMOTE_TARGETS = ["manifest", "segment", "pack_header", "chunk_frame"]
+ALL_TARGETS = sorted(fuzz.TARGETS)
 
 
 def seeds(target):
@@ -26,7 +27,7 @@ def seeds(target):
             yield name, f.read()
 
 
-@pytest.mark.parametrize("target", REMOTE_TARGETS)
+@pytest.mark.parametrize("target", ALL_TARGETS)
 def test_seeds_run_through_their_target(target):
     function = fuzz.load(fuzz.TARGETS[target].function)
     names = []
@@ -45,7 +46,7 @@ def test_valid_seeds_decode():
         decode_segment(data, "segments/" + chunk_hash(data))
 
 
-@pytest.mark.parametrize("target", REMOTE_TARGETS)
+@pytest.mark.parametrize("target", ALL_TARGETS)
 def test_a_short_fuzz_run_finds_nothing(target):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, "fuzz.py"), target,
                            "--seconds", "3"], capture_output=True, text=True, timeout=180)

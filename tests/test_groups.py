@@ -80,15 +80,16 @@ async def test_groups_are_listed_labelled_cloned_and_deleted_as_one(control):
         await control.create_group_snapshot("step1", ["c"])
     with pytest.raises(errors.NotFound):                  # all or none
         await control.create_group_snapshot("step2", ["c", "nope"])
-    assert control.list_snapshots(volume="c") == []
+    assert await control.list_snapshots(volume="c") == []
     with pytest.raises(errors.InvalidArgument, match="group name"):
         await control.create_group_snapshot("Bad Name", ["a"])
     assert [g["name"] for g in control.list_groups(labels={"run": "7"})] == ["step1"]
-    assert [s["name"] for s in control.list_snapshots(group="step1")] == ["a@step1", "b@step1"]
+    members = await control.list_snapshots(group="step1")
+    assert [s["name"] for s in members] == ["a@step1", "b@step1"]
     clones = await control.clone_group("step1")
     assert [v["name"] for v in clones] == ["a-step1", "b-step1"]
     await control.delete_group("step1")
-    assert control.list_groups() == [] and control.list_snapshots() == []
+    assert control.list_groups() == [] and await control.list_snapshots() == []
     with pytest.raises(errors.NotFound):
         await control.delete_group("step1")
 
@@ -105,7 +106,7 @@ async def test_held_snapshots_need_force_and_name_their_holds(control):
     await control.release_snapshot("a@keep")
     await control.hold_snapshot("a@keep", tag="legal")
     await control.delete_snapshot("a@keep", force=True)
-    assert control.list_snapshots() == []
+    assert await control.list_snapshots() == []
     control.pool.commit()
     assert fsck(control.pool)["clean"]
 

@@ -1,8 +1,9 @@
 """Jobs and cancellation (docs/daemon.md, "Jobs"): the registry on its own;
 a push and a pull cancelled through the verbs on a directory remote; then a
 real `rokfs serve` with an S3 remote (moto over HTTP behind a proxy that
-slows transfers down, so that a push or a hydration is caught mid-way),
-driven by rokctl subprocesses interrupted with SIGINT or killed."""
+holds pack requests until the test releases them, so that a push or a
+hydration is caught mid-way however fast or loaded the machine is), driven
+by rokctl subprocesses interrupted with SIGINT or killed."""
 
 import json
 import os
@@ -25,7 +26,8 @@ from rokfs.pool import Pool
 from rokfs.remote import open_remote
 
 MiB = 1 << 20
-RATE = MiB                      # bytes/s per connection while a transfer is to be caught
+PACKS = "/jobs/packs/"          # in the request line of a pack's PUT or GET (not of a LIST)
+PASS_BEFORE_HOLD = 2            # pack requests let through before the proxy holds the rest
 
 
 class Recorder:
@@ -241,6 +243,7 @@ bucket = "{bucket}"
 prefix = "jobs"
 endpoint_url = "{proxy.url}"
 region = "us-east-1"
+deadline = 300          # held requests wait at the proxy: longer than any hold
 """
     config = write_config(tmp, extra)
     config.write_text(config.read_text().replace('chunk_size = "64K"', 'chunk_size = "16K"'))
@@ -268,8 +271,30 @@ def volume_digest(daemon, image, mib):
 
 
 def rokctl_process(daemon, *args):
+    """rokctl as a person runs it in a terminal: SIGINT is a Ctrl-C. (A
+    process started in the background by a non-interactive shell, as a
+    test runner may be, ignores SIGINT, and so would its children: Python
+    then installs no KeyboardInterrupt handler and SIGINT does nothing.)"""
     return subprocess.Popen([sys.executable, "-m", "rokfs.rokctl", "--socket", daemon.control,
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_until(predicate, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
+        time.sleep(0.1)
+
+
+def clients_gone(daemon):
+    """How many calls the daemon has cancelled because their client went away."""
+    return daemon.log().count("rpc_client_gone")
+
+
+def job_state(daemon, job_id):
+    [job] = [j for j in daemon.json("jobs") if j["id"] == job_id]
+    return job["state"]
 
 
 def job_under_way(daemon, kind, target, proc=None, timeout=60):
@@ -314,15 +339,17 @@ def assert_resumed(daemon, snapshot, before, result):
 def test_an_interrupted_rokctl_push_is_stopped_and_resumed_later(daemon, sig):
     snapshot = f"int{int(sig)}@s"
     make_snapshot(daemon, snapshot, 64)
-    daemon.proxy.rate = RATE
+    gone = clients_gone(daemon)
+    daemon.proxy.hold(PACKS, after=PASS_BEFORE_HOLD)       # the push cannot end meanwhile
     try:
         proc = rokctl_process(daemon, "push", snapshot, "--progress")
         job = job_under_way(daemon, "push", snapshot, proc)
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-        ended = job_ended(daemon, job["id"])
+        wait_until(lambda: clients_gone(daemon) > gone, "the daemon to see rokctl go")
     finally:
-        daemon.proxy.rate = None
+        daemon.proxy.release()      # the PUTs in flight land (shielded), nothing more starts
+    _, err = proc.communicate(timeout=120)
+    ended = job_ended(daemon, job["id"])
     assert ended["state"] == "cancelled", ended
     assert "no manifest was written" in ended["message"]
     if sig == signal.SIGINT:
@@ -337,7 +364,7 @@ def test_an_interrupted_rokctl_push_is_stopped_and_resumed_later(daemon, sig):
 
 def test_a_detached_push_is_listed_and_cancelled_with_rokctl_jobs(daemon):
     make_snapshot(daemon, "det@s", 64)
-    daemon.proxy.rate = RATE
+    daemon.proxy.hold(PACKS, after=PASS_BEFORE_HOLD)       # the push cannot end meanwhile
     try:
         start = time.monotonic()
         out = daemon.ok("push", "det@s", "--detach")
@@ -352,10 +379,13 @@ def test_a_detached_push_is_listed_and_cancelled_with_rokctl_jobs(daemon):
         follower.send_signal(signal.SIGINT)                       # stops following only
         _, err = follower.communicate(timeout=60)
         assert follower.returncode == 130 and f"stopped following job {job_id}" in err, err
-        assert [j["state"] for j in daemon.json("jobs") if j["id"] == job_id] == ["running"]
-        cancelled = daemon.ok("jobs", "cancel", job_id)
+        assert job_state(daemon, job_id) == "running"
+        canceller = rokctl_process(daemon, "jobs", "cancel", job_id)
+        wait_until(lambda: job_state(daemon, job_id) == "cancelling", "the cancel to arrive")
     finally:
-        daemon.proxy.rate = None
+        daemon.proxy.release()      # the PUTs in flight land (shielded), nothing more starts
+    cancelled, err = canceller.communicate(timeout=120)
+    assert canceller.returncode == 0, err
     assert re.match(r"push of det@s cancelled at \d+%.*\(by request\): no manifest", cancelled)
     assert_push_left_nothing_visible(daemon, "det@s")
     before = set(chunks_in_packs(daemon.remote))
@@ -370,7 +400,7 @@ def test_an_interrupted_pull_leaves_a_usable_volume_paused(daemon):
     make_snapshot(daemon, "src@s", 64)
     daemon.ok("push", "src@s")
     want = volume_digest(daemon, "src@s", 64)
-    daemon.proxy.rate = RATE
+    daemon.proxy.hold(PACKS, after=PASS_BEFORE_HOLD)       # the hydration cannot end meanwhile
     try:
         proc = rokctl_process(daemon, "pull", "src@s", "--as", "dst", "--wait", "--progress")
         job_under_way(daemon, "pull", "dst", proc)
@@ -381,9 +411,12 @@ def test_an_interrupted_pull_leaves_a_usable_volume_paused(daemon):
         assert "hydration is paused: rokctl hydration resume dst" in err
         status = daemon.json("hydration", "dst")
         assert status["state"] == "paused: by request" and status["bytes_done"] < 64 * MiB
-        daemon.nbdsh("dst", "assert len(h.pread(65536, 63 << 20)) == 65536")  # cold: fetched
+    finally:
+        daemon.proxy.release()
+    daemon.nbdsh("dst", "assert len(h.pread(65536, 63 << 20)) == 65536")      # cold: fetched
 
-        daemon.proxy.rate = RATE // 4
+    daemon.proxy.hold(PACKS)                           # no pack data: the hydration cannot end
+    try:
         daemon.ok("hydration", "resume", "dst")
         job = daemon.json("hydration", "dst", "--detach")
         assert job["kind"] == "hydration" and job["state"] == "running"
@@ -391,7 +424,7 @@ def test_an_interrupted_pull_leaves_a_usable_volume_paused(daemon):
         assert cancelled["state"] == "cancelled"
         assert daemon.json("hydration", "dst")["state"] == "paused: by request"
     finally:
-        daemon.proxy.rate = None
+        daemon.proxy.release()
     daemon.ok("hydration", "resume", "dst")
     assert daemon.json("hydration", "dst", "--wait")["state"] == "hydrated"
     assert volume_digest(daemon, "dst", 64) == want

@@ -103,18 +103,24 @@ def mutate(rng, data):
 # -- driving the sans-I/O layer --------------------------------------------
 
 def answer(conn, ev, reads):
+    """Answer `ev`; `reads` gets, per cookie and in order, the data length
+    of each simple success reply sent (clients may reuse a cookie, for a
+    read or anything else, once its reply is in)."""
     if isinstance(ev, WriteData):
         if ev.last:
+            reads.setdefault(ev.request.cookie, []).append(0)
             conn.send_ok(ev.request)
     elif isinstance(ev, Request):
         if ev.streamed:
             return
         if ev.cmd == C.CMD_READ:
-            reads[ev.cookie] = ev.length
+            if not conn.session.structured:
+                reads.setdefault(ev.cookie, []).append(ev.length)
             conn.send_read(ev, bytes(ev.length))
         elif ev.cmd == C.CMD_BLOCK_STATUS:
             conn.send_block_status(ev, [(ev.offset, ev.length, 3)])
         else:
+            reads.setdefault(ev.cookie, []).append(0)
             conn.send_ok(ev)
     else:
         CATALOG.answer(conn, ev)

@@ -487,16 +487,6 @@ async def test_hydration_into_a_full_disk_pauses_loses_nothing_and_resumes(tmp_p
     b.pool.close()
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 24 MiB tmpfs for a pool that a restore would overfill."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
-    yield str(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 async def test_a_restore_bigger_than_the_pool_keeps_the_reserve_and_deletes_still_work(
         tmp_path, small_fs):
     remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})

@@ -28,12 +28,6 @@ def seeds(target):
             yield name, f.read()
 
 
-@pytest.mark.parametrize("target", sorted(TARGETS))
-def test_seeds_run_through_their_target(target):
-    names = [name for name, data in seeds(target) if TARGETS[target](data) is None]
-    assert any(name.startswith("valid") for name in names)
-
-
 def test_valid_seeds_are_accepted():
     for name, data in seeds("config"):
         if name.startswith("valid"):

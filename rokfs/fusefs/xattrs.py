@@ -72,7 +72,7 @@ async def get_info(control, node):
 
 
 async def get_snapshots(control, node):
-    return control.list_snapshots(node.name)
+    return await control.list_snapshots(node.name)
 
 
 async def set_push(control, node, value):

@@ -24,9 +24,14 @@ Invariants:
   registry serializes its writers with a lock anyway, see its bucket.py).
 - `get_tagged` is a conditional GET: (None, etag) while the object still
   has the ETag the caller holds, so polling an unchanged object costs no body.
+- Every request attempt is counted in the store's RequestStats by
+  operation, every failed one by kind (`error_kind`; a missing key the
+  caller expects is no failure), every retry: the transfer metrics read
+  them (Control.transfer_stats).
 - These classes are blocking: callers run them in worker threads.
 """
 
+import collections
 import math
 import os
 import random
@@ -50,6 +55,35 @@ class ObjectInfo(tuple):
     mtime = property(lambda self: self[2])
 
 
+class RequestStats:
+    """What one object store did: request attempts by operation (put, get,
+    head, list, delete, create), failed attempts by kind, retries. Bumped
+    from worker threads under a lock; `copy` for a scrape."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests = collections.Counter()
+        self.errors = collections.Counter()
+        self.retries = 0
+
+    def request(self, op):
+        with self._lock:
+            self.requests[op] += 1
+
+    def error(self, kind):
+        with self._lock:
+            self.errors[kind] += 1
+
+    def retry(self):
+        with self._lock:
+            self.retries += 1
+
+    def copy(self):
+        with self._lock:
+            return {"requests": dict(self.requests), "errors": dict(self.errors),
+                    "retries": self.retries}
+
+
 class ObjectStore:
     """The interface both backends implement (keys are '/'-separated)."""
 
@@ -58,12 +92,15 @@ class ObjectStore:
     page_size = 1000        # keys per LIST request (S3's maximum)
 
     def __init__(self):
-        self.requests = 0
-        self._count_lock = threading.Lock()
+        self.stats = RequestStats()
 
-    def _count(self):
-        with self._count_lock:
-            self.requests += 1
+    @property
+    def requests(self):
+        """Request attempts so far, of every operation."""
+        return sum(self.stats.copy()["requests"].values())
+
+    def _count(self, op):
+        self.stats.request(op)
 
     def put(self, key, data): raise NotImplementedError
     def put_new(self, key, data): raise NotImplementedError
@@ -91,9 +128,46 @@ def is_temp_failure(exc):
     return False
 
 
-def retry(fn, *args, deadline=DEFAULT_DEADLINE, what="remote request", hint="", **kwargs):
+def error_kind(exc):
+    """What kind of failure an S3 request attempt had, for the metrics:
+    timeout, connection, throttled, server (other 5xx), denied (403 and
+    refused credentials), credentials (none found), not_found, client
+    (other 4xx) or other."""
+    import botocore.exceptions as bx
+    if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectTimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError,
+                        bx.ResponseStreamingError, bx.IncompleteReadError, ConnectionError)):
+        return "connection"
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError,
+                        bx.CredentialRetrievalError)):
+        return "credentials"
+    if isinstance(exc, bx.ClientError):
+        return _client_error_kind(exc)
+    return "other"
+
+
+THROTTLED = {"SlowDown", "Throttling", "RequestLimitExceeded", "ServiceUnavailable"}
+
+
+def _client_error_kind(exc):
+    code = _error_code(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code in THROTTLED or status == 503:
+        return "throttled"
+    if status >= 500:
+        return "server"
+    if code in DENIED or code in CREDENTIALS_REFUSED or status == 403:
+        return "denied"
+    if code in ("NoSuchKey", "NoSuchBucket", "404") or status == 404:
+        return "not_found"
+    return "client"
+
+
+def retry(fn, *args, deadline=DEFAULT_DEADLINE, what="remote request", hint="",
+          on_retry=None, **kwargs):
     """Call fn until it succeeds, fails for good, or `deadline` seconds pass
-    (then RemoteError, ending with `hint`)."""
+    (then RemoteError, ending with `hint`); `on_retry()` before each new try."""
     stop = time.monotonic() + deadline
     delay = 0.05
     while True:
@@ -106,8 +180,17 @@ def retry(fn, *args, deadline=DEFAULT_DEADLINE, what="remote request", hint="", 
                 raise RemoteError(f"{what}: remote unreachable for {deadline:.0f}s "
                                   f"({type(exc).__name__}: {one_line(exc)})"
                                   + (f": {hint}" if hint else "")) from exc
+            if on_retry is not None:
+                on_retry()
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 2.0)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class DirStore(ObjectStore):
@@ -128,42 +211,42 @@ class DirStore(ObjectStore):
         return os.path.join(self.path, key)
 
     def put(self, key, data):
-        self._count()
-        path = self._file(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        self._count("put")
+        path, tmp = self._written_aside(key, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.rename(tmp, path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
             raise
 
     def put_new(self, key, data):
-        self._count()
-        path = self._file(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        self._count("put")
+        path, tmp = self._written_aside(key, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.link(tmp, path)            # fails if the key exists: never overwrites
             return True
         except FileExistsError:
             return False
         finally:
-            os.unlink(tmp)
+            _unlink_quietly(tmp)
+
+    def _written_aside(self, key, data):
+        """(path of `key`, a temporary file beside it holding `data`, synced)."""
+        path = self._file(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return path, tmp
 
     def get_tagged(self, key, etag=None):
-        self._count()
+        self._count("get")
         try:
             with open(self._file(key), "rb") as f:
                 st = os.fstat(f.fileno())
@@ -173,7 +256,7 @@ class DirStore(ObjectStore):
             raise NotFound(f"no object {key!r} in {self.url}") from None
 
     def get(self, key, start=None, end=None):
-        self._count()
+        self._count("get")
         try:
             with open(self._file(key), "rb") as f:
                 if start is None:
@@ -184,11 +267,11 @@ class DirStore(ObjectStore):
             raise NotFound(f"no object {key!r} in {self.url}") from None
 
     def exists(self, key):
-        self._count()
+        self._count("head")
         return os.path.isfile(self._file(key))
 
     def list(self, prefix=""):
-        self._count()
+        self._count("list")
         out = []
         top = os.path.join(self.path, os.path.dirname(prefix)) if "/" in prefix else self.path
         for root, dirs, files in os.walk(top):
@@ -206,7 +289,7 @@ class DirStore(ObjectStore):
         return sorted(out)
 
     def delete(self, key):
-        self._count()
+        self._count("delete")
         try:
             os.unlink(self._file(key))
         except FileNotFoundError:
@@ -228,8 +311,10 @@ class S3Store(ObjectStore):
         self.region = region
         self.deadline = deadline
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        # one attempt per botocore call (its "max_attempts" would add a hidden
+        # retry): `retry` is the one retry loop, and counts what it does
         config = botocore.config.Config(
-            retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=3,
+            retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=3,
             read_timeout=READ_TIMEOUT, max_pool_connections=max_connections)
         try:
             self.client = boto3.session.Session().client(
@@ -238,21 +323,29 @@ class S3Store(ObjectStore):
         except (ValueError, bx.BotoCoreError) as exc:
             raise InvalidArgument(f"S3 remote {self.url}: {one_line(exc)}") from None
 
-    def _call(self, what, fn, expected=(), **kwargs):
-        def once():
-            self._count()
-            return fn(Bucket=self.bucket, **kwargs)
-        return self._request(what, once, expected)
+    def _call(self, what, op, fn, expected=(), **kwargs):
+        return self._request(what, op, lambda: fn(Bucket=self.bucket, **kwargs), expected)
 
-    def _request(self, what, once, expected=()):
-        """once() under retry. A ClientError whose code is in `expected` is
-        raised as it is, for the caller to judge; any other botocore failure
+    def _request(self, what, op, once, expected=()):
+        """once() under retry, each attempt counted (as `op`, and by kind
+        when it fails). A ClientError whose code is in `expected` is raised
+        as it is, for the caller to judge; any other botocore failure
         becomes the RemoteError `s3_failure` words."""
         import botocore.exceptions as bx
         what = f"{what} {self.url}"
+
+        def attempt():
+            self._count(op)
+            try:
+                return once()
+            except Exception as exc:
+                if not (isinstance(exc, bx.ClientError) and _error_code(exc) in expected):
+                    self.stats.error(error_kind(exc))
+                raise
         try:
-            return retry(once, deadline=self.deadline, what=what,
-                         hint=f"is the endpoint {self.endpoint()} right, and up?")
+            return retry(attempt, deadline=self.deadline, what=what,
+                         hint=f"is the endpoint {self.endpoint()} right, and up?",
+                         on_retry=self.stats.retry)
         except bx.ClientError as exc:
             if _error_code(exc) in expected:
                 raise
@@ -267,7 +360,8 @@ class S3Store(ObjectStore):
     def put(self, key, data):
         """bytes and bytearray bodies go to boto3 as they are (no copy)."""
         body = data if isinstance(data, (bytes, bytearray)) else bytes(data)
-        self._call(f"PUT {key}", self.client.put_object, Key=self.prefix + key, Body=body)
+        self._call(f"PUT {key}", "put", self.client.put_object, Key=self.prefix + key,
+                   Body=body)
 
     conditional_puts = True        # until the server says it has none
 
@@ -275,7 +369,7 @@ class S3Store(ObjectStore):
         import botocore.exceptions as bx
         if self.conditional_puts:
             try:
-                self._call(f"PUT {key}", self.client.put_object, Key=self.prefix + key,
+                self._call(f"PUT {key}", "put", self.client.put_object, Key=self.prefix + key,
                            Body=data, IfNoneMatch="*",
                            expected=("PreconditionFailed", "412", "NotImplemented", "501"))
                 return True
@@ -292,11 +386,11 @@ class S3Store(ObjectStore):
         import botocore.exceptions as bx
         extra = {"IfNoneMatch": etag} if etag else {}
         def once():
-            self._count()
             resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
             return resp["Body"].read(), resp["ETag"]
         try:
-            return self._request(f"GET {key}", once, expected=("NoSuchKey", "404", "304"))
+            return self._request(f"GET {key}", "get", once,
+                                 expected=("NoSuchKey", "404", "304"))
         except bx.ClientError as exc:
             if _error_code(exc) == "304":
                 return None, etag
@@ -306,11 +400,10 @@ class S3Store(ObjectStore):
         import botocore.exceptions as bx
         extra = {} if start is None else {"Range": f"bytes={start}-{end - 1}"}
         def once():
-            self._count()
             resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
             return resp["Body"].read()
         try:
-            return self._request(f"GET {key}", once,
+            return self._request(f"GET {key}", "get", once,
                                  expected=("NoSuchKey", "404", "InvalidRange"))
         except bx.ClientError as exc:
             if _error_code(exc) == "InvalidRange":    # the range starts past the object's end
@@ -320,8 +413,8 @@ class S3Store(ObjectStore):
     def exists(self, key):
         import botocore.exceptions as bx
         try:
-            self._call(f"HEAD {key}", self.client.head_object, expected=("404", "NoSuchKey"),
-                       Key=self.prefix + key)
+            self._call(f"HEAD {key}", "head", self.client.head_object,
+                       expected=("404", "NoSuchKey"), Key=self.prefix + key)
             return True
         except bx.ClientError:
             return False
@@ -330,7 +423,7 @@ class S3Store(ObjectStore):
         out, token = [], None
         while True:
             extra = {"ContinuationToken": token} if token else {}
-            resp = self._call(f"LIST {prefix}", self.client.list_objects_v2,
+            resp = self._call(f"LIST {prefix}", "list", self.client.list_objects_v2,
                               Prefix=self.prefix + prefix, MaxKeys=self.page_size, **extra)
             for obj in resp.get("Contents", []):
                 out.append(ObjectInfo((obj["Key"][len(self.prefix):], obj["Size"],
@@ -340,10 +433,10 @@ class S3Store(ObjectStore):
             token = resp["NextContinuationToken"]
 
     def delete(self, key):
-        self._call(f"DELETE {key}", self.client.delete_object, Key=self.prefix + key)
+        self._call(f"DELETE {key}", "delete", self.client.delete_object, Key=self.prefix + key)
 
     def create_bucket(self):
-        self._call("CREATE BUCKET", self.client.create_bucket)
+        self._call("CREATE BUCKET", "create", self.client.create_bucket)
 
 
 # -- S3 failures, in words ----------------------------------------------------------
