@@ -58,7 +58,7 @@ async def publish_to_first_read(tmp, spec, size, tag, poll):
         await trio.sleep(poll / 2)             # the poll is somewhere in its interval
         await a.registry_publish("big@s", f"team/{tag}")
         t0 = time.perf_counter()
-        while f"{tag}@v1" not in {s["name"] for s in b.list_snapshots()}:
+        while f"{tag}@v1" not in {s["name"] for s in await b.list_snapshots()}:
             await trio.sleep(0.005)
         dev = b.open_device(f"{tag}@v1")
         got = bytes(await dev.pread(size - 4096, 4096))

@@ -382,7 +382,8 @@ class Pool:
         snap = Snapshot(self, {"id": self._new_id(), "volume_id": vol.id, "name": snap_name,
                                "size": size, "root": 0, "created": time.time(),
                                "labels": labels, "base": base, "base_chunks": base_chunks,
-                               "group_name": None}, vol.name)
+                               "group_name": None, "cold": 0}, vol.name)
+        snap.cold = snap.cold_limit     # nothing mapped yet: every base chunk is cold
         self._images[snap.id] = self._snapshots[(vol.id, snap_name)] = snap
         self.changed(snap)
         return snap

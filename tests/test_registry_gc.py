@@ -117,6 +117,9 @@ def test_gc_never_removes_a_chunk_anyone_needs(tmp_path_factory, s3_server, batc
             await world.check()
         await world.op("gc")
         await world.check()
+        for control in (world.a, world.b):
+            report = await control.fsck()
+            assert report["clean"], report["problems"]
 
     trio.run(main)
 

@@ -222,12 +222,14 @@ def test_sync_is_idempotent_across_a_crash_and_clone_subscriptions_clone(tmp_pat
         b = subscriber(tmp_path / "b")                         # restart
         assert b.registry.state.subscription("team/idem")["version"] == 0
         assert await b.registry_sync("team/idem") == {"team/idem": [1]}   # made: found there
-        assert [s["name"] for s in b.list_snapshots()] == ["idem@v1"]
+        assert [s["name"] for s in await b.list_snapshots()] == ["idem@v1"]
         assert b.registry.state.subscription("team/idem")["version"] == 1
         assert await b.registry_sync("team/idem") == {"team/idem": []}
         dev = b.open_device("idem@v1")
         assert bytes(await dev.pread(0, 4)) == b"v1v1"
         dev.close()
+        report = await b.fsck()                                 # its accounting holds
+        assert report["clean"], report["problems"]
 
         c = subscriber(tmp_path / "c")
         c.registry_trust("team/idem", key)
