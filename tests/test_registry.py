@@ -95,6 +95,9 @@ def test_publish_subscribe_read_before_hydration_then_follow_v2(clusters, tmp_pa
     assert "exp1" in b.ok("registry", "subscriptions")
     assert publisher_key(a) in b.ok("registry", "trusted")
     assert "made v" not in b.ok("registry", "sync")                      # up to date
+    pulled = b.json("registry", "pull", "team/exp1@v1", "--as", "old", "--remote", "hub")
+    assert sorted(v["name"] for v in pulled) == ["old.data", "old.models"]
+    assert read_file(b, "old.data", "train.bin", tmp_path / "m4") == files["data"]["train.bin"]
 
 
 def _head(a, bucket):
