@@ -453,8 +453,9 @@ class Control:
     async def gc_remote(self, *, remote="default", grace_seconds=3600):
         """Delete chunks nothing names: no manifest, no registry version, no
         fresh subscriber lease (the registry's, on that remote)."""
+        from .registry.bucket import Buckets
         store = self.remote(remote)
-        roots = self.registry.buckets(store).live_segments
+        roots = Buckets(store.objects, trust=None).live_segments   # names, whoever signed
         return await store.run(store.chunks.gc, grace_seconds, roots)
 
     # -- registry: buckets of signed versions (rokfs/registry, docs/registry.md) -----------
