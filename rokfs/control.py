@@ -251,7 +251,13 @@ class Control:
                 if all(snaps[0].labels.get(k) == v for k, v in want.items())]
 
     def group_info(self, group):
-        return _group_info(group, self.pool.get_group(group))
+        snaps = self.pool.get_group(group)
+        return _group_info(group, snaps, self.pool.frees_together(snaps))
+
+    def frees_together(self, full_names):
+        """What deleting these snapshots together frees (not a verb: the
+        retention plan's figure)."""
+        return self.pool.frees_together([self.pool.get_snapshot(n) for n in full_names])
 
     async def delete_group(self, group, *, defer=False, force=False):
         self.pool.delete_group(group, defer=defer, force=force)
@@ -960,7 +966,7 @@ class Control:
 
     def plan_policy(self, target):
         """What the policy's retention would delete now, why each other
-        snapshot is kept, and the bytes that frees (at least)."""
+        snapshot is kept, and the bytes deleting them together frees."""
         return policies.plan(self, target, self._policy(target))
 
     async def run_policy(self, target):
@@ -1027,17 +1033,21 @@ def _member_name(local, version, member):
     return local if len(version["members"]) == 1 else f"{local}.{member['volume']}"
 
 
-def _group_info(group, snaps):
+def _group_info(group, snaps, frees=None):
     return {"name": group, "created": min(s.created for s in snaps),
             "labels": dict(snaps[0].labels), "members": [s.full_name for s in snaps],
-            "volumes": [s.volume_name for s in snaps], "space": _space_of(snaps)}
+            "volumes": [s.volume_name for s in snaps], "space": _space_of(snaps, frees)}
 
 
-def _space_of(images):
-    """The members' space summed (each O(1)); exclusive is what deleting
-    each alone frees, so deleting them all frees at least that."""
+def _space_of(images, frees):
+    """The members' space summed (each O(1)): exclusive is what deleting
+    each alone frees; `frees` (group info only, not listings) what deleting
+    them together frees (chunks they share only among themselves too)."""
     usages = [i.usage() for i in images]
-    return {k: sum(u[k] for u in usages) for k in SPACE_KEYS}
+    space = {k: sum(u[k] for u in usages) for k in SPACE_KEYS}
+    if frees is not None:
+        space["frees"], space["frees_exact"] = frees["bytes"], frees["exact"]
+    return space
 
 
 def _stat_of(image):

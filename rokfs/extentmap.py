@@ -47,6 +47,7 @@ INHERIT = 0
 ZERO = 1
 SLOT_BASE = 2
 POS_LEVEL = 1 << 40     # stored position = level * POS_LEVEL + index
+FREES_LEAF_BUDGET = 64  # leaves a dry-run delete reads before it settles for a lower bound
 
 
 def empty_node():
@@ -258,6 +259,40 @@ class MapNodes:
 
     def exclusive_chunks(self, root):
         return self.sole[root] if root and self.rc[root] == 1 else 0
+
+    def frees_together(self, roots, budget=FREES_LEAF_BUDGET):
+        """(chunks, exact): what dropping one reference from each of `roots`
+        would free, i.e. deleting those images together, counting chunks
+        they share only among themselves. A dry run over what would be
+        freed: a subtree whose entries are all its own (sole == mapped)
+        counts without being read; at most `budget` other leaves are read,
+        past which the count is a lower bound (`exact` False)."""
+        node_drops, slot_drops = collections.Counter(), collections.Counter()
+        pending = [(root, 0) for root in roots if root]
+        freed, exact = 0, True
+        while pending:
+            node_id, level = pending.pop()
+            node_drops[node_id] += 1
+            if node_drops[node_id] < self.rc[node_id]:
+                continue
+            if self.sole[node_id] == self.mapped[node_id]:
+                freed += self.mapped[node_id]
+            elif level != LEAF:
+                pending.extend((child, level + 1) for child in _children(self.get(node_id), level))
+            elif budget > 0:
+                budget -= 1
+                freed += self._freed_in_leaf(self.get(node_id), slot_drops)
+            else:
+                freed, exact = freed + self.sole[node_id], False
+        return freed, exact
+
+    def _freed_in_leaf(self, leaf, slot_drops):
+        """Slots of a freed leaf whose last reference this dry run drops."""
+        freed = 0
+        for slot in _children(leaf, LEAF):
+            slot_drops[slot] += 1
+            freed += slot_drops[slot] == self.slots.rc[slot]
+        return freed
 
     def leaf_id(self, root, leaf_no):
         """The id of the leaf for `leaf_no` under `root`, or 0 (all INHERIT)."""

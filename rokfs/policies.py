@@ -25,8 +25,10 @@ Invariants:
 - A failing run (a gone volume, an unreachable remote, a bug) is recorded
   in the policy's last result and logged; the runner and other policies
   go on.
-- "frees" is the sum of the deleted snapshots' exclusive bytes (per-image
-  accounting): a lower bound when they share chunks only among themselves.
+- "frees" is what deleting the plan's snapshots together frees, chunks
+  they share only among themselves included (Pool.frees_together: exact
+  unless the dry run would read more than a few dozen leaves, then a lower
+  bound, and the plan says so).
 """
 
 import contextlib
@@ -100,6 +102,7 @@ def space(planned):
     units = planned["keep"] + planned["delete"]
     return {"snapshots": len(units), "exclusive_bytes": sum(u["exclusive"] for u in units),
             "would_delete": len(planned["delete"]), "frees_bytes": planned["frees_bytes"],
+            "frees_exact": planned["frees_exact"],
             "shares_bytes": planned["shares_bytes"]}
 
 
@@ -135,7 +138,7 @@ def verdicts(control, target, policy):
 def plan(control, target, policy):
     """What retention would do now: each unit kept (with its reasons) or
     deleted, its exclusive and shared bytes (Control.snapshot_info), and
-    what deleting frees (at least) and shares."""
+    what deleting them together frees and shares."""
     keep, delete = [], []
     for unit, reasons in verdicts(control, target, policy):
         sizes = [control.snapshot_info(m) for m in unit.members]
@@ -145,8 +148,9 @@ def plan(control, target, policy):
         if policy.volumes:
             row["members"] = unit.members
         (keep if reasons else delete).append(row)
+    frees = control.frees_together([m for r in delete for m in r.get("members", [r["name"]])])
     return {"target": target, "policy": policy.text(), "keep": keep, "delete": delete,
-            "frees_bytes": sum(r["exclusive"] for r in delete),
+            "frees_bytes": frees["bytes"], "frees_exact": frees["exact"],
             "shares_bytes": sum(r["shared"] for r in delete)}
 
 

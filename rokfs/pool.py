@@ -623,6 +623,13 @@ class Pool:
                 "shared": allocated - exclusive,
                 "unhydrated": sum(i.cold for i in images) * cs}
 
+    def frees_together(self, images):
+        """{"bytes", "exact"}: what deleting `images` together frees, chunks
+        they share only among themselves included (a dry run over what
+        would be freed; a lower bound past a few leaves: extentmap)."""
+        chunks, exact = self.nodes.frees_together([i.root for i in images])
+        return {"bytes": chunks * self.chunk_size, "exact": exact}
+
     def status(self):
         st = os.statvfs(self.path)
         deleting = [i for i in self._images.values() if i.state == DELETING]

@@ -395,10 +395,15 @@ def jobs_wait(c, a):
 
 
 def _space_line(space):
-    """'1.0 GiB allocated (256 MiB exclusive, ...)' from a space summary."""
-    return (f"{format_size(space['allocated'])} allocated ({format_size(space['exclusive'])} "
+    """'1.0 GiB allocated (256 MiB exclusive, ...)' from a space summary
+    (a group's also says what deleting it frees)."""
+    line = (f"{format_size(space['allocated'])} allocated ({format_size(space['exclusive'])} "
             f"exclusive, {format_size(space['shared'])} shared), "
             f"{format_size(space['unhydrated'])} unhydrated")
+    if "frees" in space:
+        line += (f"; deleting it frees {'' if space['frees_exact'] else 'at least '}"
+                 f"{format_size(space['frees'])}")
+    return line
 
 
 def status(c, a):
@@ -594,9 +599,9 @@ def _plan_text(plan):
              for row in plan["delete"]]
     print(f"policy of {plan['target']}: {plan['policy']}")
     table(rows, PLAN_COLUMNS)
-    print(f"would delete {len(plan['delete'])}, freeing at least "
-          f"{format_size(plan['frees_bytes'])} (and {format_size(plan['shares_bytes'])} "
-          "they share with other images)")
+    print(f"would delete {len(plan['delete'])}, freeing "
+          f"{'' if plan['frees_exact'] else 'at least '}{format_size(plan['frees_bytes'])} "
+          f"(and {format_size(plan['shares_bytes'])} they share with other images)")
 
 
 def run_text(report):

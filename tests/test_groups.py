@@ -13,6 +13,7 @@ from rokfs.pool import Pool
 from rokfs.remote import open_remote
 from test_remote import push_new_volume
 
+KIB = 1024
 MiB = 1 << 20
 
 
@@ -92,6 +93,26 @@ async def test_groups_are_listed_labelled_cloned_and_deleted_as_one(control):
     assert control.list_groups() == [] and await control.list_snapshots() == []
     with pytest.raises(errors.NotFound):
         await control.delete_group("step1")
+
+
+async def test_group_info_says_what_deleting_the_group_frees(control):
+    """g1 alone holds the 64 KiB its volume overwrote after it: group info
+    says deleting g1 frees that, and deleting it does."""
+    async def fill(name, byte, length):
+        dev = control.open_device(name)
+        try:
+            await dev.pwrite(0, bytes([byte]) * length)
+        finally:
+            dev.close()
+    await control.create_volume("a", 256 * KIB)
+    await fill("a", 1, 256 * KIB)
+    await control.create_group_snapshot("g1", ["a"])
+    await fill("a", 2, 64 * KIB)                       # g1 alone holds 64 KiB of byte 1
+    info = control.group_info("g1")["space"]
+    assert (info["frees"], info["frees_exact"]) == (64 * KIB, True) == (info["exclusive"], True)
+    before = control.pool.status()["used_bytes"]
+    await control.delete_group("g1")
+    assert before - control.pool.status()["used_bytes"] == info["frees"]
 
 
 async def test_held_snapshots_need_force_and_name_their_holds(control):

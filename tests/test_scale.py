@@ -86,7 +86,9 @@ def test_listings_infos_and_status_visit_no_map_node(tmp_path, monkeypatch):
     assert status["space"] == report["space"]
     assert status["space"]["allocated"] == (MAPPED + SNAPSHOTS) * chunk
     assert status["space"]["exclusive"] == SNAPSHOTS * chunk
+    frees = {k: group["space"].pop(k) for k in ("frees", "frees_exact")}
     assert group["space"] == {k: v for k, v in recount["vol@g"].items()}
+    assert frees == {"frees": recount["vol@g"]["exclusive"], "frees_exact": True}
 
 
 def test_the_cost_of_a_listing_does_not_grow_with_the_volume(tmp_path):
@@ -277,5 +279,7 @@ def test_rokctl_status_and_group_info_space_equal_fscks_recount(tmp_path):
     assert report["clean"], report["problems"]
     assert status["space"] == report["space"]
     members = [report["images"][m] for m in ("a@g", "b@g")]
+    frees = {k: group["space"].pop(k) for k in ("frees", "frees_exact")}
     assert group["space"] == {k: sum(m[k] for m in members) for k in members[0]}
     assert group["space"]["exclusive"] == 256 << 10 and "space: " in shown
+    assert frees == {"frees": 256 << 10, "frees_exact": True} and "deleting it frees 256K" in shown
