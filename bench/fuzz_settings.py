@@ -47,6 +47,8 @@ def check_config_invariants(cfg):
     for section, key, _, _, _ in config.SETTINGS:
         if (section, key) == ("fuse", "workers"):
             assert type(cfg[section][key]) is int and 1 <= cfg[section][key] <= 1024
+        elif (section, key) == ("registry", "poll"):
+            assert type(cfg[section][key]) is int and 1 <= cfg[section][key] <= 86400
         elif (section, key) not in (("pool", "chunk_size"), ("pool", "reserve"),
                                     ("control", "mode"), ("control", "group")):
             assert isinstance(cfg[section][key], str), (section, key)

@@ -45,6 +45,7 @@ def defaults():
         "control": {"socket": paths.default_control_socket(), "mode": "0600", "group": ""},
         "metrics": {"listen": "127.0.0.1:9436"},
         "log": {"level": "info", "format": "kv"},
+        "registry": {"poll": 10},
         "remotes": {},
     }
 
@@ -175,6 +176,7 @@ SETTINGS = [   # section, key, environment variable, argparse dest, check
     ("log", "level", "ROKFS_LOG_LEVEL", "log_level", one_of("debug", "info", "warning",
                                                             "error")),
     ("log", "format", "ROKFS_LOG_FORMAT", "log_format", one_of("kv", "json")),
+    ("registry", "poll", "ROKFS_REGISTRY_POLL", "registry_poll", whole_number(1, 86400)),
 ]
 
 

@@ -38,6 +38,11 @@ Invariants:
   that yields between slices, then commits.
 - A create verb that fails leaves no image behind; pull checks the name
   and the size the pool can hold before it records the remote base.
+- Registry verbs are thin: signed documents, buckets, trust and sync are
+  rokfs/registry's; here only what touches the pool: a publish holds its
+  snapshots and pushes them under one lock, a subscribed version becomes
+  read-only snapshots with a remote base (hydrated in the background like
+  pulled volumes) or writable clones, made idempotently.
 - Policy verbs are thin: the spec is policy.py's, runs, plans and the
   runner policies.py's; a policy is stored in the pool and committed before
   the verb returns; the daemon's runner (if any) is woken to follow it.
@@ -46,6 +51,7 @@ Invariants:
 import contextlib
 import functools
 import logging
+import os
 import time
 
 import trio
@@ -71,6 +77,8 @@ FILL_BACKLOG = 65536           # ... or, past this many partial slots, a batch e
 FILL_BATCH = 64                # partial slots completed per step on the loop (~2 ms)
 FILL_POLL = 0.5                # seconds between the filler's looks at the pool
 PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
+PUBLISH_CANCELLED = ("no version was written; publish again to resume from what was "
+                     "uploaded")
 
 
 class Control:
@@ -83,6 +91,7 @@ class Control:
         self._hydration = {}
         self._paused = set()            # volume ids whose hydration a person paused
         self._bases_changed = None      # a trio.Event while run_background runs
+        self._registry_used = trio.Event()
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
@@ -348,6 +357,11 @@ class Control:
         return {store.url: store.objects.stats.copy() for store in stores.values()}
 
     def _remote_for_spec(self, spec):
+        if "registry_private" in spec:          # a private bucket's encrypted store
+            private = spec["registry_private"]
+            base = self._remote_for_spec({k: v for k, v in spec.items()
+                                          if k != "registry_private"})
+            return self.registry.private_store(base, private["bucket"], private["generation"])
         for store in self.remotes.values():
             if store.spec == spec or store.url == spec.get("url"):
                 return store
@@ -373,7 +387,9 @@ class Control:
         finally:
             self.release(snap, "push")
 
-    async def _push(self, snap, store, progress, grace_seconds):
+    def _base_entry(self, store):
+        """The hash of a cold chunk of an image, from its base on `store`
+        (a push of an image not fully hydrated from another remote is refused)."""
         async def base_entry(image, chunk):
             base = self.remote_state.base(image.base)
             if self._remote_for_spec(base["remote"]) is not store:
@@ -381,11 +397,13 @@ class Control:
                                       "remote; wait for hydration before pushing it here")
             loc = (await store.locate(base["manifest"], [chunk]))[chunk]
             return loc[0] if loc else None
+        return base_entry
 
+    async def _push(self, snap, store, progress, grace_seconds):
         # The hashes cached for the snapshot's slots are committed with the
         # next commit: a cache, not worth an fsync of its own.
         result = await store.push(self.pool, self.remote_state, snap, progress=progress,
-                                  grace=grace_seconds, base_entry=base_entry)
+                                  grace=grace_seconds, base_entry=self._base_entry(store))
         self.counters.push_bytes += result["uploaded_bytes"]
         self.counters.push_chunks += result["uploaded_chunks"]
         return result
@@ -422,9 +440,13 @@ class Control:
                                           base_chunks=manifest["chunks"],
                                           origin=f"{store.url}#{remote_snapshot}")
             await self.flush()
+        self._new_base()
+        return vol
+
+    def _new_base(self):
+        """Wake the hydrators: an image with a base was made."""
         if self._bases_changed is not None:
             self._bases_changed.set()
-        return vol
 
     async def _pull_job(self, vol, job):
         await self._until_hydrated(vol, job)
@@ -441,8 +463,254 @@ class Control:
         await store.run(store.chunks.delete_manifest, remote_snapshot)
 
     async def gc_remote(self, *, remote="default", grace_seconds=3600):
+        """Delete chunks nothing names: no manifest, no registry version, no
+        fresh subscriber lease (the registry's, on that remote)."""
+        from .registry.bucket import Buckets
         store = self.remote(remote)
-        return await store.run(store.chunks.gc, grace_seconds)
+        roots = Buckets(store.objects, trust=None).live_segments   # names, whoever signed
+        return await store.run(store.chunks.gc, grace_seconds, roots)
+
+    # -- registry: buckets of signed versions (rokfs/registry, docs/registry.md) -----------
+    registry_poll = 10.0        # seconds between polls of subscribed heads ([registry] poll)
+    _registry = None
+
+    @property
+    def registry(self):
+        """The registry's state and work, made on first use (registry.db)."""
+        if self._registry is None:
+            from .registry.service import Registry
+            self._registry = Registry(self, self.pool.path, poll=self.registry_poll)
+            self._registry_used.set()
+        return self._registry
+
+    def _registry_exists(self):
+        return os.path.exists(os.path.join(self.pool.path, "registry.db"))
+
+    async def _poll_registry(self):
+        """Poll subscriptions once this pool uses the registry at all (a
+        pool that never does opens no registry.db)."""
+        await self._registry_used.wait()
+        await self.registry.run_poller()
+
+    def registry_key(self):
+        """This pool's public keys: the publisher key subscribers trust and
+        the reader key a private bucket's ACL grants."""
+        return self.registry.identity.describe()
+
+    def registry_trust(self, scope, key):
+        """Trust publisher `key` for a team (every bucket of it) or one bucket."""
+        return self.registry.trust(scope, key)
+
+    def registry_distrust(self, scope, key):
+        return self.registry.distrust(scope, key)
+
+    def registry_trusted(self):
+        return self.registry.state.trust_list()
+
+    async def registry_publish(self, target, bucket, *, message="", labels=None,
+                               remote="default", private=False, progress=None, detach=False):
+        """Publish snapshot VOLUME@SNAP or group snapshot `target` as the next
+        version of `bucket`: push what is missing, write the version, move
+        the head, all under one push lock. A job, like push. `private` makes
+        a new bucket private (docs/registry.md); a private bucket's chunks
+        go up encrypted with its data key."""
+        from .registry.documents import check_bucket
+        check_bucket(bucket)
+        labels = names.check_labels(labels)
+        snaps = ([self.pool.get_snapshot(target)] if "@" in target
+                 else self.pool.get_group(target))
+        store = self.remote(remote)
+        job = Job("publish", bucket, remote=store.url, cancelled_note=PUBLISH_CANCELLED)
+        work = functools.partial(self._publish_held, snaps, store, bucket, message, labels,
+                                 private)
+        return await self.jobs.run(job, work, progress=progress, detach=detach)
+
+    async def _publish_held(self, snaps, store, bucket, message, labels, private, job):
+        started = time.monotonic()
+        for snap in snaps:
+            self.hold(snap, "publish")
+        try:
+            version = []
+            target, acl = await self.registry.publish_target(store, bucket, private)
+
+            async def commit(pushed):
+                version.append(await self.registry.commit_version(store, bucket, pushed,
+                                                                  message, labels, acl))
+            pushed, _ = await target.upload(self.pool, self.remote_state, snaps, commit,
+                                            progress=job.report,
+                                            base_entry=self._base_entry(target), named=False)
+        finally:
+            for snap in snaps:
+                self.release(snap, "publish")
+        uploaded = sum(j.uploaded_bytes for j, _ in pushed)
+        self.counters.push_bytes += uploaded
+        self.counters.push_chunks += sum(j.uploaded_chunks for j, _ in pushed)
+        v = version[0]
+        return {"bucket": bucket, "version": v["version"], "digest": v["digest"],
+                "remote": store.url, "members": [s.full_name for s in snaps],
+                "chunks": sum(s.nchunks for s in snaps),
+                "uploaded_chunks": sum(j.uploaded_chunks for j, _ in pushed),
+                "uploaded_bytes": uploaded, "seconds": time.monotonic() - started}
+
+    async def registry_ls(self, bucket=None, *, remote="default"):
+        """The buckets on a remote (with their head), or one bucket's versions."""
+        return await self.registry.list(self.remote(remote), bucket)
+
+    async def registry_subscribe(self, bucket, *, remote="default", local=None, clone=False,
+                                 hydrate=True):
+        """Follow `bucket`: each version becomes read-only snapshots LOCAL@vN
+        (LOCAL.VOLUME@vN for a group), or writable clones LOCAL-vN with
+        `clone`, hydrated in the background (only as read, if not `hydrate`).
+        Syncs once now; the daemon polls after that."""
+        from .registry.documents import check_bucket
+        local = local or check_bucket(bucket).split("/")[1]
+        names.check_name(local, "local name")
+        self.registry.subscribe(bucket, self.remote(remote), local, bool(clone), bool(hydrate))
+        try:
+            made = await self.registry.sync(bucket)
+        except NotFound:            # nothing published yet: the poller picks it up
+            made = []
+        return {**self.registry.state.subscription(bucket), "made": made,
+                "remote": self.remote(remote).url}
+
+    async def registry_unsubscribe(self, bucket):
+        """Stop following `bucket` (the local snapshots stay)."""
+        self.registry.unsubscribe(bucket)
+
+    def registry_subscriptions(self):
+        return self.registry.subscriptions()
+
+    async def registry_sync(self, bucket=None):
+        """Poll now: `bucket`, or every subscription. {bucket: versions made}."""
+        buckets = [bucket] if bucket else [s["bucket"] for s in
+                                           self.registry.state.subscriptions()]
+        return {b: await self.registry.sync(b) for b in buckets}
+
+    async def registry_pull(self, version, new_volume, *, remote="default"):
+        """Restore a version (TEAM/NAME@vN; the head without @vN) as new
+        writable volumes: NEW, or NEW.VOLUME for each member of a group."""
+        from .registry.documents import split_version_ref
+        bucket, n = split_version_ref(version)
+        names.check_name(new_volume, "new volume")
+        store = self.remote(remote)
+        body, source = await self.registry.leased_version(store, bucket, n)
+        made = []
+        for member in body["members"]:
+            name = _member_name(new_volume, body, member)
+            made.append(await self._volume_of_manifest(source, member["manifest"], name,
+                                                       f"{store.url}#{bucket}@v{body['version']}"))
+        return [v.info() for v in made]
+
+    async def _volume_of_manifest(self, store, manifest, name, origin):
+        self._check_manifest_fits(manifest, name)
+        if name in {v.name for v in self.pool.list_volumes()}:
+            raise AlreadyExists(f"volume {name!r} already exists")
+        with trio.CancelScope(shield=True):
+            base_id = self.remote_state.add_base(store.spec, manifest["name"], manifest)
+            vol = self.pool.create_volume(name, manifest["size"], base=base_id,
+                                          base_chunks=manifest["chunks"], origin=origin)
+            await self.flush()
+        self._new_base()
+        return vol
+
+    def _check_manifest_fits(self, manifest, name):
+        if manifest["chunk_size"] != self.pool.chunk_size:
+            raise InvalidArgument(f"{name}: the version has {manifest['chunk_size']}-byte "
+                                  f"chunks, this pool uses {self.pool.chunk_size}")
+        self.pool.check_size(manifest["size"])
+
+    async def registry_acl_show(self, bucket, *, remote="default"):
+        """A private bucket's ACL: readers, writers, key generation."""
+        return await self.registry.acl_show(self.remote(remote), bucket)
+
+    async def registry_acl_grant(self, bucket, key, *, writer=False, remote="default"):
+        """Let reader key `key` read every version of private `bucket` (or,
+        `writer`, let publisher key `key` publish to it)."""
+        return await self.registry.acl_grant(self.remote(remote), bucket, key, bool(writer))
+
+    async def registry_acl_revoke(self, bucket, key, *, remote="default"):
+        """Take a reader (the data key rotates: versions published after are
+        closed to it) or a writer off private `bucket`'s ACL."""
+        return await self.registry.acl_revoke(self.remote(remote), bucket, key)
+
+    def registry_policy(self, bucket, *, remote="default"):
+        """An S3 bucket policy enforcing the publisher/subscriber split of
+        `bucket` at the storage layer, prefix-scoped (a template: put the
+        IAM principals of your publishers and subscribers in)."""
+        from .registry.policy import bucket_policy
+        return bucket_policy(self.remote(remote).spec, bucket)
+
+    async def registry_rm(self, version, *, remote="default"):
+        """Remove one version from its bucket (gc frees its chunks later)."""
+        from .registry.documents import split_version_ref
+        bucket, n = split_version_ref(version)
+        if n is None:
+            raise InvalidArgument(f"say which version of {bucket} to remove (@vN)")
+        store = self.remote(remote)
+        await store.run(self.registry.buckets(store).delete_version, bucket, n)
+
+    # registry helpers (not verbs): what rokfs/registry/service.py needs of the pool
+    def remote_of_spec(self, spec):
+        return self._remote_for_spec(spec)
+
+    def remote_url_of(self, spec):
+        return self._remote_for_spec(spec).url
+
+    def base_segments(self, store):
+        """Segment keys of the remote bases on `store` that live images still
+        read from (a subscriber's lease: gc keeps them)."""
+        out = set()
+        for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
+            if image.base:
+                base = self.remote_state.base(image.base)
+                if self._remote_for_spec(base["remote"]) is store:
+                    out.update(base["manifest"]["segments"])
+        return out
+
+    async def make_version_snapshots(self, store, sub, version):
+        """The local images of a subscribed version (idempotent): read-only
+        snapshots LOCAL@vN of each member, on a carrier volume LOCAL (empty,
+        made once), or writable clones LOCAL-vN with `clone`."""
+        tag = f"v{version['version']}"
+        labels = {"registry.bucket": sub["bucket"].replace("/", "."),
+                  "registry.version": str(version["version"])}
+        origin = f"{store.url}#{sub['bucket']}@{tag}"
+        for member in version["members"]:
+            local = _member_name(sub["local"], version, member)
+            manifest = member["manifest"]
+            self._check_manifest_fits(manifest, local)
+            if sub["clone"]:
+                if f"{local}-{tag}" not in {v.name for v in self.pool.list_volumes()}:
+                    vol = await self._volume_of_manifest(store, manifest, f"{local}-{tag}",
+                                                         origin)
+                    if not sub["hydrate"]:
+                        self._pause(vol)
+                continue
+            snap = await self._remote_snapshot(store, manifest, f"{local}@{tag}", labels, origin)
+            if not sub["hydrate"]:
+                self._pause(snap)
+
+    async def _remote_snapshot(self, store, manifest, full_name, labels, origin):
+        volume = full_name.split("@")[0]
+        if full_name in {s.full_name for s in self.pool.list_snapshots()}:
+            return self.pool.get_snapshot(full_name)
+        with trio.CancelScope(shield=True):
+            if volume not in {v.name for v in self.pool.list_volumes()}:
+                self.pool.create_volume(volume, 0, origin=origin.split("@")[0])
+            base_id = self.remote_state.add_base(store.spec, manifest["name"], manifest)
+            snap = self.pool.create_remote_snapshot(full_name, manifest["size"], base_id,
+                                                    manifest["chunks"], labels)
+            await self.flush()
+        self._new_base()
+        return snap
+
+    def _pause_on_demand_subscriptions(self):
+        """Images of subscriptions that hydrate on demand only: paused (at start)."""
+        on_demand = {s["bucket"].replace("/", ".") for s in self.registry.state.subscriptions()
+                     if not s["hydrate"]}
+        for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
+            if image.base and getattr(image, "labels", {}).get("registry.bucket") in on_demand:
+                self._pause(image)
 
     # -- hydration ----------------------------------------------------------------------
     async def fetch_chunks(self, image, chunks, *, readahead=True):
@@ -485,12 +753,12 @@ class Control:
         self.pool.finish_install(image, plan)
 
     def hydration_status(self, volume):
-        return self._hydration_of(self.pool.get_volume(volume))
+        return self._hydration_of(self.pool.get_image(volume))
 
     def _hydration_of(self, vol):
         h = self._hydration_now(vol)
         cs = self.pool.chunk_size
-        return {"volume": vol.name, **h, "bytes_done": h["chunks_done"] * cs,
+        return {"volume": vol.full_name, **h, "bytes_done": h["chunks_done"] * cs,
                 "bytes_total": h["chunks_total"] * cs}
 
     def _hydration_now(self, vol):
@@ -510,7 +778,7 @@ class Control:
     async def wait_hydrated(self, volume, *, progress=None, detach=False):
         """Follow a volume's hydration as a "hydration" job until it is done
         (returns its hydration status); `detach` starts the job and returns it."""
-        vol = self.pool.get_volume(volume)
+        vol = self.pool.get_image(volume)
         job = self._hydration_job("hydration", vol)
         return await self.jobs.run(job, functools.partial(self._until_hydrated, vol),
                                    progress=progress, detach=detach)
@@ -548,19 +816,22 @@ class Control:
         return await self.jobs.follow(job_id, progress)
 
     async def run_background(self, *, task_status=trio.TASK_STATUS_IGNORED):
-        """Hydrate every volume that has a base, including ones pulled later;
-        host detached jobs."""
+        """Hydrate every volume and snapshot that has a base, including ones
+        pulled later; host detached jobs; poll registry subscriptions."""
         self._bases_changed = trio.Event()
+        if self._registry_exists():
+            self._pause_on_demand_subscriptions()
         running = set()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.jobs.serve)
             nursery.start_soon(self.fill_when_idle)
+            nursery.start_soon(self._poll_registry)
             task_status.started()
             while True:
-                for vol in self.pool.list_volumes():
-                    if vol.base and vol.id not in running:
-                        running.add(vol.id)
-                        nursery.start_soon(self._hydrate_volume, vol, running)
+                for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
+                    if image.base and image.id not in running:
+                        running.add(image.id)
+                        nursery.start_soon(self._hydrate_volume, image, running)
                 with trio.move_on_after(1):
                     await self._bases_changed.wait()
                 self._bases_changed = trio.Event()
@@ -617,7 +888,7 @@ class Control:
     def pause_hydration(self, volume):
         """Stop fetching `volume`'s chunks in the background (reads still
         fetch what they need) until resume_hydration; not kept across a restart."""
-        vol = self.pool.get_volume(volume)
+        vol = self.pool.get_image(volume)
         self._pause(vol)
         return self._hydration_of(vol)
 
@@ -627,7 +898,7 @@ class Control:
             self._hydration[vol.id]["state"] = "paused: by request"
 
     def resume_hydration(self, volume):
-        vol = self.pool.get_volume(volume)
+        vol = self.pool.get_image(volume)
         self._paused.discard(vol.id)
         if self._hydration.get(vol.id, {}).get("state") == "paused: by request":
             self._hydration[vol.id]["state"] = "hydrating"
@@ -785,6 +1056,12 @@ async def _frozen(mountpoints):
         with trio.CancelScope(shield=True):
             for mountpoint in reversed(done):
                 await trio.to_thread.run_sync(freeze.thaw, mountpoint)
+
+
+def _member_name(local, version, member):
+    """The local volume of a version's member: LOCAL for a version of one
+    volume, LOCAL.VOLUME for each volume of a group."""
+    return local if len(version["members"]) == 1 else f"{local}.{member['volume']}"
 
 
 def _group_info(group, snaps, frees=None):

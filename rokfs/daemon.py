@@ -76,7 +76,8 @@ async def serve(control, cfg, tls):
         if cfg["metrics"]["listen"]:
             bound["metrics"] = await nursery.start(serve_metrics, control,
                                                    cfg["metrics"]["listen"])
-        await nursery.start(control.run_background)     # hydrators of pulled volumes
+        control.registry_poll = cfg["registry"]["poll"]
+        await nursery.start(control.run_background)     # hydrators, registry subscriptions
         await nursery.start(PolicyRunner(control).run)   # schedules and retention
         print(welcome(cfg, bound), flush=True)
 

@@ -79,6 +79,12 @@ class Corrupt(RokfsError):
     """Stored data or metadata failed a consistency or hash check."""
 
 
+class NotAllowed(RokfsError):
+    """Refused for want of trust or access: data signed by a key not trusted
+    for it, a private bucket this pool is not a reader of, a writer the ACL
+    does not list."""
+
+
 class RemoteError(RokfsError):
     """The object store failed (after retries) or refused us."""
 
@@ -118,6 +124,7 @@ NotEmpty           ENOTEMPTY     EIO       FAILED_PRECONDITION  FAILED_PRECONDIT
 ReadOnly           EROFS         EPERM     FAILED_PRECONDITION  FAILED_PRECONDITION  6
 NoSpace            ENOSPC        ENOSPC    RESOURCE_EXHAUSTED   RESOURCE_EXHAUSTED   7
 RemoteError        EIO           EIO       UNAVAILABLE          UNAVAILABLE          8
+NotAllowed         EACCES        EPERM     PERMISSION_DENIED    PERMISSION_DENIED    12
 Unsupported        ENOTSUP       ENOTSUP   UNIMPLEMENTED        INVALID_ARGUMENT     9
 Corrupt            EIO           EIO       DATA_LOSS            DATA_LOSS            10
 Cancelled          ECANCELED     EIO       CANCELLED            ABORTED              11
@@ -129,6 +136,7 @@ EXIT_MEANINGS = {   # for --help texts
     3: "not found", 4: "daemon unreachable", 5: "already exists",
     6: "busy, not empty or read-only", 7: "no space", 8: "remote store error",
     9: "unsupported by this daemon", 10: "corrupt data or metadata", 11: "cancelled",
+    12: "not allowed (untrusted key, not a reader)",
     EXIT_INTERRUPTED: "interrupted"}
 
 

@@ -42,7 +42,7 @@ HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
 LIVE, DELETING, FREED = "live", "deleting", "freed"
 EXTENT_VISITS = 1 << 15     # chunks `extents` looks at one by one per call, at most
 YIELDING_HOLDERS = frozenset({"hydrator"})   # let a delete through; the image waits for them
-FROZEN_READERS = frozenset({"push"})          # read slots from a worker thread (read_frozen)
+FROZEN_READERS = frozenset({"push", "publish"})   # read slots from a worker thread (read_frozen)
 
 
 class NeedsChunks(Exception):

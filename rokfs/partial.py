@@ -27,7 +27,7 @@ Invariants:
   reads from the old slot, as it did at that commit).
 - A record read by a worker thread (`read_chunk` for a push) is not
   changed under it: in-place writes only touch exclusive slots, and the
-  pool runs the filler only while no push holds an image.
+  pool runs the filler only while no push or publish holds an image.
 """
 
 from .fileio import pwrite_full

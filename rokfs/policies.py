@@ -1,4 +1,4 @@
-"""Policies at work: a run (snapshot, push, retention), retention plans, and
+"""Policies at work: a run (snapshot, push, publish, retention), retention plans, and
 the runner the daemon starts next to the hydrators.
 
     runner = PolicyRunner(control)              # now = trio.current_time() + offset
@@ -207,11 +207,23 @@ async def run_once(control, target, policy, at):
         with _step(report, f"push {name}"):
             await control.push(name, remote=policy.push)
             report["pushed"].append(name)
+    if policy.publish and report["snapshots"]:
+        with _step(report, f"publish {policy.publish}"):
+            report["published"] = await publish(control, policy, report["snapshots"])
     with _step(report, "retention"):
         report["deleted"] = await apply_retention(control, target, policy)
     log.info("event=policy_run target=%s snapshots=%s deleted=%d errors=%d", target,
              ",".join(report["snapshots"]), len(report["deleted"]), len(report["errors"]))
     return report
+
+
+async def publish(control, policy, snapshots):
+    """Publish a run's snapshot (a group policy's: its group snapshot) to
+    the policy's registry bucket; 'TEAM/NAME@vN'."""
+    target = snapshots[0].split("@")[1] if policy.volumes else snapshots[0]
+    result = await control.registry_publish(target, policy.publish,
+                                            remote=policy.push or "default")
+    return f"{result['bucket']}@v{result['version']}"
 
 
 @contextlib.contextmanager

@@ -11,6 +11,9 @@ A spec is clauses in any order, each at most once (labels repeat):
   (retention.py); none at all keeps every snapshot;
 - `label KEY=VALUE`: set on every snapshot the policy takes;
 - `push REMOTE`: push each new snapshot there;
+- `publish TEAM/NAME`: publish each new snapshot (a group policy: the group
+  snapshot) as the next version of that registry bucket, on the push
+  remote if there is one, else the default remote (docs/registry.md);
 - `volumes V1,V2`: the policy is a group's: it takes group snapshots of
   these volumes (one consistent cut), named after the group;
 - `tz ZONE`: the IANA time zone of the schedule and of retention's periods
@@ -36,7 +39,7 @@ POLICY_LABEL = "rokfs.policy"
 AT_LABEL = "rokfs.policy.at"
 SCHEDULE_WORDS = ("every", "hourly", "daily", "cron")
 CLAUSES = ("a schedule", "keep-RULE N", "keep-within DURATION", "label KEY=VALUE",
-           "push REMOTE", "volumes V1,V2", "tz ZONE")
+           "push REMOTE", "publish TEAM/NAME", "volumes V1,V2", "tz ZONE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Policy:
     push: str = None
     volumes: tuple = ()                  # a group policy's volumes; () for a volume's
     tz: str = None                       # IANA name; None = local time
+    publish: str = None                  # a registry bucket, TEAM/NAME
 
     @property
     def zone(self):
@@ -57,6 +61,7 @@ class Policy:
         words += [self.schedule.text, *self.rules.words()]
         words += [f"label {k}={v}" for k, v in self.labels]
         words += [f"push {self.push}"] if self.push else []
+        words += [f"publish {self.publish}"] if self.publish else []
         words += [f"tz {self.tz}"] if self.tz else []
         return " ".join(words)
 
@@ -66,7 +71,7 @@ class Policy:
         keep = {rule[5:]: int(value) if value.isdigit() else value
                 for rule, value in zip(words[::2], words[1::2])}
         return {"spec": self.text(), "schedule": self.schedule.text, "keep": keep,
-                "labels": dict(self.labels), "push": self.push,
+                "labels": dict(self.labels), "push": self.push, "publish": self.publish,
                 "volumes": list(self.volumes), "tz": self.tz or "local"}
 
 
@@ -89,7 +94,8 @@ def parse_policy(text):
         raise InvalidArgument(f"policy {text!r} has no schedule: use {schedule.FORMS}")
     counts = {k[5:]: v for k, v in found.items() if k.startswith("keep-")}
     return Policy(found["schedule"], retention.Rules(**counts), tuple(sorted(labels.items())),
-                  found.get("push"), found.get("volumes", ()), found.get("tz"))
+                  found.get("push"), found.get("volumes", ()), found.get("tz"),
+                  found.get("publish"))
 
 
 def _clause(words, i):
@@ -100,7 +106,8 @@ def _clause(words, i):
         return "schedule", sched, used
     if word.startswith("keep-"):
         return word, _keep(word[5:], arg), 2
-    parsers = {"label": _label, "push": _push, "volumes": _volumes, "tz": _zone}
+    parsers = {"label": _label, "push": _push, "publish": _publish, "volumes": _volumes,
+               "tz": _zone}
     if word not in parsers:
         raise InvalidArgument(f"policy: unknown word {word!r}: expected {', '.join(CLAUSES)}")
     return word, parsers[word](arg), 2
@@ -127,6 +134,11 @@ def _push(arg):
     if not arg:
         raise InvalidArgument("policy: push needs a remote name or URL")
     return arg
+
+
+def _publish(arg):
+    from .registry.documents import check_bucket
+    return check_bucket(arg, "policy: publish needs a registry bucket")
 
 
 def _volumes(arg):

@@ -372,6 +372,24 @@ class Pool:
         self.changed(snap)
         return snap
 
+    def create_remote_snapshot(self, full_name, size, base, base_chunks, labels=None):
+        """A read-only snapshot VOLUME@SNAP of a remote manifest (`base`, in
+        remote.db): nothing local yet, every chunk cold. The volume must
+        exist; the snapshot need not have its size (a registry version)."""
+        vol_name, snap_name = names.split_snapshot(full_name)
+        labels = names.check_labels(labels)
+        self.check_size(size)
+        vol = self.get_volume(vol_name)
+        self._refuse_taken_snapshot(vol, snap_name)
+        snap = Snapshot(self, {"id": self._new_id(), "volume_id": vol.id, "name": snap_name,
+                               "size": size, "root": 0, "created": time.time(),
+                               "labels": labels, "base": base, "base_chunks": base_chunks,
+                               "group_name": None, "cold": 0}, vol.name)
+        snap.cold = snap.cold_limit     # nothing mapped yet: every base chunk is cold
+        self._images[snap.id] = self._snapshots[(vol.id, snap_name)] = snap
+        self.changed(snap)
+        return snap
+
     def _refuse_taken_snapshot(self, vol, snap_name):
         taken = self._snapshots.get((vol.id, snap_name))
         if taken is not None:

@@ -516,6 +516,8 @@ def build_parser():
     _jobs_parser(sub, cmd, A, common)
     cmd(sub, "status", status, "the pool's state")
     add_policy_commands(group("policy", "snapshot schedules and retention"), cmd, A)
+    add_registry_commands(group("registry", "publish and subscribe buckets of versions"),
+                          cmd, A, remote, detach)
     return parser
 
 
@@ -607,6 +609,8 @@ def run_text(report):
     text += f"; deleted {', '.join(report['deleted']) or 'none'}"
     if report.get("pushed"):
         text += f"; pushed {', '.join(report['pushed'])}"
+    if report.get("published"):
+        text += f"; published {report['published']}"
     return text + "".join(f"; error: {e}" for e in report["errors"])
 
 
@@ -621,6 +625,161 @@ def add_policy_commands(p, cmd, A):
     cmd(p, "plan", policy_plan, "what retention would delete now, and why the rest is kept",
         target)
     cmd(p, "run", policy_run, "run a policy now: snapshot, push, retention", target)
+
+
+# -- registry: buckets of signed versions (docs/registry.md) ----------------------------------
+
+BUCKET_COLUMNS = [("bucket", "bucket"), ("head", lambda r: f"v{r['version']}" if "version" in r
+                                           else r.get("error", "")),
+                  ("published", lambda r: format_time(r.get("time"))),
+                  ("signer", lambda r: r.get("signer", "")[:16]),
+                  ("subscribed", lambda r: "yes" if r["subscribed"] else "")]
+VERSION_COLUMNS = [("version", lambda r: f"v{r['version']}"), ("created", _when),
+                   ("members", lambda r: ", ".join(m["snapshot"] for m in r.get("members", ()))
+                    or r.get("error", "")),
+                   ("publisher", lambda r: r.get("publisher", "")[:16]),
+                   ("message", lambda r: r.get("message", ""))]
+SUBSCRIPTION_COLUMNS = [("bucket", "bucket"), ("local", "local"),
+                        ("as", lambda r: "clones" if r["clone"] else "snapshots"),
+                        ("version", lambda r: f"v{r['version']}" if r["version"] else "-"),
+                        ("remote", "remote"), ("error", lambda r: r.get("error") or "")]
+TRUST_COLUMNS = [("scope", "scope"), ("key", "key")]
+
+
+def registry_key(c, a):
+    _show(a, c.registry_key(), details)
+
+
+def registry_trust(c, a):
+    _show(a, c.registry_trust(a.scope, a.key), lambda rows: table(rows, TRUST_COLUMNS))
+
+
+def registry_distrust(c, a):
+    _show(a, c.registry_distrust(a.scope, a.key), lambda rows: table(rows, TRUST_COLUMNS))
+
+
+def registry_trusted(c, a):
+    _show(a, c.registry_trusted(), lambda rows: table(rows, TRUST_COLUMNS))
+
+
+def registry_publish(c, a):
+    args = dict(message=a.message, labels=parse_labels(a.label), remote=a.remote,
+                private=a.private or None)
+    if a.detach:
+        return _detached(a, c.registry_publish(a.target, a.bucket, detach=True, **args))
+    with _attached_job(c, f"publish {a.bucket}", a.progress) as follow:
+        result = c.registry_publish(a.target, a.bucket, progress=follow, **args)
+    _show(a, result, lambda r: print(
+        f"published {', '.join(r['members'])} as {r['bucket']}@v{r['version']} on "
+        f"{r['remote']}: {r['uploaded_chunks']} of {r['chunks']} chunks uploaded "
+        f"({format_size(r['uploaded_bytes'])}), {r['seconds']:.1f}s"))
+
+
+def registry_ls(c, a):
+    if a.bucket:
+        _show(a, c.registry_ls(a.bucket, remote=a.remote),
+              lambda rows: table(rows, VERSION_COLUMNS))
+    else:
+        _show(a, c.registry_ls(remote=a.remote), lambda rows: table(rows, BUCKET_COLUMNS))
+
+
+def registry_subscribe(c, a):
+    _show(a, c.registry_subscribe(a.bucket, remote=a.remote, local=a.local, clone=a.clone,
+                                  hydrate=not a.on_demand),
+          lambda r: print(f"subscribed to {r['bucket']} on {r['remote']} as {r['local']}; "
+                          f"now at {'v' + str(r['version']) if r['version'] else 'no version'}"))
+
+
+def registry_unsubscribe(c, a):
+    c.registry_unsubscribe(a.bucket)
+    _show(a, {"unsubscribed": a.bucket}, lambda r: print(
+        f"unsubscribed from {a.bucket} (its local snapshots stay)"))
+
+
+def registry_subscriptions(c, a):
+    _show(a, c.registry_subscriptions(), lambda rows: table(rows, SUBSCRIPTION_COLUMNS))
+
+
+def registry_sync(c, a):
+    _show(a, c.registry_sync(a.bucket), lambda r: [print(
+        f"{b}: {'made ' + ', '.join(f'v{n}' for n in made) if made else 'up to date'}")
+        for b, made in r.items()])
+
+
+def registry_pull(c, a):
+    _show(a, c.registry_pull(a.version, a.new_volume, remote=a.remote),
+          lambda rows: table(rows, VOLUME_COLUMNS))
+
+
+def registry_rm(c, a):
+    c.registry_rm(a.version, remote=a.remote)
+    _show(a, {"deleted": a.version}, lambda r: print(
+        f"removed {a.version} (its chunks go at the next rokctl remote gc)"))
+
+
+def _acl_text(r):
+    print(f"{r['bucket']}: private, key generation {r['generation']}, ACL serial {r['serial']}"
+          f" (signed by {r['signer'][:16]}...)")
+    for key in r["writers"]:
+        print(f"  writer  {key}")
+    for key in r["readers"]:
+        print(f"  reader  {key}")
+
+
+def registry_acl(c, a):
+    if a.action == "show":
+        result = c.registry_acl_show(a.bucket, remote=a.remote)
+    elif a.key is None:
+        raise errors.InvalidArgument(f"usage: rokctl registry acl {a.action} TEAM/NAME KEY")
+    elif a.action == "grant":
+        result = c.registry_acl_grant(a.bucket, a.key, writer=a.writer or None,
+                                      remote=a.remote)
+    else:
+        result = c.registry_acl_revoke(a.bucket, a.key, remote=a.remote)
+    _show(a, result, _acl_text)
+
+
+def registry_policy(c, a):
+    print(json.dumps(c.registry_policy(a.bucket, remote=a.remote), indent=2))
+
+
+def add_registry_commands(p, cmd, A, remote, detach):
+    bucket = A("bucket", metavar="TEAM/NAME")
+    version = A("version", metavar="TEAM/NAME@vN")
+    scope = (A("scope", metavar="TEAM|TEAM/NAME"), A("key", metavar="KEY"))
+    cmd(p, "key", registry_key, "this pool's publisher and reader keys")
+    cmd(p, "trust", registry_trust, "trust a publisher key for a team or a bucket", *scope)
+    cmd(p, "distrust", registry_distrust, "stop trusting a publisher key", *scope)
+    cmd(p, "trusted", registry_trusted, "the publisher keys this pool trusts")
+    cmd(p, "publish", registry_publish, "publish a snapshot or group snapshot as the next "
+        "version of a bucket", A("target", metavar="VOLUME@SNAP|GROUP"),
+        A("--bucket", required=True, metavar="TEAM/NAME"), A("--message", default=""),
+        A("--label", action="append", default=[], metavar="KEY=VALUE"),
+        A("--private", action="store_true", help="make a new bucket private: encrypted, "
+          "readable by the reader keys of its ACL only"), remote, detach)
+    cmd(p, "ls", registry_ls, "the buckets on a remote, or one bucket's versions",
+        A("bucket", nargs="?", metavar="TEAM/NAME"), remote)
+    cmd(p, "subscribe", registry_subscribe, "follow a bucket: each version becomes "
+        "snapshots LOCAL@vN (or clones LOCAL-vN)", bucket, remote,
+        A("--as", dest="local", metavar="LOCAL", help="local volume name (default: NAME)"),
+        A("--clone", action="store_true", help="writable clones instead of snapshots"),
+        A("--on-demand", action="store_true",
+          help="fetch only what is read (no background hydration)"))
+    cmd(p, "unsubscribe", registry_unsubscribe, "stop following a bucket", bucket)
+    cmd(p, "subscriptions", registry_subscriptions, "the buckets this pool follows")
+    cmd(p, "sync", registry_sync, "poll subscribed heads now",
+        A("bucket", nargs="?", metavar="TEAM/NAME"))
+    cmd(p, "pull", registry_pull, "restore a version as new volumes (lazily)", version,
+        A("--as", dest="new_volume", required=True, metavar="VOLUME"), remote)
+    cmd(p, "rm", registry_rm, "remove a version from its bucket", version, remote)
+    cmd(p, "acl", registry_acl, "a private bucket's readers and writers: show, grant, revoke",
+        A("action", choices=("show", "grant", "revoke")), bucket,
+        A("key", nargs="?", metavar="KEY", help="a reader key (or a publisher key with "
+          "--writer); rokctl registry key prints a pool's"),
+        A("--writer", action="store_true", help="grant KEY (a publisher key) as a writer"),
+        remote)
+    cmd(p, "policy", registry_policy, "print an S3 bucket policy (prefix-scoped) enforcing "
+        "who writes and reads the bucket", bucket, remote)
 
 
 def main(argv=None):

@@ -81,9 +81,27 @@ VERBS = {
     "delete_policy": ("target",),
     "plan_policy": ("target",),
     "run_policy": ("target",),
+    # registry: buckets of signed versions (docs/registry.md)
+    "registry_key": (),
+    "registry_trust": ("scope", "key"),
+    "registry_distrust": ("scope", "key"),
+    "registry_trusted": (),
+    "registry_publish": ("target", "bucket", "message", "labels", "remote", "private",
+                         "detach"),
+    "registry_ls": ("bucket", "remote"),
+    "registry_subscribe": ("bucket", "remote", "local", "clone", "hydrate"),
+    "registry_unsubscribe": ("bucket",),
+    "registry_subscriptions": (),
+    "registry_sync": ("bucket",),
+    "registry_pull": ("version", "new_volume", "remote"),
+    "registry_rm": ("version", "remote"),
+    "registry_acl_show": ("bucket", "remote"),
+    "registry_acl_grant": ("bucket", "key", "writer", "remote"),
+    "registry_acl_revoke": ("bucket", "key", "remote"),
+    "registry_policy": ("bucket", "remote"),
 }
 # verbs taking progress=callback (with on_job); their RPC streams Progress
-STREAMING = {"push", "pull", "wait_hydrated", "wait_job"}
+STREAMING = {"push", "pull", "wait_hydrated", "wait_job", "registry_publish"}
 
 # -- errors: the one mapping each way (the codes come from rokfs.errors.ERRORS) ----------
 

@@ -22,8 +22,10 @@ Invariants:
 - All-zero chunks are never stored (null in the segment).
 - Objects are immutable once written; a manifest is written after every
   pack and segment it names, so a visible manifest is always complete.
-- GC deletes a pack or segment only if no manifest references it, it is
-  older than the grace period, and no push holds a fresh lock; and nothing
+- GC deletes a pack or segment only if no manifest (nor registry version
+  or fresh subscriber lease: the `roots` of gc) references it, it is
+  older than the grace period, and no push holds a fresh lock (fresh for
+  the lease its holder declared in it); and nothing
   at all unless every manifest and every segment they name reads well. A
   push writes its lock and then looks for GC locks; GC writes its lock and
   then looks for push locks: on a consistent store at least one sees the
@@ -214,42 +216,60 @@ class ChunkStore:
 
     # -- locks ------------------------------------------------------------------
     def take_lock(self, kind, grace):
-        """Write our lock, then refuse if the other kind holds a fresh one."""
+        """Write our lock, then refuse if the other kind holds a fresh one.
+        Our lock declares `grace` as its lease: its holder rewrites it well
+        within that (store.py), so it is fresh for that long after its last
+        write, whatever grace the other side runs with."""
         key = f"locks/{kind}-{uuid.uuid4().hex}"
-        self.objects.put(key, json.dumps({"time": time.time()}).encode())
+        self.objects.put(key, json.dumps({"time": time.time(), "lease": grace}).encode())
         other = "gc" if kind == "push" else "push"
         now = time.time()
         for obj in self.objects.list("locks/"):
-            if obj.key.startswith(f"locks/{other}-") and now - obj.mtime < grace + CLOCK_SLACK:
+            if obj.key.startswith(f"locks/{other}-") and \
+                    now - obj.mtime < self._lease_of(obj.key, grace) + CLOCK_SLACK:
                 self.objects.delete(key)
                 raise Busy(f"{self.url}: a {other} is running; try again later")
         return key
+
+    def _lease_of(self, key, grace):
+        """The lease lock `key` declares (`grace` for a lock of an older rokfs,
+        or one gone or unreadable: it is judged by our own grace then)."""
+        try:
+            lease = json.loads(self.objects.get(key)).get("lease")
+        except (NotFound, ValueError, AttributeError):
+            return grace
+        return lease if type(lease) in (int, float) and 0 <= lease <= 86400 else grace
 
     def drop_lock(self, key):
         self.objects.delete(key)
 
     # -- garbage collection -----------------------------------------------------
-    def gc(self, grace):
+    def gc(self, grace, roots=None):
+        """Delete what nothing names. `roots(grace)`, called once our lock is
+        written, names more segments to keep (the registry's versions and
+        subscriber leases)."""
         lock = self.take_lock("gc", grace)
         try:
-            live = self._mark()
+            live = self._mark(roots(grace) if roots else ())
             return self._sweep(live, grace)
         finally:
             self.drop_lock(lock)
 
-    def _mark(self):
-        """Every segment and pack a manifest references; Corrupt (and so
-        nothing deleted) unless every manifest and segment reads well."""
+    def _mark(self, more_segments=()):
+        """Every segment and pack a manifest references (and `more_segments`
+        and their packs); Corrupt (and so nothing deleted) unless every
+        manifest and segment reads well."""
         manifests, bad = self.survey_manifests()
         if bad:
             raise Corrupt(f"gc of {self.url} deletes nothing while a manifest does not read: "
                           + "; ".join(map(str, bad.values())))
+        named = [(key, m["name"]) for m in manifests for key in m["segments"]]
+        named += [(key, "a registry version or lease") for key in sorted(more_segments)]
         live = set()
-        for manifest in manifests:
-            for key in manifest["segments"]:
-                if key not in live:
-                    live.add(key)
-                    live.update(self._segment_for_gc(key, manifest["name"])["packs"])
+        for key, owner in named:
+            if key not in live:
+                live.add(key)
+                live.update(self._segment_for_gc(key, owner)["packs"])
         return live
 
     def _segment_for_gc(self, key, name):

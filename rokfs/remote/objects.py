@@ -18,6 +18,12 @@ Invariants:
   anything is opened (`check_spec`, `parse_url`): an unknown type, key or
   URL parameter, or a value of the wrong type or range, is InvalidArgument
   naming it. Nothing is silently ignored or defaulted to AWS by a typo.
+- `put_new` writes only if the key is absent (True) and never overwrites
+  (False): an atomic link(2) in a directory, `If-None-Match: *` on S3 (a
+  server that answers it with NotImplemented gets a HEAD then a PUT: the
+  registry serializes its writers with a lock anyway, see its bucket.py).
+- `get_tagged` is a conditional GET: (None, etag) while the object still
+  has the ETag the caller holds, so polling an unchanged object costs no body.
 - Every request attempt is counted in the store's RequestStats by
   operation, every failed one by kind (`error_kind`; a missing key the
   caller expects is no failure), every retry: the transfer metrics read
@@ -97,6 +103,8 @@ class ObjectStore:
         self.stats.request(op)
 
     def put(self, key, data): raise NotImplementedError
+    def put_new(self, key, data): raise NotImplementedError
+    def get_tagged(self, key, etag=None): raise NotImplementedError
     def get(self, key, start=None, end=None): raise NotImplementedError
     def exists(self, key): raise NotImplementedError
     def list(self, prefix=""): raise NotImplementedError
@@ -178,6 +186,13 @@ def retry(fn, *args, deadline=DEFAULT_DEADLINE, what="remote request", hint="",
             delay = min(delay * 2, 2.0)
 
 
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class DirStore(ObjectStore):
     """Objects as files under a directory (the embedded default remote)."""
 
@@ -197,6 +212,26 @@ class DirStore(ObjectStore):
 
     def put(self, key, data):
         self._count("put")
+        path, tmp = self._written_aside(key, data)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def put_new(self, key, data):
+        self._count("put")
+        path, tmp = self._written_aside(key, data)
+        try:
+            os.link(tmp, path)            # fails if the key exists: never overwrites
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            _unlink_quietly(tmp)
+
+    def _written_aside(self, key, data):
+        """(path of `key`, a temporary file beside it holding `data`, synced)."""
         path = self._file(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
@@ -205,13 +240,20 @@ class DirStore(ObjectStore):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.rename(tmp, path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
             raise
+        return path, tmp
+
+    def get_tagged(self, key, etag=None):
+        self._count("get")
+        try:
+            with open(self._file(key), "rb") as f:
+                st = os.fstat(f.fileno())
+                tag = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
+                return (None, tag) if tag == etag else (f.read(), tag)
+        except FileNotFoundError:
+            raise NotFound(f"no object {key!r} in {self.url}") from None
 
     def get(self, key, start=None, end=None):
         self._count("get")
@@ -320,6 +362,39 @@ class S3Store(ObjectStore):
         body = data if isinstance(data, (bytes, bytearray)) else bytes(data)
         self._call(f"PUT {key}", "put", self.client.put_object, Key=self.prefix + key,
                    Body=body)
+
+    conditional_puts = True        # until the server says it has none
+
+    def put_new(self, key, data):
+        import botocore.exceptions as bx
+        if self.conditional_puts:
+            try:
+                self._call(f"PUT {key}", "put", self.client.put_object, Key=self.prefix + key,
+                           Body=data, IfNoneMatch="*",
+                           expected=("PreconditionFailed", "412", "NotImplemented", "501"))
+                return True
+            except bx.ClientError as exc:
+                if _error_code(exc) in ("PreconditionFailed", "412"):
+                    return False
+                self.conditional_puts = False
+        if self.exists(key):
+            return False
+        self.put(key, data)
+        return True
+
+    def get_tagged(self, key, etag=None):
+        import botocore.exceptions as bx
+        extra = {"IfNoneMatch": etag} if etag else {}
+        def once():
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
+            return resp["Body"].read(), resp["ETag"]
+        try:
+            return self._request(f"GET {key}", "get", once,
+                                 expected=("NoSuchKey", "404", "304"))
+        except bx.ClientError as exc:
+            if _error_code(exc) == "304":
+                return None, etag
+            raise NotFound(f"no object {key!r} in {self.url}") from None
 
     def get(self, key, start=None, end=None):
         import botocore.exceptions as bx

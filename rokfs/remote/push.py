@@ -18,6 +18,8 @@ Invariants:
   a step of its own, so the caller decides where the push commits.
 - The slot hashes it learns are cached through the engine and committed
   with the next commit.
+- A manifest for a registry version (`named` False) is built, not written,
+  and nothing under manifests/ is read or compared.
 - A manifest already there under the snapshot's name is kept if it has the
   same content and is sealed (format 2); one of format 1 with the same
   content is rewritten sealed; one with other content, or one that does not
@@ -37,8 +39,9 @@ SAVE_PACKS = 64                # uploaded packs recorded in remote.db per transa
 class PushJob:
     """One push: hash, dedup, pack, upload; then segments and the manifest."""
 
-    def __init__(self, remote, pool, state, snap, progress, base_entry):
+    def __init__(self, remote, pool, state, snap, progress, base_entry, named=True):
         self.remote, self.pool, self.state, self.snap = remote, pool, state, snap
+        self.named = named                       # the manifest goes to manifests/NAME
         self.progress = progress
         self.base_entry = base_entry
         self.cs = pool.chunk_size
@@ -145,8 +148,7 @@ class PushJob:
         self.unsaved[key] = entries
         if len(self.unsaved) >= SAVE_PACKS:
             self._save_packs()
-        for h, offset, length in entries:
-            self.remote.index[h] = (key, offset, length)
+        self.remote.uploaded(key, entries)
         self.uploaded_chunks += len(items)
         self.uploaded_bytes += size
         self._advance(len(items))
@@ -179,7 +181,8 @@ class PushJob:
 
         async with single_errors():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(get_old)
+                if self.named:
+                    nursery.start_soon(get_old)
                 for i, first in enumerate(firsts):
                     nursery.start_soon(put_segment, i, first)
         if old and self._already_there(old[0], segments):

@@ -16,12 +16,18 @@ Invariants:
 - A push cancelled before its manifest PUT starts writes no manifest; that
   PUT, once started, is shielded from cancellation, and so are the PUTs of
   the push's lock and its DELETE, so a cancelled push neither half-commits
-  nor leaves its lock behind to block GC.
+  nor leaves its lock behind to block GC. The same holds for `upload` of
+  several snapshots and its `commit` (a registry publish: one lock from
+  the first chunk to the head).
 - A segment is used only once it has been checked to hold as many chunks
   as its place in the manifest says (so every chunk below the manifest's
   count has an entry).
 - The chunk index holds only packs whose header read well; a pack whose
-  header does not is reported and left out (its chunks go up again).
+  header does not is reported and left out (its chunks go up again). A
+  push reloading the index keeps the packs a concurrent push of ours
+  uploaded after its LIST started (both hold push locks: GC cannot have
+  removed them), so concurrent pushes to one remote never lose each
+  other's chunks.
 """
 
 import copy
@@ -63,6 +69,7 @@ class RemoteStore:
         self.index = {}          # chunk hash -> (pack key, offset, length)
         self._segments = {}      # segment key -> parsed segment
         self._loading = {}       # segment key -> _Load of the one GET in flight
+        self._fresh = {}         # pack key -> (when, entries) uploaded by our pushes
         self.on_demand = 0       # on-demand fetches in flight (hydrators yield to them)
 
     async def run(self, fn, *args, **kwargs):
@@ -77,6 +84,7 @@ class RemoteStore:
         """Index every pack on the remote: cached headers, fetched for new
         packs. Returns {key: Corrupt} of the packs whose header does not
         read (left out of the index and of the cache)."""
+        started = time.monotonic()
         listed = {o.key: o.size for o in await self.run(self.objects.list, "packs/")}
         cached = state.packs(self.url)
         state.forget_packs(self.url, [k for k in cached if k not in listed])
@@ -86,11 +94,31 @@ class RemoteStore:
                 for key in sorted(listed.keys() - cached.keys()):
                     nursery.start_soon(self._fetch_header, key, listed[key], new, corrupt)
         state.add_packs(self.url, new)
+        known = {**{k: v for k, v in cached.items() if k in listed}, **new,
+                 **self._uploaded_since(started, listed)}
         self.index = {}
-        for key, entries in {**{k: v for k, v in cached.items() if k in listed}, **new}.items():
+        for key, entries in known.items():
             for h, offset, length in entries:
                 self.index[h] = (key, offset, length)
         return corrupt
+
+    def uploaded(self, key, entries):
+        """A push of ours uploaded pack `key`: index it now."""
+        self._fresh[key] = (time.monotonic(), entries)
+        for h, offset, length in entries:
+            self.index[h] = (key, offset, length)
+
+    def _uploaded_since(self, started, listed):
+        """Packs our pushes uploaded after a LIST `started` (so it may not
+        show them), to keep in the index a concurrent push is using; the
+        others are forgotten (the LIST spoke for them)."""
+        out = {}
+        for key, (when, entries) in list(self._fresh.items()):
+            if key not in listed and when >= started:
+                out[key] = entries
+            else:
+                del self._fresh[key]
+        return out
 
     async def _fetch_header(self, key, size, out, corrupt):
         try:
@@ -103,35 +131,48 @@ class RemoteStore:
     # -- push ---------------------------------------------------------------------
     async def push(self, pool, state, snap, *, progress=None, grace=3600, base_entry=None):
         started = time.monotonic()
-        with trio.CancelScope(shield=True):         # a lock written is a lock dropped
-            lock = await self.run(self.chunks.take_lock, "push", grace)
-        try:
-            job = PushJob(self, pool, state, snap, progress, base_entry)
-            manifest, corrupt = await self._upload(job, state, lock, grace)
-            with trio.CancelScope(shield=True):     # the commit point: one PUT
-                if manifest is not None:
-                    await job.put_manifest(manifest)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.run(self.chunks.drop_lock, lock)
+
+        async def commit(pushed):               # the commit point: one PUT
+            job, manifest = pushed[0]
+            if manifest is not None:
+                await job.put_manifest(manifest)
+
+        [(job, manifest)], corrupt = await self.upload(
+            pool, state, [snap], commit, progress=progress, grace=grace, base_entry=base_entry)
         return {"snapshot": snap.full_name, "remote": self.url, "chunks": snap.nchunks,
                 "uploaded_chunks": job.uploaded_chunks, "uploaded_bytes": job.uploaded_bytes,
                 "skipped_chunks": snap.nchunks - job.uploaded_chunks,
                 "manifest_written": manifest is not None, "seconds": time.monotonic() - started,
                 "corrupt_objects": [str(exc) for _, exc in sorted(corrupt.items())]}
 
-    async def _upload(self, job, state, lock, grace):
-        """Chunks, then segments, our lock kept fresh meanwhile; the manifest
-        to write (None if the same one is there already) and {key: Corrupt}
-        of the packs whose header does not read."""
-        async with single_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._refresh_lock, lock, grace)
-                corrupt = await self.load_index(state)
-                await job.upload_chunks()
-                manifest = await job.write_segments()
-                nursery.cancel_scope.cancel()
-        return manifest, corrupt
+    async def upload(self, pool, state, snaps, commit, *, progress=None, grace=3600,
+                     base_entry=None, named=True):
+        """Chunks, then segments, of each of `snaps` under one push lock kept
+        fresh meanwhile; then `await commit([(job, manifest)])`, shielded
+        and still under the lock. A manifest is None when the same one is
+        already there under the snapshot's name (`named`: else manifests
+        are built for a commit that stores them elsewhere, the registry's
+        versions). Returns ([(job, manifest)], {key: Corrupt} of the packs
+        whose header does not read)."""
+        with trio.CancelScope(shield=True):         # a lock written is a lock dropped
+            lock = await self.run(self.chunks.take_lock, "push", grace)
+        try:
+            async with single_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._refresh_lock, lock, grace)
+                    corrupt = await self.load_index(state)
+                    pushed = []
+                    for snap in snaps:
+                        job = PushJob(self, pool, state, snap, progress, base_entry, named)
+                        await job.upload_chunks()
+                        pushed.append((job, await job.write_segments()))
+                    with trio.CancelScope(shield=True):
+                        await commit(pushed)
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.run(self.chunks.drop_lock, lock)
+        return pushed, corrupt
 
     async def _refresh_lock(self, lock, grace):
         """Rewrite our lock well within the grace period, so a long push stays
