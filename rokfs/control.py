@@ -10,19 +10,17 @@ Invariants:
   worker thread while the loop keeps serving I/O.
 - A flush is satisfied by any commit that *started* after the flush was
   requested (group commit): concurrent flushes share one fsync.
-- Fetched chunks are installed concurrently with each other and with
-  commits: their slots are taken, counting for nothing in the metadata
-  until they are mapped (ExtentStore.take/claim), so a commit or a crash in
-  between leaves them free.
 - `push` changes nothing the user sees in the pool; the hashes it caches for
   frozen slots go with the next commit.
-- Devices (`open_device`) are the callback table of the protocol adapters:
-  pread / pwrite / trim / write_zeroes / flush / cache / extents. A Device
-  holds its image (image.py's lifecycle) from open to close, as a push
-  holds its snapshot and a hydrator its volume; a delete the holders block
-  is refused (Busy) unless deferred, and whatever `close` frees is
-  committed right after.
-- The engine's NeedsChunks never leaves this module: every verb and device
+- The verbs of one door, in four files: this one (durability, volumes,
+  snapshots, groups, lineage, pool, remotes, jobs, the background tasks),
+  hydration.py, registry_verbs.py and policy_verbs.py (mixed into
+  Control); each states its own invariants. Devices (`open_device`,
+  device.py) are the callback table of the protocol adapters.
+- Holders: a Device holds its image from open to close, as a push holds
+  its snapshot and a hydrator its volume; a delete the holders block is
+  refused (Busy) unless deferred.
+- The engine's NeedsChunks never leaves the verbs: every verb and device
   call that can meet a cold chunk fetches it and retries (`_hydrating`).
 - Pushes, and waits for a pull's or a hydration's end, run as jobs
   (jobs.py), attached to their caller or detached, listed and cancellable.
@@ -38,50 +36,37 @@ Invariants:
   that yields between slices, then commits.
 - A create verb that fails leaves no image behind; pull checks the name
   and the size the pool can hold before it records the remote base.
-- Registry verbs are thin: signed documents, buckets, trust and sync are
-  rokfs/registry's; here only what touches the pool: a publish holds its
-  snapshots and pushes them under one lock, a subscribed version becomes
-  read-only snapshots with a remote base (hydrated in the background like
-  pulled volumes) or writable clones, made idempotently.
-- Policy verbs are thin: the spec is policy.py's, runs, plans and the
-  runner policies.py's; a policy is stored in the pool and committed before
-  the verb returns; the daemon's runner (if any) is woken to follow it.
 """
 
 import contextlib
 import functools
 import logging
-import os
 import time
 
 import trio
 
-from . import freeze, lineage, names, policies
-from .errors import (AlreadyExists, InvalidArgument, NoSpace, NotFound, ReadOnly, RemoteError,
-                     RokfsError, one_line, single_errors)
+from . import freeze, lineage, names
+from .device import HOLDER_OF_FRONT, Device, stat_of
+from .errors import AlreadyExists, InvalidArgument, NotFound, RokfsError
 from .fsck import fsck
+from .hydration import HydrationVerbs
 from .image import NeedsChunks
 from .jobs import Job, Jobs
-from .policy import POLICY_LABEL, parse_policy
+from .policy_verbs import PolicyVerbs
+from .registry_verbs import RegistryVerbs
 from .stats import Counters
 
 log = logging.getLogger("rokfs.control")
-HYDRATE_WINDOW = 128           # chunks per background fetch: one pack (PACK_CHUNKS)
-HYDRATE_FLUSH_BYTES = 64 << 20  # commit installed chunks at least this often
-HOLDER_OF_FRONT = {"nbd": "NBD connection", "fuse": "FUSE handle"}
 SPACE_KEYS = ("allocated", "exclusive", "shared", "unhydrated")
 LIST_SLICE = 256                # snapshots listed between yields to other work
-HYDRATION_POLL = 0.2            # seconds between checks of a hydration job
 FILL_IDLE_SECONDS = 2.0        # the filler completes partial slots after this long without I/O
 FILL_BACKLOG = 65536           # ... or, past this many partial slots, a batch each poll anyway
 FILL_BATCH = 64                # partial slots completed per step on the loop (~2 ms)
 FILL_POLL = 0.5                # seconds between the filler's looks at the pool
 PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
-PUBLISH_CANCELLED = ("no version was written; publish again to resume from what was "
-                     "uploaded")
 
 
-class Control:
+class Control(HydrationVerbs, RegistryVerbs, PolicyVerbs):
     def __init__(self, pool, remotes=None):
         self.pool = pool
         self.remotes = dict(remotes or {})
@@ -95,9 +80,9 @@ class Control:
         self._commit_lock = trio.Lock()
         self._commits_started = 0
         self._commits_done = 0
+        self._freeing = False           # a task frees queued images in slices
         self.last_io = time.perf_counter()      # when a Device last served a request
         self.fill_idle_seconds = FILL_IDLE_SECONDS
-        self._freeing = False           # a task frees queued images in slices
 
     # -- durability ------------------------------------------------------------
     async def flush(self):
@@ -202,7 +187,7 @@ class Control:
 
     def stat(self, name):
         """Cheap facts about a volume or snapshot (no map walk), for listings."""
-        return _stat_of(self.pool.get_image(name))
+        return stat_of(self.pool.get_image(name))
 
     def volume_info(self, name):
         return self.pool.get_volume(name).info()
@@ -470,337 +455,6 @@ class Control:
         roots = Buckets(store.objects, trust=None).live_segments   # names, whoever signed
         return await store.run(store.chunks.gc, grace_seconds, roots)
 
-    # -- registry: buckets of signed versions (rokfs/registry, docs/registry.md) -----------
-    registry_poll = 10.0        # seconds between polls of subscribed heads ([registry] poll)
-    _registry = None
-
-    @property
-    def registry(self):
-        """The registry's state and work, made on first use (registry.db)."""
-        if self._registry is None:
-            from .registry.service import Registry
-            self._registry = Registry(self, self.pool.path, poll=self.registry_poll)
-            self._registry_used.set()
-        return self._registry
-
-    def _registry_exists(self):
-        return os.path.exists(os.path.join(self.pool.path, "registry.db"))
-
-    async def _poll_registry(self):
-        """Poll subscriptions once this pool uses the registry at all (a
-        pool that never does opens no registry.db)."""
-        await self._registry_used.wait()
-        await self.registry.run_poller()
-
-    def registry_key(self):
-        """This pool's public keys: the publisher key subscribers trust and
-        the reader key a private bucket's ACL grants."""
-        return self.registry.identity.describe()
-
-    def registry_trust(self, scope, key):
-        """Trust publisher `key` for a team (every bucket of it) or one bucket."""
-        return self.registry.trust(scope, key)
-
-    def registry_distrust(self, scope, key):
-        return self.registry.distrust(scope, key)
-
-    def registry_trusted(self):
-        return self.registry.state.trust_list()
-
-    async def registry_publish(self, target, bucket, *, message="", labels=None,
-                               remote="default", private=False, progress=None, detach=False):
-        """Publish snapshot VOLUME@SNAP or group snapshot `target` as the next
-        version of `bucket`: push what is missing, write the version, move
-        the head, all under one push lock. A job, like push. `private` makes
-        a new bucket private (docs/registry.md); a private bucket's chunks
-        go up encrypted with its data key."""
-        from .registry.documents import check_bucket
-        check_bucket(bucket)
-        labels = names.check_labels(labels)
-        snaps = ([self.pool.get_snapshot(target)] if "@" in target
-                 else self.pool.get_group(target))
-        store = self.remote(remote)
-        job = Job("publish", bucket, remote=store.url, cancelled_note=PUBLISH_CANCELLED)
-        work = functools.partial(self._publish_held, snaps, store, bucket, message, labels,
-                                 private)
-        return await self.jobs.run(job, work, progress=progress, detach=detach)
-
-    async def _publish_held(self, snaps, store, bucket, message, labels, private, job):
-        started = time.monotonic()
-        for snap in snaps:
-            self.hold(snap, "publish")
-        try:
-            version = []
-            target, acl = await self.registry.publish_target(store, bucket, private)
-
-            async def commit(pushed):
-                version.append(await self.registry.commit_version(store, bucket, pushed,
-                                                                  message, labels, acl))
-            pushed, _ = await target.upload(self.pool, self.remote_state, snaps, commit,
-                                            progress=job.report,
-                                            base_entry=self._base_entry(target), named=False)
-        finally:
-            for snap in snaps:
-                self.release(snap, "publish")
-        uploaded = sum(j.uploaded_bytes for j, _ in pushed)
-        self.counters.push_bytes += uploaded
-        self.counters.push_chunks += sum(j.uploaded_chunks for j, _ in pushed)
-        v = version[0]
-        return {"bucket": bucket, "version": v["version"], "digest": v["digest"],
-                "remote": store.url, "members": [s.full_name for s in snaps],
-                "chunks": sum(s.nchunks for s in snaps),
-                "uploaded_chunks": sum(j.uploaded_chunks for j, _ in pushed),
-                "uploaded_bytes": uploaded, "seconds": time.monotonic() - started}
-
-    async def registry_ls(self, bucket=None, *, remote="default"):
-        """The buckets on a remote (with their head), or one bucket's versions."""
-        return await self.registry.list(self.remote(remote), bucket)
-
-    async def registry_subscribe(self, bucket, *, remote="default", local=None, clone=False,
-                                 hydrate=True):
-        """Follow `bucket`: each version becomes read-only snapshots LOCAL@vN
-        (LOCAL.VOLUME@vN for a group), or writable clones LOCAL-vN with
-        `clone`, hydrated in the background (only as read, if not `hydrate`).
-        Syncs once now; the daemon polls after that."""
-        from .registry.documents import check_bucket
-        local = local or check_bucket(bucket).split("/")[1]
-        names.check_name(local, "local name")
-        self.registry.subscribe(bucket, self.remote(remote), local, bool(clone), bool(hydrate))
-        try:
-            made = await self.registry.sync(bucket)
-        except NotFound:            # nothing published yet: the poller picks it up
-            made = []
-        return {**self.registry.state.subscription(bucket), "made": made,
-                "remote": self.remote(remote).url}
-
-    async def registry_unsubscribe(self, bucket):
-        """Stop following `bucket` (the local snapshots stay)."""
-        self.registry.unsubscribe(bucket)
-
-    def registry_subscriptions(self):
-        return self.registry.subscriptions()
-
-    async def registry_sync(self, bucket=None):
-        """Poll now: `bucket`, or every subscription. {bucket: versions made}."""
-        buckets = [bucket] if bucket else [s["bucket"] for s in
-                                           self.registry.state.subscriptions()]
-        return {b: await self.registry.sync(b) for b in buckets}
-
-    async def registry_pull(self, version, new_volume, *, remote="default"):
-        """Restore a version (TEAM/NAME@vN; the head without @vN) as new
-        writable volumes: NEW, or NEW.VOLUME for each member of a group."""
-        from .registry.documents import split_version_ref
-        bucket, n = split_version_ref(version)
-        names.check_name(new_volume, "new volume")
-        store = self.remote(remote)
-        body, source = await self.registry.leased_version(store, bucket, n)
-        made = []
-        for member in body["members"]:
-            name = _member_name(new_volume, body, member)
-            made.append(await self._volume_of_manifest(source, member["manifest"], name,
-                                                       f"{store.url}#{bucket}@v{body['version']}"))
-        return [v.info() for v in made]
-
-    async def _volume_of_manifest(self, store, manifest, name, origin):
-        self._check_manifest_fits(manifest, name)
-        if name in {v.name for v in self.pool.list_volumes()}:
-            raise AlreadyExists(f"volume {name!r} already exists")
-        with trio.CancelScope(shield=True):
-            base_id = self.remote_state.add_base(store.spec, manifest["name"], manifest)
-            vol = self.pool.create_volume(name, manifest["size"], base=base_id,
-                                          base_chunks=manifest["chunks"], origin=origin)
-            await self.flush()
-        self._new_base()
-        return vol
-
-    def _check_manifest_fits(self, manifest, name):
-        if manifest["chunk_size"] != self.pool.chunk_size:
-            raise InvalidArgument(f"{name}: the version has {manifest['chunk_size']}-byte "
-                                  f"chunks, this pool uses {self.pool.chunk_size}")
-        self.pool.check_size(manifest["size"])
-
-    async def registry_acl_show(self, bucket, *, remote="default"):
-        """A private bucket's ACL: readers, writers, key generation."""
-        return await self.registry.acl_show(self.remote(remote), bucket)
-
-    async def registry_acl_grant(self, bucket, key, *, writer=False, remote="default"):
-        """Let reader key `key` read every version of private `bucket` (or,
-        `writer`, let publisher key `key` publish to it)."""
-        return await self.registry.acl_grant(self.remote(remote), bucket, key, bool(writer))
-
-    async def registry_acl_revoke(self, bucket, key, *, remote="default"):
-        """Take a reader (the data key rotates: versions published after are
-        closed to it) or a writer off private `bucket`'s ACL."""
-        return await self.registry.acl_revoke(self.remote(remote), bucket, key)
-
-    def registry_policy(self, bucket, *, remote="default"):
-        """An S3 bucket policy enforcing the publisher/subscriber split of
-        `bucket` at the storage layer, prefix-scoped (a template: put the
-        IAM principals of your publishers and subscribers in)."""
-        from .registry.policy import bucket_policy
-        return bucket_policy(self.remote(remote).spec, bucket)
-
-    async def registry_rm(self, version, *, remote="default"):
-        """Remove one version from its bucket (gc frees its chunks later)."""
-        from .registry.documents import split_version_ref
-        bucket, n = split_version_ref(version)
-        if n is None:
-            raise InvalidArgument(f"say which version of {bucket} to remove (@vN)")
-        store = self.remote(remote)
-        await store.run(self.registry.buckets(store).delete_version, bucket, n)
-
-    # registry helpers (not verbs): what rokfs/registry/service.py needs of the pool
-    def remote_of_spec(self, spec):
-        return self._remote_for_spec(spec)
-
-    def remote_url_of(self, spec):
-        return self._remote_for_spec(spec).url
-
-    def base_segments(self, store):
-        """Segment keys of the remote bases on `store` that live images still
-        read from (a subscriber's lease: gc keeps them)."""
-        out = set()
-        for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
-            if image.base:
-                base = self.remote_state.base(image.base)
-                if self._remote_for_spec(base["remote"]) is store:
-                    out.update(base["manifest"]["segments"])
-        return out
-
-    async def make_version_snapshots(self, store, sub, version):
-        """The local images of a subscribed version (idempotent): read-only
-        snapshots LOCAL@vN of each member, on a carrier volume LOCAL (empty,
-        made once), or writable clones LOCAL-vN with `clone`."""
-        tag = f"v{version['version']}"
-        labels = {"registry.bucket": sub["bucket"].replace("/", "."),
-                  "registry.version": str(version["version"])}
-        origin = f"{store.url}#{sub['bucket']}@{tag}"
-        for member in version["members"]:
-            local = _member_name(sub["local"], version, member)
-            manifest = member["manifest"]
-            self._check_manifest_fits(manifest, local)
-            if sub["clone"]:
-                if f"{local}-{tag}" not in {v.name for v in self.pool.list_volumes()}:
-                    vol = await self._volume_of_manifest(store, manifest, f"{local}-{tag}",
-                                                         origin)
-                    if not sub["hydrate"]:
-                        self._pause(vol)
-                continue
-            snap = await self._remote_snapshot(store, manifest, f"{local}@{tag}", labels, origin)
-            if not sub["hydrate"]:
-                self._pause(snap)
-
-    async def _remote_snapshot(self, store, manifest, full_name, labels, origin):
-        volume = full_name.split("@")[0]
-        if full_name in {s.full_name for s in self.pool.list_snapshots()}:
-            return self.pool.get_snapshot(full_name)
-        with trio.CancelScope(shield=True):
-            if volume not in {v.name for v in self.pool.list_volumes()}:
-                self.pool.create_volume(volume, 0, origin=origin.split("@")[0])
-            base_id = self.remote_state.add_base(store.spec, manifest["name"], manifest)
-            snap = self.pool.create_remote_snapshot(full_name, manifest["size"], base_id,
-                                                    manifest["chunks"], labels)
-            await self.flush()
-        self._new_base()
-        return snap
-
-    def _pause_on_demand_subscriptions(self):
-        """Images of subscriptions that hydrate on demand only: paused (at start)."""
-        on_demand = {s["bucket"].replace("/", ".") for s in self.registry.state.subscriptions()
-                     if not s["hydrate"]}
-        for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
-            if image.base and getattr(image, "labels", {}).get("registry.bucket") in on_demand:
-                self._pause(image)
-
-    # -- hydration ----------------------------------------------------------------------
-    async def fetch_chunks(self, image, chunks, *, readahead=True):
-        """Fetch cold chunks of `image` from its base and install them."""
-        if not image.base:
-            return
-        base = self.remote_state.base(image.base)
-        store = self._remote_for_spec(base["remote"])
-        wanted = set(chunks)
-        if readahead:
-            from .remote import READAHEAD
-            for c in chunks:
-                wanted.update(n for n in range(c + 1, min(c + 1 + READAHEAD, image.base_chunks))
-                              if image.is_cold(n, image.entry(n)))
-        try:
-            got = await store.fetch(base["manifest"], wanted, self.pool.chunk_size,
-                                    on_demand=readahead, required=set(chunks))
-        except RokfsError as exc:
-            log.warning("event=fetch_failed image=%s error=%s", image.full_name, exc)
-            raise
-        stored = sum(data is not None for data in got.values())
-        self.counters.pull_chunks += stored
-        self.counters.pull_bytes += stored * self.pool.chunk_size
-        await self._install(image, got)
-        return got
-
-    async def _install(self, image, fetched):
-        """Write fetched chunks into taken slots on a worker thread, then map
-        them. Commits go on meanwhile: a taken slot counts for nothing in
-        the metadata until it is mapped (ExtentStore.take/claim)."""
-        plan = self.pool.reserve_install(image, fetched)
-        if not plan:
-            return
-        try:
-            runs = self.pool.slots.plan_runs([(slot, data) for _, slot, data in plan])
-            await trio.to_thread.run_sync(self.pool.slots.write_runs, runs)
-        except BaseException:
-            self.pool.release_install(plan)
-            raise
-        self.pool.finish_install(image, plan)
-
-    def hydration_status(self, volume):
-        return self._hydration_of(self.pool.get_image(volume))
-
-    def _hydration_of(self, vol):
-        h = self._hydration_now(vol)
-        cs = self.pool.chunk_size
-        return {"volume": vol.full_name, **h, "bytes_done": h["chunks_done"] * cs,
-                "bytes_total": h["chunks_total"] * cs}
-
-    def _hydration_now(self, vol):
-        """The hydrator's status of `vol`, or one made from the volume's map."""
-        h = self._hydration.get(vol.id)
-        if h is None:
-            total = vol.base_chunks
-            done = total - vol.cold_count() if total else 0
-            h = {"state": self._unhydrated_state(vol) if vol.base else "hydrated",
-                 "chunks_done": done,
-                 "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
-        return h
-
-    def _unhydrated_state(self, vol):
-        return "paused: by request" if vol.id in self._paused else "hydrating"
-
-    async def wait_hydrated(self, volume, *, progress=None, detach=False):
-        """Follow a volume's hydration as a "hydration" job until it is done
-        (returns its hydration status); `detach` starts the job and returns it."""
-        vol = self.pool.get_image(volume)
-        job = self._hydration_job("hydration", vol)
-        return await self.jobs.run(job, functools.partial(self._until_hydrated, vol),
-                                   progress=progress, detach=detach)
-
-    def _hydration_job(self, kind, vol):
-        """A job following `vol`'s hydration; cancelling it pauses the hydration."""
-        note = (f"volume {vol.name} stays usable (reads fetch what they need); its "
-                f"hydration is paused: rokctl hydration resume {vol.name}")
-        return Job(kind, vol.name, cancelled_note=note, on_cancel=lambda: self._pause(vol))
-
-    async def _until_hydrated(self, vol, job):
-        while True:
-            status = self._hydration_of(vol)
-            job.report(status["bytes_done"], status["bytes_total"])
-            if status["state"] == "hydrated":
-                return status
-            if status["state"].startswith("failed"):
-                raise RemoteError(f"hydration of {vol.name} failed: {status['error']}")
-            if not vol.live:
-                raise NotFound(f"volume {vol.name} was deleted")
-            await trio.sleep(HYDRATION_POLL)
-
     # -- jobs ------------------------------------------------------------------------------
     def list_jobs(self):
         """Running pushes, pulls and hydrations, then the last finished ones."""
@@ -824,8 +478,8 @@ class Control:
         running = set()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.jobs.serve)
-            nursery.start_soon(self.fill_when_idle)
             nursery.start_soon(self._poll_registry)
+            nursery.start_soon(self.fill_when_idle)
             task_status.started()
             while True:
                 for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
@@ -860,186 +514,6 @@ class Control:
     def _idle(self):
         return time.perf_counter() - self.last_io >= self.fill_idle_seconds
 
-    async def _hydrate_volume(self, vol, running):
-        try:
-            while vol.base and vol.live:
-                try:
-                    await self._hydrate_held(vol)
-                except NoSpace as exc:          # pause; go on once space is back
-                    self._hydration[vol.id] = {**self._hydration_now(vol), "error": str(exc),
-                                               "state": "paused: disk full"}
-                    log.warning("event=hydrate_paused volume=%s reason=disk_full", vol.name)
-                    await self._until_space_returns()
-                except Exception as exc:        # one volume's failure stays its own
-                    self._hydration[vol.id] = {**self._hydration_now(vol), "state": "failed",
-                                               "error": one_line(exc)}
-                    log.warning("event=hydrate_failed volume=%s error=%s", vol.name,
-                                one_line(exc), exc_info=not isinstance(exc, RokfsError))
-                    await trio.sleep(5)
-        finally:
-            running.discard(vol.id)
-
-    async def _until_space_returns(self):
-        """Wait (polling the filesystem every second) until data may take as
-        much as the reserve again: room enough not to pause again at once."""
-        while self.pool.data_space() < self.pool.data_reserve():
-            await trio.sleep(1)
-
-    def pause_hydration(self, volume):
-        """Stop fetching `volume`'s chunks in the background (reads still
-        fetch what they need) until resume_hydration; not kept across a restart."""
-        vol = self.pool.get_image(volume)
-        self._pause(vol)
-        return self._hydration_of(vol)
-
-    def _pause(self, vol):
-        self._paused.add(vol.id)
-        if vol.id in self._hydration and vol.base:
-            self._hydration[vol.id]["state"] = "paused: by request"
-
-    def resume_hydration(self, volume):
-        vol = self.pool.get_image(volume)
-        self._paused.discard(vol.id)
-        if self._hydration.get(vol.id, {}).get("state") == "paused: by request":
-            self._hydration[vol.id]["state"] = "hydrating"
-        return self.hydration_status(volume)
-
-    async def _hydrate_held(self, vol):
-        """One pass, holding the volume ("hydrator": a delete does not wait
-        for it; the pass stops at its next window and lets go)."""
-        self.hold(vol, "hydrator")
-        try:
-            await self._hydrate_pass(vol)
-        finally:
-            self.release(vol, "hydrator")
-
-    async def _hydrate_pass(self, vol):
-        base = self.remote_state.base(vol.base)
-        store = self._remote_for_spec(base["remote"])
-        total = vol.base_chunks
-        status = {"state": self._unhydrated_state(vol), "chunks_done": total - vol.cold_count(),
-                  "chunks_total": total, "rate_bytes_per_s": 0.0, "error": None}
-        self._hydration[vol.id] = status
-        started, start_done = time.monotonic(), status["chunks_done"]
-        # twice the remote's request limit in windows, so that while some
-        # windows install their chunks the remote still has every slot busy
-        limit = trio.Semaphore(2 * store.concurrency)
-        since_flush = [0]
-
-        async def window(first):
-            try:
-                while store.on_demand:          # user reads go first
-                    await trio.sleep(0.005)
-                while vol.id in self._paused:
-                    await trio.sleep(0.2)
-                if not vol.live or vol.base is None:
-                    return
-                cold = vol.cold_chunks(first, first + HYDRATE_WINDOW)
-                if cold:
-                    got = await self.fetch_chunks(vol, cold, readahead=False)
-                    since_flush[0] += len(got) * self.pool.chunk_size
-                    self.counters.hydrated_chunks += len(got)
-                    self.counters.hydrated_bytes += len(got) * self.pool.chunk_size
-                status["chunks_done"] = total - vol.cold_count() if \
-                    first % (HYDRATE_WINDOW * 64) == 0 else status["chunks_done"] + len(cold)
-                elapsed = time.monotonic() - started
-                status["rate_bytes_per_s"] = ((status["chunks_done"] - start_done)
-                                              * self.pool.chunk_size / max(elapsed, 1e-6))
-                if since_flush[0] >= HYDRATE_FLUSH_BYTES:
-                    since_flush[0] = 0
-                    await self.flush()
-            finally:
-                limit.release()
-
-        async with single_errors():
-            async with trio.open_nursery() as nursery:
-                for first in range(0, total, HYDRATE_WINDOW):
-                    await limit.acquire()
-                    nursery.start_soon(window, first)
-        if not vol.live:
-            return
-        if not vol.cold_count():
-            self.pool.drop_base(vol)
-            await self.flush()
-            status.update(state="hydrated", chunks_done=total, error=None)
-            log.info("event=hydrated volume=%s chunks=%d", vol.name, total)
-
-    # -- policies: schedules and retention (rokfs/policy.py, rokfs/policies.py) ----------
-    policy_runner = None        # the daemon's PolicyRunner while it runs
-
-    def policy_now(self):
-        """The policies' clock: the runner's (a MockClock in tests), else the wall clock."""
-        return self.policy_runner.now() if self.policy_runner else time.time()
-
-    async def set_policy(self, target, spec):
-        """Give volume (or group, with `volumes` in the spec) `target` a policy;
-        its next run is counted from now unless the schedule is unchanged."""
-        policy = parse_policy(spec)
-        policies.check_target(self, target, policy)
-        old = self.pool.policy_record(target)
-        kept = old and parse_policy(old["spec"]).schedule.text == policy.schedule.text
-        self.pool.put_policy(target, policy.text(), old["anchor"] if kept else self.policy_now())
-        await self._policies_changed()
-        return self.show_policy(target)
-
-    def show_policy(self, target):
-        runner = self.policy_runner
-        return policies.show(self, target, self._policy_record(target),
-                             runner.last.get(target) if runner else None)
-
-    def list_policies(self):
-        return [self.show_policy(target) for target in sorted(self.pool.policy_records())]
-
-    async def delete_policy(self, target):
-        """Drop `target`'s policy; the snapshots it took stay."""
-        self.pool.drop_policy(target)
-        await self._policies_changed()
-
-    def plan_policy(self, target):
-        """What the policy's retention would delete now, why each other
-        snapshot is kept, and the bytes deleting them together frees."""
-        return policies.plan(self, target, self._policy(target))
-
-    async def run_policy(self, target):
-        """Run `target`'s policy now (snapshot, push, retention); its report."""
-        if self.policy_runner is not None:
-            return await self.policy_runner.run_now(target, self._policy(target))
-        return await policies.run_once(self, target, self._policy(target), self.policy_now())
-
-    def policy_records(self):
-        """{target: {"spec", "anchor"}} for the runner (not a verb)."""
-        return self.pool.policy_records()
-
-    def policy_snapshots(self, target, volume=None):
-        """The snapshots (of `volume`) labelled as taken by `target`'s policy:
-        name, group, labels, created and holds only, so that a run walks no
-        map (not a verb)."""
-        return [{"name": s.full_name, "group": s.group, "labels": dict(s.labels),
-                 "created": s.created, "holds": dict(s.holds)}
-                for s in self.pool.list_snapshots(volume)
-                if s.labels.get(POLICY_LABEL) == target]
-
-    def mark_policy_run(self, target, at):
-        """A run of `target` starts at `at`: its anchor, committed with the
-        run's snapshot (not a verb)."""
-        record = self.pool.policy_record(target)
-        if record is not None:
-            self.pool.put_policy(target, record["spec"], at)
-
-    def _policy_record(self, target):
-        record = self.pool.policy_record(target)
-        if record is None:
-            raise NotFound(f"no policy for {target!r}")
-        return record
-
-    def _policy(self, target):
-        return parse_policy(self._policy_record(target)["spec"])
-
-    async def _policies_changed(self):
-        await self.flush()
-        if self.policy_runner is not None:
-            self.policy_runner.wake()
-
 
 @contextlib.asynccontextmanager
 async def _frozen(mountpoints):
@@ -1058,12 +532,6 @@ async def _frozen(mountpoints):
                 await trio.to_thread.run_sync(freeze.thaw, mountpoint)
 
 
-def _member_name(local, version, member):
-    """The local volume of a version's member: LOCAL for a version of one
-    volume, LOCAL.VOLUME for each volume of a group."""
-    return local if len(version["members"]) == 1 else f"{local}.{member['volume']}"
-
-
 def _group_info(group, snaps, frees=None):
     return {"name": group, "created": min(s.created for s in snaps),
             "labels": dict(snaps[0].labels), "members": [s.full_name for s in snaps],
@@ -1079,123 +547,3 @@ def _space_of(images, frees):
     if frees is not None:
         space["frees"], space["frees_exact"] = frees["bytes"], frees["exact"]
     return space
-
-
-def _stat_of(image):
-    return {"id": image.id, "name": image.full_name, "size": image.size,
-            "allocated": image.usage()["allocated"], "read_only": image.read_only,
-            "created": image.created}
-
-
-class Device:
-    """An open volume or snapshot: the callback table protocol adapters use.
-    Holds its image (as `holder`) from open to close: a DELETING image stays
-    readable, with its own bytes, until its last Device closes."""
-
-    def __init__(self, control, image, holder, front):
-        control.hold(image, holder)
-        self.control = control
-        self.holder = holder
-        self.io = control.counters.image_io(image.full_name)
-        self.latency = control.counters.front_latency(front)
-        self.image = image
-        self.name = image.full_name
-        self.read_only = image.read_only
-        self.chunk_size = control.pool.chunk_size
-        self.closed = False
-
-    @property
-    def size(self):
-        return self.image.size
-
-    def may_block(self, offset, length):
-        """Would a request on this range wait for the remote (cold chunks)?
-        Adapters run such requests apart, so one slow remote read holds no
-        other request; False at once for an image with no remote base."""
-        return self.image.touches_cold(offset, length)
-
-    def stat(self):
-        """Control.stat of the open image, also once it is deleted (deferred)."""
-        return _stat_of(self.image)
-
-    def close(self):
-        if not self.closed:
-            self.closed = True
-            self.control.release(self.image, self.holder)
-
-    def _open(self):
-        if self.closed:
-            raise NotFound(f"{self.name} has been closed")
-        return self.image
-
-    def _writable(self):
-        image = self._open()
-        if self.read_only:
-            raise ReadOnly(f"{self.name} is a read-only snapshot")
-        return image
-
-    async def _with_hydration(self, op, *args):
-        return await self.control._hydrating(op, *args)
-    def _count(self, op, nbytes, start, ops=1):
-        """Plain integer bumps: no lock, no prometheus call on the I/O path."""
-        self.control.last_io = start
-        counts = self.io[op]
-        counts[0] += ops
-        counts[1] += nbytes
-        self.latency[op].observe(time.perf_counter() - start)
-
-    async def pread(self, offset, length):
-        start = time.perf_counter()
-        data = await self._with_hydration(self._open().pread, offset, length)
-        self._count("read", length, start)
-        return data
-
-    async def read_plan(self, offset, length):
-        """Like pread, but where the bytes are (Image.read_plan) instead of
-        the bytes: for adapters that send file data without copying it. The
-        plan holds only until the caller's next checkpoint."""
-        start = time.perf_counter()
-        plan = await self._with_hydration(self._open().read_plan, offset, length)
-        self._count("read", length, start)
-        return plan
-
-    async def pwrite(self, offset, data, fua=False, ops=1):
-        """Write `data` at `offset`; `ops=0` for all but the last piece of a
-        request written in pieces (the metrics count requests)."""
-        start = time.perf_counter()
-        await self._with_hydration(self._writable().pwrite, offset, data)
-        if fua:
-            await self.control.flush()
-        self._count("write", len(data), start, ops)
-
-    async def trim(self, offset, length, fua=False):
-        start = time.perf_counter()
-        await self._with_hydration(self._writable().trim, offset, length)
-        if fua:
-            await self.control.flush()
-        self._count("trim", length, start)
-
-    async def write_zeroes(self, offset, length, fua=False, no_hole=False):
-        start = time.perf_counter()
-        await self._with_hydration(self._writable().write_zeroes, offset, length, no_hole)
-        if fua:
-            await self.control.flush()
-        self._count("zero", length, start)
-
-    async def flush(self):
-        start = time.perf_counter()
-        self._open()
-        await self.control.flush()
-        self._count("flush", 0, start)
-
-    async def cache(self, offset, length):
-        self._count("cache", length, time.perf_counter())
-        image = self._open()
-        image._check_range(offset, length)
-        cold = [c for c, _, _ in image.spans(offset, length)
-                if image.is_cold(c, image.entry(c))]
-        if cold:
-            await self.control.fetch_chunks(image, cold)
-
-    async def extents(self, offset, length):
-        return self._open().extents(offset, length)

@@ -63,3 +63,13 @@ def parse_labels(items):
             raise InvalidArgument(f"invalid label {item!r}: expected KEY=VALUE")
         labels[key] = value
     return check_labels(labels)
+
+
+def check_bucket(name, what="bucket"):
+    """`TEAM/NAME`, each part a volume-style name; InvalidArgument otherwise."""
+    if not isinstance(name, str) or name.count("/") != 1:
+        raise InvalidArgument(f"{what} {name!r} must be TEAM/NAME (such as team/exp1)")
+    team, rest = name.split("/")
+    check_name(team, f"{what} team")
+    check_name(rest, f"{what} name")
+    return name

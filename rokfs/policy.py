@@ -137,8 +137,7 @@ def _push(arg):
 
 
 def _publish(arg):
-    from .registry.documents import check_bucket
-    return check_bucket(arg, "policy: publish needs a registry bucket")
+    return names.check_bucket(arg, "policy: publish needs a registry bucket")
 
 
 def _volumes(arg):

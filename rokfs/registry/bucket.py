@@ -43,6 +43,7 @@ import time
 import uuid
 
 from ..errors import Busy, Corrupt, InvalidArgument, NotAllowed, NotFound
+from ..names import check_bucket
 from . import documents
 
 ROOT = "registry/buckets/"
@@ -55,7 +56,7 @@ MAX_LEASE_TTL = 7 * 86400.0
 
 
 def bucket_prefix(bucket):
-    return ROOT + documents.check_bucket(bucket) + "/"
+    return ROOT + check_bucket(bucket) + "/"
 
 
 def version_key(bucket, n):

@@ -24,7 +24,7 @@ import json
 import re
 
 from ..errors import Corrupt, InvalidArgument, NotAllowed
-from ..names import check_labels, check_name
+from ..names import check_bucket, check_labels, check_name
 from ..remote.formats import _json, _object, chunk_hash, check_manifest
 
 FORMAT = 1
@@ -43,16 +43,6 @@ ACL_KEYS = ("kind", "bucket", "serial", "readers", "writers", "generation", "key
 
 
 # -- names ------------------------------------------------------------------------------
-
-def check_bucket(name, what="bucket"):
-    """`TEAM/NAME`, each part a volume-style name; InvalidArgument otherwise."""
-    if not isinstance(name, str) or name.count("/") != 1:
-        raise InvalidArgument(f"{what} {name!r} must be TEAM/NAME (such as team/exp1)")
-    team, rest = name.split("/")
-    check_name(team, f"{what} team")
-    check_name(rest, f"{what} name")
-    return name
-
 
 def split_version_ref(ref):
     """'team/exp1@v3' -> ('team/exp1', 3); 'team/exp1' -> ('team/exp1', None)."""

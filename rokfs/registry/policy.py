@@ -10,9 +10,10 @@ hold without it: the policy is a second wall, not the first.
 """
 
 from ..errors import InvalidArgument
+from ..names import check_bucket
 from .bucket import LEASES, bucket_prefix
 from .crypto import PRIVATE_ROOT
-from .documents import check_bucket
+
 
 PUBLISHER = "arn:aws:iam::ACCOUNT:role/PUBLISHER_ARN"
 SUBSCRIBER = "arn:aws:iam::ACCOUNT:role/SUBSCRIBER_ARN"

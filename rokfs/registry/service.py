@@ -34,6 +34,7 @@ import time
 import trio
 
 from ..errors import Corrupt, InvalidArgument, NotAllowed, NotFound, RokfsError, one_line
+from ..names import check_bucket
 from . import crypto, documents
 from .bucket import Buckets
 from .keys import Identity
@@ -139,7 +140,7 @@ class Registry:
         return found
 
     async def acl_show(self, store, bucket):
-        acl = await store.run(self.buckets(store).acl, documents.check_bucket(bucket))
+        acl = await store.run(self.buckets(store).acl, check_bucket(bucket))
         if acl is None:
             raise NotFound(f"{bucket} is public: it has no ACL")
         return {"bucket": bucket, "serial": acl["serial"], "generation": acl["generation"],
@@ -255,14 +256,14 @@ class Registry:
                  **self.status.get(sub["bucket"], {})} for sub in self.state.subscriptions()]
 
     def subscribe(self, bucket, store, local, clone, hydrate):
-        documents.check_bucket(bucket)
+        check_bucket(bucket)
         if self._subscribed(bucket):
             raise InvalidArgument(f"already subscribed to {bucket}")
         self.state.subscribe(bucket, store.spec, local, clone, hydrate, time.time())
         self._wake.set()
 
     def unsubscribe(self, bucket):
-        self.state.unsubscribe(documents.check_bucket(bucket))
+        self.state.unsubscribe(check_bucket(bucket))
         self.status.pop(bucket, None)
         self._etags.pop(bucket, None)
 
@@ -386,7 +387,7 @@ class Registry:
 def _check_scope(scope):
     """A trust scope: TEAM or TEAM/NAME."""
     if isinstance(scope, str) and "/" in scope:
-        return documents.check_bucket(scope, "trust scope")
+        return check_bucket(scope, "trust scope")
     from ..names import check_name
     return check_name(scope, "trust scope (a team, or TEAM/NAME)")
 
