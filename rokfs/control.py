@@ -59,6 +59,10 @@ from .stats import Counters
 log = logging.getLogger("rokfs.control")
 SPACE_KEYS = ("allocated", "exclusive", "shared", "unhydrated")
 LIST_SLICE = 256                # snapshots listed between yields to other work
+FILL_IDLE_SECONDS = 2.0        # the filler completes partial slots after this long without I/O
+FILL_BACKLOG = 65536           # ... or, past this many partial slots, a batch each poll anyway
+FILL_BATCH = 64                # partial slots completed per step on the loop (~2 ms)
+FILL_POLL = 0.5                # seconds between the filler's looks at the pool
 PUSH_CANCELLED = "no manifest was written; push it again to resume from what was uploaded"
 
 
@@ -77,6 +81,8 @@ class Control(HydrationVerbs, RegistryVerbs, PolicyVerbs):
         self._commits_started = 0
         self._commits_done = 0
         self._freeing = False           # a task frees queued images in slices
+        self.last_io = time.perf_counter()      # when a Device last served a request
+        self.fill_idle_seconds = FILL_IDLE_SECONDS
 
     # -- durability ------------------------------------------------------------
     async def flush(self):
@@ -473,6 +479,7 @@ class Control(HydrationVerbs, RegistryVerbs, PolicyVerbs):
         async with trio.open_nursery() as nursery:
             await nursery.start(self.jobs.serve)
             nursery.start_soon(self._poll_registry)
+            nursery.start_soon(self.fill_when_idle)
             task_status.started()
             while True:
                 for image in [*self.pool.list_volumes(), *self.pool.list_snapshots()]:
@@ -482,6 +489,31 @@ class Control(HydrationVerbs, RegistryVerbs, PolicyVerbs):
                 with trio.move_on_after(1):
                     await self._bases_changed.wait()
                 self._bases_changed = trio.Event()
+
+    async def fill_when_idle(self):
+        """The partial-slot filler (rokfs/partial.py), run by run_background:
+        once no I/O has come for fill_idle_seconds (or when more than
+        FILL_BACKLOG partial slots wait), complete them FILL_BATCH at a time,
+        stepping aside as soon as I/O comes back; then commit, so that the
+        old slots they held go back to the pool."""
+        while True:
+            await trio.sleep(FILL_POLL)
+            filled = 0
+            while self.pool.partial_count() and (self._idle() or filled == 0 and
+                                                 self.pool.partial_count() > FILL_BACKLOG):
+                done = self.pool.fill_partials(FILL_BATCH)
+                if not done:                    # a push is reading slots: later
+                    break
+                filled += done
+                await trio.sleep(0)
+            if filled:
+                await self._flush_in_background()
+                log.debug("event=partials_filled count=%d left=%d", filled,
+                          self.pool.partial_count())
+
+    def _idle(self):
+        return time.perf_counter() - self.last_io >= self.fill_idle_seconds
+
 
 @contextlib.asynccontextmanager
 async def _frozen(mountpoints):

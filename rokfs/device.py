@@ -74,6 +74,7 @@ class Device:
         return await self.control._hydrating(op, *args)
     def _count(self, op, nbytes, start, ops=1):
         """Plain integer bumps: no lock, no prometheus call on the I/O path."""
+        self.control.last_io = start
         counts = self.io[op]
         counts[0] += ops
         counts[1] += nbytes

@@ -180,9 +180,11 @@ class MapNodes:
 
     def _share_children(self, node, level):
         """A copy of `node` now also points at each of its children."""
-        add = self.slots.incref if level == LEAF else self.incref
+        if level == LEAF:
+            self.slots.incref_all(_children(node, level))
+            return
         for child in _children(node, level):
-            add(child)
+            self.incref(child)
 
     def _release_children(self, node_id, node, level):
         """`node` is gone: drop the reference it held on each child."""
@@ -204,6 +206,20 @@ class MapNodes:
             if holder is not None:
                 self.add_sole(holder, 1)
         return before == 1
+
+    def drop_record_ref(self, slot, chunk):
+        """A partial-slot record (partial.py) for map chunk `chunk` no longer
+        references `slot`; if one holder is left and it is a leaf (at the
+        chunk's position), the slot now counts in its `sole`."""
+        before = self.slots.rc[slot]
+        self.slots.decref(slot)
+        if before == 2:
+            leaf_no, index = divmod(chunk, FANOUT)
+            entry = slot + SLOT_BASE
+            for leaf_id in self.at[(LEAF, leaf_no)]:
+                if self.get(leaf_id)[index] == entry:
+                    self.add_sole(leaf_id, 1)
+                    return
 
     def slot_holder(self, slot, leaf_id, index):
         """The other leaf at `leaf_id`'s position whose entry `index` is `slot`."""

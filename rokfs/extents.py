@@ -11,8 +11,10 @@ Invariants:
   Taken slots count against it from `take` until their one write has
   allocated their blocks (`claim`) or they are given back: the filesystem's
   own free count does not see them before.
-- `rc[s]` counts the map leaf entries that point at slot `s`. A slot may be
-  written in place only when rc == 1 and it is not pinned.
+- `rc[s]` counts the map leaf entries that point at slot `s`, plus the
+  partial-slot records naming `s` as their old slot (partial.py; a record
+  goes, with that reference, when its own slot's count reaches zero). A
+  slot may be written in place only when rc == 1 and it is not pinned.
 - A fetched chunk goes into a slot that is *taken* (out of the free list,
   count still 0, no fallocate: its one whole-chunk write allocates the
   blocks, and an ENOSPC there fails the install) and written off the event
@@ -38,6 +40,7 @@ from array import array
 
 from .errors import Corrupt, NoSpace, from_os_error
 from .fileio import pread_full, pwrite_full
+from .partial import PartialSlots
 
 RC_BLOCK = 4096                    # slot refcounts are persisted in blocks of this many slots
 METADATA_RESERVE_MIN = 2 << 20     # disk space data allocations leave for metadata
@@ -61,16 +64,17 @@ def punch_hole(fd, offset, length):
 class SlotCommit:
     """What one commit takes from the extent store."""
 
-    def __init__(self, blocks, fds, pinned, freed):
+    def __init__(self, blocks, fds, pinned, freed, partials):
         self.blocks = blocks   # [(block, bytes)]
         self.fds = fds         # extent file descriptors to fdatasync
         self.pinned = pinned   # set of slots pinned in this epoch
         self.freed = freed     # slots whose count reached zero in this epoch
+        self.partial_rows, self.partials_gone, self.partial_state = partials
 
 
 class ExtentStore:
     def __init__(self, directory, chunk_size, slots_per_file, rc_blocks=(), *,
-                 reserve_bytes=None):
+                 reserve_bytes=None, partial_rows=()):
         self.directory = directory
         self.reserve_bytes = reserve_bytes      # None: the default (see the note above)
         self._unwritten = 0                     # taken slots whose blocks are not allocated
@@ -98,6 +102,7 @@ class ExtentStore:
         self._budget = 0
         self.preallocated = self.high_water
         self._scratch = memoryview(bytearray(chunk_size))
+        self.partials = PartialSlots(self, partial_rows)
         os.makedirs(directory, exist_ok=True)
         self._trim_files_beyond_high_water()
 
@@ -170,6 +175,13 @@ class ExtentStore:
         self.rc[slot] += 1
         self.dirty_blocks.add(slot // RC_BLOCK)
 
+    def incref_all(self, slots):
+        """incref() each of `slots` (a copied map leaf's entries)."""
+        rc = self.rc
+        for slot in slots:
+            rc[slot] += 1
+        self.dirty_blocks.update({slot // RC_BLOCK for slot in slots})
+
     def decref(self, slot):
         count = self.rc[slot] - 1
         if count < 0:
@@ -178,6 +190,8 @@ class ExtentStore:
         self.dirty_blocks.add(slot // RC_BLOCK)
         if count == 0:
             self.freed.append(slot)
+            if slot in self.partials:
+                self.partials.drop(slot)
         else:
             self.pinned.add(slot)
 
@@ -211,10 +225,32 @@ class ExtentStore:
     def allocate(self):
         """A free slot with disk space reserved, backed by disk blocks, and a
         count of one: a taken slot, backed and counted at once."""
+        return self.allocate_at()[0]
+
+    def allocate_at(self):
+        """allocate(), and where the slot is: (slot, fd, byte offset)."""
+        slot = self.high_water
+        if self.free or slot >= self.preallocated or self._budget < 2 * self.chunk_size:
+            return self._allocate_at()
+        # the hot path of copy-on-write: a fresh slot already backed by disk
+        self._budget -= self.chunk_size
+        self.high_water = slot + 1
+        if len(self.rc) <= slot:
+            self._grow_rc(slot + 1)
+        self.rc[slot] = 1
+        self.dirty_blocks.add(slot // RC_BLOCK)
+        index, within = divmod(slot, self.slots_per_file)
+        fd = self.fds.get(index)
+        if fd is None:
+            fd = self._open_file(index)
+        self.dirty_fds.add(fd)
+        return slot, fd, within * self.chunk_size
+
+    def _allocate_at(self):
         fresh = not self.free             # take() goes past the high-water mark only then
         slot = self.take()
         try:
-            fd = self._back_with_disk(slot, fresh)
+            fd, offset = self._back_with_disk(slot, fresh)
         except OSError as exc:
             self.give_back(slot)
             raise from_os_error(exc, "allocating a chunk slot") from exc
@@ -222,7 +258,7 @@ class ExtentStore:
         self.rc[slot] = 1
         self.dirty_blocks.add(slot // RC_BLOCK)
         self.dirty_fds.add(fd)
-        return slot
+        return slot, fd, offset
 
     def take(self):
         """A free slot for a fetched chunk, still counted 0 (see the note at
@@ -276,10 +312,11 @@ class ExtentStore:
             count = min(PREALLOC_SLOTS, self.slots_per_file - slot % self.slots_per_file)
             os.posix_fallocate(fd, offset, count * self.chunk_size)
             self.preallocated = slot + count
-        return fd
+        return fd, offset
 
     # -- data -----------------------------------------------------------------
-    def read_into(self, slot, offset, view):
+    def read_raw(self, slot, offset, view):
+        """What the slot's own blocks hold (see partial.py for what it reads as)."""
         fd, base = self.locate(slot)
         pread_full(fd, view, base + offset)
 
@@ -291,8 +328,7 @@ class ExtentStore:
         if src is None:
             buf[:] = bytes(self.chunk_size)
         else:
-            fd, base = self.locate(src)
-            pread_full(fd, buf, base)
+            self.partials.read_chunk(src, buf)
         buf[offset:offset + len(piece)] = piece
         return buf
 
@@ -339,7 +375,8 @@ class ExtentStore:
         state = SlotCommit(
             blocks=[(b, self.rc[b * RC_BLOCK:(b + 1) * RC_BLOCK].tobytes())
                     for b in sorted(self.dirty_blocks)],
-            fds=list(self.dirty_fds), pinned=self.pinned, freed=self.freed)
+            fds=list(self.dirty_fds), pinned=self.pinned, freed=self.freed,
+            partials=self.partials.begin_commit())
         self.dirty_blocks = set()
         self.dirty_fds = set()
         self.pinned_inflight = self.pinned
@@ -369,6 +406,7 @@ class ExtentStore:
         self.dirty_fds.update(state.fds)
         self.pinned |= state.pinned
         self.freed.extend(state.freed)
+        self.partials.abort_commit(state.partial_state)
         self.pinned_inflight = set()
 
     def _runs(self, slots):

@@ -4,14 +4,18 @@ A pool is consistent when (1) every map node reachable from a volume or
 snapshot root exists and has FANOUT entries, (2) each node's stored count
 equals the number of parents pointing at it, (3) each slot's stored count
 equals the number of leaf entries pointing at it, (4) no stored node is
-unreachable, (5) the space accounting kept as the pool changes (each
-node's summaries, each image's allocated / exclusive / unhydrated chunks)
-equals a recount from the maps and the recomputed counts. Leaks (counts
-too high, unreachable nodes) waste space only; counts too low would let
-live data be overwritten and are errors; wrong accounting misreports space
-and loses nothing. Repair rewrites every count and summary to its computed
-value, drops unreachable nodes and returns the space of every free slot to
-the filesystem.
+unreachable, (5) every partial slot's record (partial.py) belongs to a
+referenced slot, names an old slot that is not partial itself, and has a
+bitmap neither empty nor full; its reference on the old slot is counted
+like a leaf entry's, (6) the space accounting kept as the pool changes
+(each node's summaries, each image's allocated / exclusive / unhydrated
+chunks) equals a recount from the maps and the recomputed counts. Leaks
+(counts too high, unreachable nodes, records of unreferenced slots) waste
+space only; counts too low would let live data be overwritten and are
+errors; wrong accounting misreports space and loses nothing. Repair
+rewrites every count and summary to its computed value, drops unreachable
+nodes and partial records of unreferenced slots, and returns the space of
+every free slot to the filesystem.
 """
 
 from collections import Counter
@@ -46,7 +50,23 @@ def _expected_counts(pool, problems):
             elif entry:
                 node_refs[entry] += 1
                 stack.append((entry, level + 1))
+    _partial_refs(pool, slot_refs, problems)
     return node_refs, slot_refs
+
+
+def _partial_refs(pool, slot_refs, problems):
+    """Count each live partial record's reference on its old slot."""
+    partials = pool.slots.partials
+    for slot, (old, bits, _) in sorted(partials.table.items()):
+        if not slot_refs.get(slot):
+            problems.append(f"leak: partial slot {slot} is referenced by no map")
+            continue
+        slot_refs[old] += 1
+        if old in partials:
+            problems.append(f"error: partial slot {slot} lies over slot {old}, itself partial")
+        if not 0 < bits < partials.full:
+            problems.append(f"error: partial slot {slot} has a bitmap {bits:#x} that is "
+                            "empty, full or too long")
 
 
 def _compare(kind, stored, expected, problems):
@@ -108,12 +128,15 @@ def fsck(pool, repair=False):
     node_leaks, node_errors = _compare("node", dict(pool.nodes.rc), node_refs, problems)
     slot_leaks, slot_errors = _compare("slot", stored_slots, slot_refs, problems)
     read_errors = sum(p.startswith("error: map node") for p in problems)
+    partial_leaks = sum(p.startswith("leak: partial") for p in problems)
+    partial_errors = sum(p.startswith("error: partial") for p in problems)
     summaries, usages, totals = ({}, {}, {}) if read_errors else \
         _check_accounting(pool, node_refs, slot_refs, problems)
     clean = not problems
     report = {"clean": clean, "problems": problems, "repaired": False,
               "nodes": len(node_refs), "slots": len(slot_refs),
-              "leaks": node_leaks + slot_leaks, "errors": node_errors + slot_errors + read_errors,
+              "leaks": node_leaks + slot_leaks + partial_leaks,
+              "errors": node_errors + slot_errors + read_errors + partial_errors,
               "accounting": sum(p.startswith("accounting:") for p in problems),
               "space": totals, "images": usages}
     if repair and not read_errors:
@@ -134,6 +157,9 @@ def _repair(pool, node_refs, slot_refs, summaries):
     for node_id, count in node_refs.items():
         if nodes.rc.get(node_id) != count:
             nodes.set_count(node_id, count)
+    for slot in list(slots.partials.table):
+        if not slot_refs.get(slot):
+            slots.partials.forget(slot)
     free = []
     for slot in range(slots.high_water):
         want = slot_refs.get(slot, 0)

@@ -7,7 +7,10 @@ Invariants:
 - Snapshots and clones share the root: O(1) whatever the volume's size. A
   volume writes a chunk in place only if its whole path and the slot are
   exclusively its own and the slot is not pinned; otherwise the write goes
-  to a new slot, copying the untouched part of the chunk (copy-on-write).
+  to a new slot (copy-on-write): the whole chunk, or, for a smaller write
+  over a stored chunk, only its 4 KiB blocks in a partial slot whose other
+  blocks read from the old slot (partial.py). Reads of a partial slot
+  assemble the two.
 - Snapshots are never written. A snapshot's content can therefore change
   only if its slots are overwritten, which the invariant above forbids.
 - Lifecycle: an image is LIVE, then DELETING (hidden from lookups, listings
@@ -39,6 +42,7 @@ HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
 LIVE, DELETING, FREED = "live", "deleting", "freed"
 EXTENT_VISITS = 1 << 15     # chunks `extents` looks at one by one per call, at most
 YIELDING_HOLDERS = frozenset({"hydrator"})   # let a delete through; the image waits for them
+FROZEN_READERS = frozenset({"push", "publish"})   # read slots from a worker thread (read_frozen)
 
 
 class NeedsChunks(Exception):
@@ -133,11 +137,15 @@ class Image:
         what reads as zeros. Valid until the next change to the pool."""
         self._check_range(offset, length)
         slots = self.pool.slots
+        partials = slots.partials.table
         plan, cold = [], []
         for chunk, within, n in self.spans(offset, length):
             entry = self.entry(chunk)
             last = plan[-1] if plan else None
-            if entry >= SLOT_BASE:
+            if entry >= SLOT_BASE and entry - SLOT_BASE in partials:
+                slots.partials.plan(entry - SLOT_BASE, partials[entry - SLOT_BASE],
+                                    within, n, plan)
+            elif entry >= SLOT_BASE:
                 fd, base = slots.locate(entry - SLOT_BASE)
                 if type(last) is list and last[0] == fd and last[1] + last[2] == base + within:
                     last[2] += n
@@ -398,11 +406,18 @@ class Volume(Image):
         self._refuse_cold_partials(offset, len(view))
         cs = self.pool.chunk_size
         slots = self.pool.slots
+        partials = slots.partials
+        partial = partials.table
         run, pos = None, 0
         for chunk, within, n in self.spans(offset, len(view)):
             leaf_id, leaf = self._own_leaf(chunk // FANOUT)
             entry = leaf[chunk % FANOUT]
             if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+                if entry - SLOT_BASE in partial:
+                    run = self._write_run(run, view)
+                    partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
+                    pos += n
+                    continue
                 fd, base = slots.locate(entry - SLOT_BASE)
                 if _extends(run, fd, base + within, pos):
                     run[3] += n
@@ -410,11 +425,31 @@ class Volume(Image):
                     run = self._write_run(run, view)
                     run = [fd, base + within, pos, n]
             else:
-                run = self._write_run(run, view)
+                if run:
+                    run = self._write_run(run, view)
                 piece = view[pos:pos + n]
-                self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+                over_partial = entry - SLOT_BASE in partial
+                slot = partials.write_over(entry - SLOT_BASE, within, piece, chunk) \
+                    if n < cs and entry >= SLOT_BASE else None
+                if slot is None:
+                    self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+                elif over_partial:
+                    self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+                else:
+                    self._take_over_entry(leaf_id, leaf, chunk, entry, slot)
             pos += n
         self._write_run(run, view)
+
+    def _take_over_entry(self, leaf_id, leaf, chunk, entry, slot):
+        """Point the entry at new partial `slot`, whose record took over the
+        entry's reference on its old slot (whose count is unchanged). The
+        leaf's `sole` gains the new slot, less the old one if it was the
+        leaf's alone (count 1)."""
+        nodes = self.pool.nodes
+        leaf[chunk % FANOUT] = slot + SLOT_BASE
+        nodes.dirty.add(leaf_id)                        # nodes.changed(), inlined
+        if self.pool.slots.rc[entry - SLOT_BASE] != 1:
+            nodes.add_along(self._paths[chunk // FANOUT], 0, 1)
 
     def _write_run(self, run, view):
         if run:
@@ -434,12 +469,13 @@ class Volume(Image):
         """Write a chunk to a fresh slot, one chunk per pwrite (a bigger write
         into fresh file space gets large page-cache folios, which make later
         small in-place writes ~2.5x slower). A partial write copies the rest
-        of the chunk from the old slot, or zero-fills it."""
+        of the chunk from the old slot, or zero-fills it. (A small write over
+        a stored chunk makes a partial slot instead: see pwrite.)"""
         slots = self.pool.slots
-        slot = slots.allocate()
+        slot, fd, offset = slots.allocate_at()
         if len(piece) < cs:
             piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None, within, piece)
-        slots.write(slot, 0, piece)
+        slots.write_at(fd, piece, offset)
         self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
 
     def trim(self, offset, length):

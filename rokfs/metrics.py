@@ -91,6 +91,9 @@ class ControlCollector:
                                ("used_bytes", "bytes of chunk slots in use"),
                                ("disk_bytes", "bytes the extent files occupy on disk")):
             yield GaugeMetricFamily(f"rokfs_pool_{key}", help_text, value=pool[key])
+        yield GaugeMetricFamily("rokfs_partial_chunks", "chunks held in partial slots (a "
+                                "small write over a snapshot's chunk) the filler has not "
+                                "completed yet", value=pool["partial_chunks"])
         space = GaugeMetricFamily("rokfs_pool_space_bytes", "the pool's space by kind "
                                   "(allocated, exclusive, shared, unhydrated)", labels=["kind"])
         for kind, value in sorted(pool["space"].items()):

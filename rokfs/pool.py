@@ -42,7 +42,7 @@ from .commit import Commits
 from .errors import AlreadyExists, Busy, Corrupt, InvalidArgument, NotEmpty, NotFound
 from .extentmap import FANOUT, MAX_CHUNKS, SLOT_BASE, ZERO, MapNodes
 from .extents import METADATA_RESERVE_MIN as MIN_RESERVE, ExtentStore  # noqa: F401 (re-exported)
-from .image import DELETING, FREED, Snapshot, Volume
+from .image import DELETING, FREED, FROZEN_READERS, Snapshot, Volume
 from .store import FORMAT_VERSION, MetaStore
 
 DEFAULT_CHUNK_SIZE = 32 * 1024
@@ -65,8 +65,10 @@ class Pool:
                           f"this rokfs reads format {FORMAT_VERSION}")
         self.chunk_size = int(meta["chunk_size"])
         self.slots = ExtentStore(os.path.join(path, "extents"), self.chunk_size,
-                                 int(meta["slots_per_file"]), store.load_slot_blocks())
+                                 int(meta["slots_per_file"]), store.load_slot_blocks(),
+                                 partial_rows=store.load_partial_slots())
         self.nodes = MapNodes(store, self.slots)
+        self.slots.partials.release_old = self.nodes.drop_record_ref   # keeps `sole` right
         self.commits = Commits(self)
         self._images, self._volumes, self._snapshots = {}, {}, {}
         self.freeing = []       # DELETING images, unheld, freed in slices
@@ -511,8 +513,25 @@ class Pool:
         return slots, cold
 
     def read_frozen(self, slot, view):
-        """Thread-safe: read a whole slot that a held snapshot maps."""
-        self.slots.read_into(slot, 0, view)
+        """Thread-safe: read the content of a whole slot that a held snapshot maps."""
+        self.slots.partials.read_chunk(slot, view)
+
+    # -- partial slots (partial.py): the filler ---------------------------------------
+    def partial_count(self):
+        return len(self.slots.partials)
+
+    def fill_partials(self, limit):
+        """Complete up to `limit` partial slots, oldest first: copy the rest
+        of each chunk from its old slot, then drop that slot's reference
+        (its space returns at the next commit). O(limit). Does nothing while
+        a push reads slots from a worker thread. Returns how many."""
+        if any(h in image.holders for image in self._images.values() for h in FROZEN_READERS):
+            return 0
+        partials = self.slots.partials
+        todo = list(itertools.islice(partials.table, limit))
+        for slot in todo:
+            partials.fill(slot)
+        return len(todo)
 
     def reserve_install(self, image, fetched):
         """First step of installing fetched chunks ({chunk: bytes, or None for
@@ -637,6 +656,7 @@ class Pool:
                 "volumes": len(self.list_volumes()), "snapshots": len(self.list_snapshots()),
                 "deleting": len(deleting), "space": self.space(),
                 "used_bytes": self.slots.used_slots() * self.chunk_size,
+                "partial_chunks": self.partial_count(),
                 "disk_bytes": self.slots.disk_bytes(),
                 "capacity_bytes": st.f_blocks * st.f_frsize,
                 "free_bytes": st.f_bavail * st.f_frsize}

@@ -4,7 +4,8 @@ Invariants:
 - The database is written only by `MetaStore.commit`, one transaction per
   call, from at most one thread at a time (the pool serializes commits).
   Whatever it holds is therefore a state the pool really had at a commit.
-- Map nodes and slot reference counts are stored as fixed-size blobs; the
+- Map nodes and slot reference counts are stored as fixed-size blobs, the
+  partial slots (partial.py) as rows written in the same transaction; the
   engine keeps the authoritative copy in memory and hands the store only
   the rows that changed since the previous commit.
 - Tables added since format 1 was first written (ADDED_TABLES) are created
@@ -123,6 +124,10 @@ class MetaStore:
     def load_slot_blocks(self):
         return list(self.db.execute("SELECT block, data FROM slot_rc ORDER BY block"))
 
+    def load_partial_slots(self):
+        """[(slot, old slot, bitmap bytes, chunk)] of the partial slots (partial.py)."""
+        return list(self.db.execute("SELECT slot, old, blocks, chunk FROM partial_slots"))
+
     def load_slot_hashes(self, slots):
         out = {}
         slots = list(slots)
@@ -155,6 +160,10 @@ class MetaStore:
                            batch.node_rcs)
             db.executemany("INSERT OR REPLACE INTO slot_rc (block, data) VALUES (?, ?)",
                            batch.slot_blocks)
+            db.executemany("DELETE FROM partial_slots WHERE slot = ?",
+                           [(s,) for s in batch.slot_state.partials_gone])
+            db.executemany("INSERT OR REPLACE INTO partial_slots (slot, old, blocks, chunk) "
+                           "VALUES (?, ?, ?, ?)", batch.slot_state.partial_rows)
             db.executemany("INSERT OR REPLACE INTO slot_hash (slot, hash) VALUES (?, ?)",
                            batch.slot_hashes)
             db.executemany("DELETE FROM slot_hash WHERE slot = ?",
@@ -186,4 +195,6 @@ class MetaStore:
 ADDED_TABLES = [   # created when missing (pools written before they existed)
     "CREATE TABLE IF NOT EXISTS policies (target TEXT PRIMARY KEY, spec TEXT NOT NULL, "
     "anchor REAL)",
+    "CREATE TABLE IF NOT EXISTS partial_slots (slot INTEGER PRIMARY KEY, old INTEGER NOT NULL, "
+    "blocks BLOB NOT NULL, chunk INTEGER NOT NULL)",
 ]

@@ -4,6 +4,9 @@ until it is killed.
 
     FLUSH <n>      every write numbered < n is durable
     SNAP <name> <n> snapshot <name> holds exactly writes numbered < n
+
+Writes of a few 4 KiB blocks after a snapshot make partial slots; 'fill'
+steps run the filler over some of them (content unchanged).
 """
 
 import random
@@ -11,20 +14,23 @@ import sys
 
 BLOCK = 4096
 VOLUME_BLOCKS = 512          # a 2 MiB volume
-CHUNK = 16384                # 4 blocks per chunk: partial-chunk writes copy
+CHUNK = 16384                # 4 blocks per chunk: partial-chunk writes make partial slots
 
 
 def workload(seed):
     """Yield (n, action, arg): ('write', (block, nblocks, version)),
-    ('flush', None) or ('snap', name)."""
+    ('flush', None), ('snap', name) or ('fill', how many partial slots)."""
     rng = random.Random(seed)
-    n = 0
+    n, last_snap = 0, None
     while True:
         roll = rng.random()
         if roll < 0.08:
             yield n, "flush", None
-        elif roll < 0.11:
+        elif roll < 0.11 and last_snap != n:    # one snapshot per write count: names differ
+            last_snap = n
             yield n, "snap", f"s{n}"
+        elif roll < 0.13:
+            yield n, "fill", rng.choice((1, 4, 64))
         else:
             block = rng.randrange(VOLUME_BLOCKS)
             nblocks = min(rng.choice((1, 1, 2, 4, 9)), VOLUME_BLOCKS - block)
@@ -48,6 +54,8 @@ def main(pool_dir, seed):
             block, nblocks, version = arg
             data = b"".join(block_content(b, version) for b in range(block, block + nblocks))
             vol.pwrite(block * BLOCK, data)
+        elif action == "fill":
+            pool.fill_partials(arg)
         elif action == "flush":
             pool.commit()
             print(f"FLUSH {n}", flush=True)

@@ -19,7 +19,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("rokfs", "nbd_server", "csi_shim")
 ENGINE = ("rokfs.pool", "rokfs.image", "rokfs.commit", "rokfs.extents", "rokfs.extentmap",
-          "rokfs.store")
+          "rokfs.partial", "rokfs.store")
 MAY_IMPORT_ENGINE = {f"{name.replace('.', '/')}.py" for name in ENGINE} | {
     "rokfs/control.py", "rokfs/fsck.py", "rokfs/runner.py"}
 VERBS = ("rokfs.control", "rokfs.device", "rokfs.hydration", "rokfs.registry_verbs",
