@@ -17,6 +17,11 @@ Invariants:
   carried back to the next commit.
 - Freed slots return to the free list only in `end`, after the transaction
   that records them free has completed.
+- A slot's cached content hash (what a push computed) is true of the slot's
+  bytes: `hashed` marks every slot that has one, in memory or in the store,
+  and a write in place into a marked slot (possible once no snapshot reaches
+  it any more) forgets the hash first (Image.pwrite); a freed slot's goes
+  with the commit that frees it.
 """
 
 import dataclasses
@@ -74,6 +79,7 @@ class Commits:
         self.images = ImageChanges()
         self.new_slot_hashes = {}       # slot -> blake3 hex, cached since the last commit
         self.forgotten_slot_hashes = set()
+        self.hashed = SlotMarks(pool.store.hashed_slots())   # slots with a cached hash
         self.policies = set()           # targets whose policy record changed or went
 
     def begin(self):
@@ -105,12 +111,18 @@ class Commits:
 
     def end(self, batch):
         self.pool.slots.end_commit(batch.slot_state)
+        for slot in batch.slot_state.freed:
+            self.hashed.discard(slot)
 
     def abort(self, batch):
         self.images.give_back(batch.image_state)
         self.pool.nodes.abort_commit(batch.node_state)
         self.pool.slots.abort_commit(batch.slot_state)
-        self.new_slot_hashes = {**dict(batch.slot_hashes), **self.new_slot_hashes}
+        forgotten = self.forgotten_slot_hashes          # since begin: written in place
+        self.new_slot_hashes = {**{s: h for s, h in batch.slot_hashes if s not in forgotten},
+                                **self.new_slot_hashes}
+        self.forgotten_slot_hashes |= {s for s in batch.freed_slots
+                                       if s not in self.new_slot_hashes}
         self.policies |= {target for target, _ in batch.policies}
 
     def _take_policies(self):
@@ -120,3 +132,28 @@ class Commits:
 
 def _rows(pool, ids):
     return [pool.image_by_id(i).row() for i in sorted(ids) if pool.image_by_id(i) is not None]
+
+
+class SlotMarks:
+    """A set of slot numbers as a bitmap: a byte per 8 slots, so that a
+    pool with millions of cached hashes marks them in a few hundred KiB."""
+
+    def __init__(self, slots=()):
+        self.bits = bytearray()
+        for slot in slots:
+            self.add(slot)
+
+    def add(self, slot):
+        i = slot >> 3
+        if i >= len(self.bits):
+            self.bits.extend(bytes(i + 1 - len(self.bits)))
+        self.bits[i] |= 1 << (slot & 7)
+
+    def discard(self, slot):
+        i = slot >> 3
+        if i < len(self.bits):
+            self.bits[i] &= 0xFF ^ (1 << (slot & 7))
+
+    def __contains__(self, slot):
+        i = slot >> 3
+        return i < len(self.bits) and bool(self.bits[i] >> (slot & 7) & 1)

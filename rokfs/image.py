@@ -408,11 +408,14 @@ class Volume(Image):
         slots = self.pool.slots
         partials = slots.partials
         partial = partials.table
+        hashed = self.pool.commits.hashed
         run, pos = None, 0
         for chunk, within, n in self.spans(offset, len(view)):
             leaf_id, leaf = self._own_leaf(chunk // FANOUT)
             entry = leaf[chunk % FANOUT]
             if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+                if entry - SLOT_BASE in hashed:         # its cached hash no longer holds
+                    self.pool.forget_slot_hashes([entry - SLOT_BASE])
                 if entry - SLOT_BASE in partial:
                     run = self._write_run(run, view)
                     partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])

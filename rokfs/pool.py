@@ -596,21 +596,30 @@ class Pool:
 
     def slot_hashes(self, slots):
         """{slot: blake3 hex} of the given frozen slots, where cached."""
-        cached = self.commits.new_slot_hashes
+        commits = self.commits
+        cached = commits.new_slot_hashes
         found = {s: cached[s] for s in slots if s in cached}
-        found.update(self.store.load_slot_hashes([s for s in slots if s not in found]))
+        found.update(self.store.load_slot_hashes(
+            [s for s in slots if s not in found and s in commits.hashed]))
         return found
 
     def forget_slot_hashes(self, slots):
-        """These slots are free (fsck repair): their cached hashes go at the next commit."""
+        """These slots' bytes change (a write in place) or they are free
+        (fsck repair): their cached hashes go now, and from the store at
+        the next commit."""
+        commits = self.commits
         for slot in slots:
-            self.commits.new_slot_hashes.pop(slot, None)
-            self.commits.forgotten_slot_hashes.add(slot)
+            commits.new_slot_hashes.pop(slot, None)
+            commits.forgotten_slot_hashes.add(slot)
+            commits.hashed.discard(slot)
 
     def record_slot_hash(self, slot, digest):
-        """Cache the hash of a frozen slot (dropped when the slot is freed)."""
+        """Cache the hash of a frozen slot (dropped when the slot is freed
+        or written in place)."""
         if self.slots.rc[slot] > 0:
             self.commits.new_slot_hashes[slot] = digest
+            self.commits.forgotten_slot_hashes.discard(slot)
+            self.commits.hashed.add(slot)
 
     def max_volume_size(self):
         return MAX_CHUNKS * self.chunk_size

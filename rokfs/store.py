@@ -128,6 +128,10 @@ class MetaStore:
         """[(slot, old slot, bitmap bytes, chunk)] of the partial slots (partial.py)."""
         return list(self.db.execute("SELECT slot, old, blocks, chunk FROM partial_slots"))
 
+    def hashed_slots(self):
+        """The slots that have a cached content hash."""
+        return (slot for (slot,) in self.db.execute("SELECT slot FROM slot_hash"))
+
     def load_slot_hashes(self, slots):
         out = {}
         slots = list(slots)

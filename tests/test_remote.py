@@ -270,6 +270,35 @@ async def test_slot_hash_cache_follows_the_slots(tmp_path):
     assert await read_volume(b, "r") == await read_volume(a, "data")
 
 
+@pytest.mark.parametrize("reopen", [False, True], ids=["open", "reopened"])
+async def test_a_slot_written_in_place_after_its_snapshot_went_is_hashed_again(tmp_path, reopen):
+    """The pushed snapshot shares its map with the volume and goes; the
+    volume then owns the slot and overwrites it in place: the next push must
+    hash the new bytes, not reuse the cached hash of the old ones (a pull
+    would read the old bytes). `reopen`: the cache is the store's."""
+    remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
+    a = make_control(tmp_path / "a", remote)
+    cs = a.pool.chunk_size
+    await a.create_volume("data", 4 * cs)
+    await write_volume(a, "data", b"\1" * (4 * cs))
+    await a.create_snapshot("data@one")
+    await a.push("data@one")
+    slot = a.pool.get_snapshot("data@one").entry(0) - 2
+    await a.delete_snapshot("data@one")
+    if reopen:
+        a.pool.close()
+        a = Control(Pool.open(str(tmp_path / "a")), {"default": remote})
+    assert a.pool.slot_hashes([slot])                     # the slot still holds those bytes
+    await write_volume(a, "data", b"\2" * cs)             # in place: the volume owns it now
+    assert a.pool.get_volume("data").entry(0) - 2 == slot and a.pool.slot_hashes([slot]) == {}
+    await a.create_snapshot("data@two")
+    await a.push("data@two")
+    b = make_control(tmp_path / "b", remote)
+    await b.pull("data@two", "r")
+    assert await read_volume(b, "r") == await read_volume(a, "data") == \
+        b"\2" * cs + b"\1" * (3 * cs)
+
+
 async def test_volume_deleted_during_a_fetch_is_left_alone(tmp_path):
     remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
     a = make_control(tmp_path / "a", remote)
