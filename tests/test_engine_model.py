@@ -8,11 +8,16 @@ Run twice: with 4 KiB chunks (every write after a snapshot copies whole
 chunks) and with 16 KiB chunks, where small writes over shared chunks make
 partial slots (rokfs/partial.py) that later writes, zeroing, snapshots,
 clones, deletes, hydration, reopens and the filler meet; fsck must stay
-clean."""
+clean.
+
+Each run tries ROKFS_MODEL_EXAMPLES histories (200 in the suite: the two
+runs were 3.5 of its 13 minutes at the 500 of the "ci" profile; set it
+higher for a longer hunt)."""
 
 import hashlib
+import os
 
-
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
@@ -290,5 +295,10 @@ class PartialPoolModel(PoolModel):
         self.model[name][offset:offset + length] = payload
 
 
+MODEL_SETTINGS = settings(max_examples=int(os.environ.get("ROKFS_MODEL_EXAMPLES", "200")),
+                          deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.data_too_large])
 TestPoolModel = PoolModel.TestCase
+TestPoolModel.settings = MODEL_SETTINGS
 TestPartialPoolModel = PartialPoolModel.TestCase
+TestPartialPoolModel.settings = MODEL_SETTINGS
