@@ -15,14 +15,13 @@ import argparse
 import concurrent.futures
 import os
 import sys
-import tempfile
 import time
 
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import median, print_table  # noqa: E402
-from remote import paired_ratio, s3_client, start_moto, warm_remote  # noqa: E402
+from remote import paired_ratio, run_against_moto, s3_client, warm_remote  # noqa: E402
 
 from rokfs.control import Control  # noqa: E402
 from rokfs.pool import Pool  # noqa: E402
@@ -145,16 +144,7 @@ def main():
     parser.add_argument("--poll", type=float, default=1.0, help="B's poll interval, seconds")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--dir", default=None, help="where to put the pools")
-    args = parser.parse_args()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    proc, url = start_moto()
-    try:
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            trio.run(run, args, url, tmp)
-    finally:
-        proc.terminate()
-        proc.wait()
+    run_against_moto(run, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -199,7 +199,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--dir", default=None, help="where to put the pools")
-    args = parser.parse_args()
+    run_against_moto(run, parser.parse_args())
+
+
+def run_against_moto(run, args):
+    """trio.run(run, args, moto's URL, a temporary directory under
+    args.dir) with a moto server in its own process for the duration."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     proc, url = start_moto()
