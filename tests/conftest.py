@@ -28,28 +28,27 @@ def pool(pool_dir):
 
 
 
+def _tmpfs(tmp_path, name, size):
+    """A tmpfs of `size` under tmp_path, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mnt = tmp_path / name
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 6 MiB tmpfs, to fill."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
-    yield str(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from _tmpfs(tmp_path, "tiny", "6m")
 
 
 @pytest.fixture
 def small_fs(tmp_path):
     """A 24 MiB tmpfs for a pool that a restore would overfill."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
-    yield str(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from _tmpfs(tmp_path, "small", "24m")
 
 
 from s3_helpers import s3_server  # noqa: E402,F401  (the moto S3 server fixture)
