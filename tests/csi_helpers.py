@@ -120,7 +120,8 @@ class Driver:
         with open("/proc/self/mountinfo") as f:
             left += [line for line in f if os.path.join(self.state, vol_id) in line]
         procs = subprocess.run(["pgrep", "-af", "nbdfuse"], capture_output=True, text=True).stdout
-        left += [line for line in procs.splitlines() if f"/{vol_id}?" in line]
+        left += [line for line in procs.splitlines()      # this daemon's, not another worker's
+                 if f"/{vol_id}?socket={self.nbd}" in line]
         left += [f"state dir {p}" for p in [os.path.join(self.state, vol_id)] if os.path.exists(p)]
         return left + self.nbd_connections()
 

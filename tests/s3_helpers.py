@@ -2,6 +2,7 @@
 and a flaky TCP proxy to put in front of it."""
 
 import collections
+import contextlib
 import os
 import random
 import socket
@@ -15,25 +16,36 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def free_port():
+@contextlib.contextmanager
+def refused_port():
+    """A loopback port where every connection is refused while this holds
+    it: bound, never listening, so nothing else (another pytest-xdist
+    worker's server, say) can start listening on it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 class S3Server:
-    """moto's S3 server on a loopback port; stop() closes the listener (the
-    stored objects survive, like a real S3 service restarting)."""
+    """moto's S3 server on a loopback port (one the kernel picks at the
+    first start: no window for another process to take it); stop() closes
+    the listener (the stored objects survive, like a real S3 service
+    restarting) and start() listens on the same port again."""
 
     def __init__(self):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = None
         self.server = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self):
         from moto.server import ThreadedMotoServer
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port or 0,
+                                         verbose=False)
         self.server.start()
+        self.port = self.server.get_host_and_port()[1]
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
@@ -298,31 +310,37 @@ class DenyingS3Server:
 
     SETUP_REQUESTS = 3
 
+    # moto's server on a port the kernel picks, which it prints once listening
+    SERVE = ("import threading\n"
+             "from moto.server import ThreadedMotoServer\n"
+             "server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
+             "server.start()\n"
+             "print(server.get_host_and_port()[1], flush=True)\n"
+             "threading.Event().wait()\n")
+
     def __init__(self, bucket="rokfs-denied"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = None
         self.bucket = bucket
         self.proc = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self):
         import subprocess
         import sys
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_REQUESTS)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(self.port)],
-                                     env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        self._wait_listening()
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SERVE], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError("moto server did not start")
+        self.port = int(line)
         self.nobody = self._set_up()
         return self
-
-    def _wait_listening(self):
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("moto server did not start")
 
     def _set_up(self):
         """The bucket, and (access key id, secret) of user `nobody`."""
@@ -338,4 +356,5 @@ class DenyingS3Server:
         if self.proc:
             self.proc.terminate()
             self.proc.wait(10)
+            self.proc.stdout.close()
             self.proc = None

@@ -5,10 +5,12 @@ test uses its own volume so the tests do not depend on each other.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -265,13 +267,21 @@ def listening_addresses(port):
     return out
 
 
+def serving_port(srv, timeout=10):
+    """The TCP port `srv` logged that it serves NBD on."""
+    deadline = time.monotonic() + timeout
+    while not (m := re.search(r"serving NBD on \('[^']*', (\d+)\)", srv.read_log())):
+        assert time.monotonic() < deadline, srv.read_log()
+        time.sleep(0.05)
+    return int(m.group(1))
+
+
 def test_tcp_listener_defaults_to_loopback(tmp_path):
     pool_with_volumes(str(tmp_path / "pool"), [("tcp", MiB)])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = ServerProcess(tmp_path / "pool", tmp_path / "x.sock", ["--listen", f":{port}"])
+    # port 0: the kernel picks one, so no other process can take it first
+    srv = ServerProcess(tmp_path / "pool", tmp_path / "x.sock", ["--listen", ":0"])
     with srv:
+        port = serving_port(srv)
         assert listening_addresses(port) == ["127.0.0.1"]
         uri = f"nbd://127.0.0.1:{port}/tcp"
         nbdsh(uri, "h.pwrite(b'net' * 100, 0)\nassert h.pread(300, 0) == b'net' * 100\n")

@@ -167,16 +167,17 @@ def test_bad_specs_are_refused(tmp_path):
 
 
 def test_retry_gives_up_after_the_deadline(s3_server):
-    from s3_helpers import free_port
+    from s3_helpers import refused_port
     spec = s3_spec(s3_server)
-    spec["endpoint_url"] = f"http://127.0.0.1:{free_port()}"   # nobody listens
-    spec["deadline"] = 1
-    remote = open_remote(spec)
-    import time
-    t0 = time.monotonic()
-    with pytest.raises(errors.RemoteError):
-        remote.objects.get("x")
-    assert 0.5 < time.monotonic() - t0 < 5
+    with refused_port() as port:
+        spec["endpoint_url"] = f"http://127.0.0.1:{port}"   # nobody listens
+        spec["deadline"] = 1
+        remote = open_remote(spec)
+        import time
+        t0 = time.monotonic()
+        with pytest.raises(errors.RemoteError):
+            remote.objects.get("x")
+        assert 0.5 < time.monotonic() - t0 < 5
 
 
 def test_retry_does_not_retry_permanent_errors():

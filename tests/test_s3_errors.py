@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from daemon_helpers import Daemon, write_config
-from s3_helpers import DenyingS3Server, free_port, new_bucket
+from s3_helpers import DenyingS3Server, new_bucket, refused_port
 
 from rokfs.pool import Pool
 
@@ -51,8 +51,9 @@ def url(endpoint, bucket, deadline=5):
     return f"s3://{bucket}/rk?endpoint_url={endpoint}&region=us-east-1&deadline={deadline}"
 
 
-def failure(request, s3_server, denying):
-    """(remote URL, environment, words the message must hold) of one failure."""
+def failure(request, s3_server, denying, refused):
+    """(remote URL, environment, words the message must hold) of one
+    failure; `refused` is a port where nobody listens."""
     if request == "no credentials":
         return (url(s3_server.url, new_bucket(s3_server.url)), without_credentials(),
                 ["no S3 credentials found", "AWS_ACCESS_KEY_ID", "~/.aws/credentials",
@@ -67,7 +68,7 @@ def failure(request, s3_server, denying):
     if request == "credentials refused":
         return (url(denying.url, denying.bucket), with_keys("AKIAUNKNOWN", "secret"),
                 ["refused the credentials (InvalidAccessKeyId"])
-    endpoint = f"http://127.0.0.1:{free_port()}"          # nobody listens
+    endpoint = f"http://127.0.0.1:{refused}"
     return (url(endpoint, "bucket", deadline=2), os.environ,
             ["remote unreachable for 2s", f"is the endpoint {endpoint} right, and up?"])
 
@@ -78,10 +79,11 @@ FAILURES = ["no credentials", "no bucket", "access denied", "credentials refused
 
 @pytest.mark.parametrize("which", FAILURES)
 def test_each_s3_failure_is_one_line_and_exit_8(which, pool, s3_server, denying):
-    remote, env, words = failure(which, s3_server, denying)
-    proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "push", "v@s", "--pool", pool,
-                           "--remote", remote], capture_output=True, text=True, timeout=120,
-                          env=env)
+    with refused_port() as refused:
+        remote, env, words = failure(which, s3_server, denying, refused)
+        proc = subprocess.run([sys.executable, "-m", "rokfs.cli", "push", "v@s", "--pool", pool,
+                               "--remote", remote], capture_output=True, text=True,
+                              timeout=120, env=env)
     assert proc.returncode == 8, proc.stderr
     assert proc.stderr.startswith("rokfs: error: PUT locks/push-")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tools/setup.sh
-# -rs: every skip with its reason; --dist load: tests one by one to the idle worker
+# -rs: every skip with its reason; --dist load: no grouping, so the long tests spread out
 exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider -n 2 --dist load "$@"
