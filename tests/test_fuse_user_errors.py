@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -84,11 +85,33 @@ def test_an_invalid_name_is_logged_once(served):
     fails(errno.ENOENT, os.stat, served.mnt / "volumes" / "Not_Valid")   # just missing
 
 
+def gone_from_the_kernel_cache(path, within):
+    """True once stat(path) is ENOENT, polled for `within` seconds. The daemon
+    drops the kernel's cached entry (kept up to 1 s, TIMEOUT) with an
+    asynchronous invalidation, which only lands after the request that made
+    it is answered (a synchronous one would wait for that very request):
+    a stat at once can still be answered from the cache, for as long as the
+    daemon's notification thread waits for a core."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
 def test_a_create_refused_its_size_leaves_nothing(served):
     volumes = served.mnt / "volumes"
+    created = time.monotonic()
     res = run(["truncate", "-s", "1P", str(volumes / "big")], check=False)
     assert res.returncode and "Invalid argument" in res.stderr
     assert "big" not in os.listdir(volumes)
+    # well before the cached entry would expire by itself: the daemon invalidated it
+    within = max(0.2, created + 0.6 - time.monotonic())
+    assert gone_from_the_kernel_cache(volumes / "big", within)
     fails(errno.ENOENT, os.stat, volumes / "big")
     pool = json.loads(os.getxattr(served.mnt, P + "pool"))
     assert pool["deleting"] == 0                          # freed once truncate closed it
