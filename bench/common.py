@@ -48,6 +48,28 @@ def write_seed(path, size):
             f.write(os.urandom(1 << 20))
 
 
+def bench_setup(args, name, tools, workloads):
+    """What a fio side-by-side bench starts from: exit unless `tools` are
+    installed; (the image size, the workloads --only picks)."""
+    import shutil
+    import sys
+    from rokfs.units import parse_size
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"bench/{name}.py needs {tool}")
+    return parse_size(args.size), select_workloads(workloads, args.only)
+
+
+def seed_and_copy(tmp, size):
+    """(seed image, nbdkit's copy of it): `size` random bytes both sides
+    start from, in `tmp` (a Path)."""
+    import shutil
+    seed, kit_file = tmp / "seed.img", tmp / "nbdkit.img"
+    write_seed(seed, size)
+    shutil.copyfile(seed, kit_file)
+    return seed, kit_file
+
+
 def fio_arguments(parser, size, runtime):
     """The options every fio side-by-side bench takes."""
     parser.add_argument("--size", default=size, help="image size (default %(default)s)")

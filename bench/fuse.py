@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,9 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from common import fio_arguments, run_fio, select_workloads, write_seed  # noqa: E402
+from common import bench_setup, fio_arguments, run_fio, seed_and_copy  # noqa: E402
 
-from rokfs.units import parse_size  # noqa: E402
 
 WORKLOADS = [  # (label, fio rw, block size)
     ("seq read 1M", "read", "1M"),
@@ -120,17 +118,10 @@ def main():
     parser.add_argument("--page-cache", action="store_true",
                         help="mount rokfs with --page-cache instead of direct_io")
     args = parser.parse_args()
-    for tool in ("fio", "nbdkit", "nbdfuse", "fusermount3"):
-        if not shutil.which(tool):
-            sys.exit(f"bench/fuse.py needs {tool}")
-    size = parse_size(args.size)
-    WORKLOADS[:] = select_workloads(WORKLOADS, args.only)
+    size, WORKLOADS[:] = bench_setup(args, "fuse", ("fio", "nbdkit", "nbdfuse", "fusermount3"), WORKLOADS)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="fuse-bench-") as tmp:
         tmp = Path(tmp)
-        seed = tmp / "seed.img"
-        write_seed(seed, size)
-        kit_file = tmp / "nbdkit.img"
-        shutil.copyfile(seed, kit_file)
+        seed, kit_file = seed_and_copy(tmp, size)
         ours_mnt, kit_mnt = tmp / "rokfs", tmp / "nbdfuse"
         ours_mnt.mkdir()
         kit_mnt.mkdir()

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -32,9 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from common import fio_arguments, run_fio, select_workloads, write_seed  # noqa: E402
+from common import bench_setup, fio_arguments, run_fio, seed_and_copy  # noqa: E402
 
-from rokfs.units import parse_size  # noqa: E402
 
 EXTRA_ENV = {}
 WORKLOADS = [  # (label, fio rw, block size, queue depth, target ratio)
@@ -133,17 +131,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     fio_arguments(parser, size="512M", runtime=5)
     args = parser.parse_args()
-    for tool in ("fio", "nbdkit", "nbdcopy"):
-        if not shutil.which(tool):
-            sys.exit(f"bench/nbd.py needs {tool}")
-    size = parse_size(args.size)
-    WORKLOADS[:] = select_workloads(WORKLOADS, args.only)
+    size, WORKLOADS[:] = bench_setup(args, "nbd", ("fio", "nbdkit", "nbdcopy"), WORKLOADS)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="nbd-bench-") as tmp:
         tmp = Path(tmp)
-        seed = tmp / "seed.img"
-        write_seed(seed, size)
-        kit_file = tmp / "nbdkit.img"
-        shutil.copyfile(seed, kit_file)
+        seed, kit_file = seed_and_copy(tmp, size)
         make_pool(tmp / "pool", size)
         ours_sock, kit_sock = tmp / "rokfs.sock", tmp / "nbdkit.sock"
         ours_cmd = [sys.executable, "-m", "rokfs.cli", "nbd", "--pool", str(tmp / "pool"),

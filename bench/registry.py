@@ -21,7 +21,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import median, print_table  # noqa: E402
-from remote import paired_ratio, run_against_moto, s3_client, warm_remote  # noqa: E402
+from remote import paired_ratio, run_against_moto, s3_client, snapshot_of, warm_remote  # noqa: E402
 
 from rokfs.control import Control  # noqa: E402
 from rokfs.pool import Pool  # noqa: E402
@@ -82,12 +82,7 @@ def raw_get_all(client, bucket, keys, concurrency):
 async def hydration_round(tmp, spec, client, data, concurrency, r):
     """(raw GET seconds, our hydration seconds) of the same packs."""
     a, b = await pools(tmp, spec, concurrency, f"h{r}", 3600)
-    await a.create_volume("data", len(data))
-    dev = a.open_device("data")
-    for off in range(0, len(data), 4 * MiB):
-        await dev.pwrite(off, data[off:off + 4 * MiB])
-    dev.close()
-    await a.create_snapshot("data@s")
+    await snapshot_of(a, data)
     await a.registry_publish("data@s", f"team/h{r}")
     packs = [o.key for o in await a.remote().run(a.remote().objects.list, "packs/")]
     raw, total = raw_get_all(client, spec["bucket"], [f"{spec['prefix']}/{k}" for k in packs],

@@ -85,16 +85,22 @@ async def warm_remote(spec, concurrency):
     return remote
 
 
-async def push_round(tmp, spec, data, concurrency, round_no):
-    remote = await warm_remote(spec, concurrency)
-    pool = Pool.create(os.path.join(tmp, f"push{round_no}"))
-    control = Control(pool, {"default": remote})
+async def snapshot_of(control, data):
+    """Volume `data` holding `data`, written in 4 MiB pieces, and its
+    snapshot `data@s`."""
     await control.create_volume("data", len(data))
     dev = control.open_device("data")
     for off in range(0, len(data), 4 * MiB):
         await dev.pwrite(off, data[off:off + 4 * MiB])
     dev.close()
     await control.create_snapshot("data@s")
+
+
+async def push_round(tmp, spec, data, concurrency, round_no):
+    remote = await warm_remote(spec, concurrency)
+    pool = Pool.create(os.path.join(tmp, f"push{round_no}"))
+    control = Control(pool, {"default": remote})
+    await snapshot_of(control, data)
     before = remote.objects.requests
     t0 = time.perf_counter()
     result = await control.push("data@s")

@@ -177,10 +177,16 @@ class ExtentStore:
 
     def incref_all(self, slots):
         """incref() each of `slots` (a copied map leaf's entries)."""
+        if not slots:
+            return
         rc = self.rc
         for slot in slots:
             rc[slot] += 1
-        self.dirty_blocks.update({slot // RC_BLOCK for slot in slots})
+        first, last = min(slots) // RC_BLOCK, max(slots) // RC_BLOCK
+        if last - first < 4:            # the usual leaf: a few blocks, no per-slot set
+            self.dirty_blocks.update(range(first, last + 1))
+        else:
+            self.dirty_blocks.update({slot // RC_BLOCK for slot in slots})
 
     def decref(self, slot):
         count = self.rc[slot] - 1

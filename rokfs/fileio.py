@@ -22,10 +22,11 @@ def pread_full(fd, view, offset):
 
 
 def pwrite_full(fd, data, offset):
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        try:
-            done += os.pwrite(fd, view[done:], offset + done)
-        except OSError as exc:
-            raise from_os_error(exc, "writing chunk data") from exc
+    try:
+        done = os.pwrite(fd, data, offset)    # all of it, nearly always
+        if done < len(data):
+            view = memoryview(data)
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+    except OSError as exc:
+        raise from_os_error(exc, "writing chunk data") from exc

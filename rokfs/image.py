@@ -37,9 +37,11 @@ import collections
 from .errors import InvalidArgument, OutOfRange
 from .extentmap import FANOUT, INHERIT, LEAF, SLOT_BASE, ZERO
 from .fileio import pread_full
+from .partial import BLOCK as PARTIAL_BLOCK
 
 HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
 LIVE, DELETING, FREED = "live", "deleting", "freed"
+BLOCK_MASK = PARTIAL_BLOCK - 1   # a write of whole partial blocks has none of these bits
 EXTENT_VISITS = 1 << 15     # chunks `extents` looks at one by one per call, at most
 YIELDING_HOLDERS = frozenset({"hydrator"})   # let a delete through; the image waits for them
 FROZEN_READERS = frozenset({"push", "publish"})   # read slots from a worker thread (read_frozen)
@@ -431,28 +433,49 @@ class Volume(Image):
                 if run:
                     run = self._write_run(run, view)
                 piece = view[pos:pos + n]
-                over_partial = entry - SLOT_BASE in partial
-                slot = partials.write_over(entry - SLOT_BASE, within, piece, chunk) \
-                    if n < cs and entry >= SLOT_BASE else None
-                if slot is None:
+                old = entry - SLOT_BASE
+                if n >= cs or entry < SLOT_BASE:
                     self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
-                elif over_partial:
-                    self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+                elif old not in partial and not (within | n) & BLOCK_MASK:
+                    self._write_blocks_over(leaf_id, leaf, chunk, old, within, piece)
                 else:
-                    self._take_over_entry(leaf_id, leaf, chunk, entry, slot)
+                    self._write_partial(leaf_id, leaf, chunk, entry, within, piece, cs)
             pos += n
         self._write_run(run, view)
 
-    def _take_over_entry(self, leaf_id, leaf, chunk, entry, slot):
+    def _write_partial(self, leaf_id, leaf, chunk, entry, within, piece, cs):
+        """A write smaller than a chunk over a slot it may not write: a
+        partial slot over it (partial.py), or a copied chunk when that slot
+        would end up holding every block."""
+        over_partial = entry - SLOT_BASE in self.pool.slots.partials
+        slot = self.pool.slots.partials.write_over(entry - SLOT_BASE, within, piece, chunk)
+        if slot is None:
+            self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
+        elif over_partial:
+            self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+        else:
+            self._take_over_entry(leaf_id, leaf, chunk, entry - SLOT_BASE, slot)
+
+    def _write_blocks_over(self, leaf_id, leaf, chunk, old, within, piece):
+        """The hot path of a small write after a snapshot: whole blocks,
+        less than a chunk, over plain slot `old` go to a new partial slot."""
+        slot = self.pool.slots.partials.write_over_plain(old, within, piece, chunk)
+        self._take_over_entry(leaf_id, leaf, chunk, old, slot)
+
+    def _take_over_entry(self, leaf_id, leaf, chunk, old, slot):
         """Point the entry at new partial `slot`, whose record took over the
-        entry's reference on its old slot (whose count is unchanged). The
-        leaf's `sole` gains the new slot, less the old one if it was the
-        leaf's alone (count 1)."""
+        entry's reference on plain slot `old` (whose count is unchanged).
+        The path's `sole` gains the new slot, less the old one if it was
+        the path's alone (count 1). (nodes.changed() and add_along(),
+        inlined: this is the hot path of writes after a snapshot.)"""
         nodes = self.pool.nodes
         leaf[chunk % FANOUT] = slot + SLOT_BASE
-        nodes.dirty.add(leaf_id)                        # nodes.changed(), inlined
-        if self.pool.slots.rc[entry - SLOT_BASE] != 1:
-            nodes.add_along(self._paths[chunk // FANOUT], 0, 1)
+        nodes.dirty.add(leaf_id)
+        if self.pool.slots.rc[old] != 1:
+            sole, dirty_rc = nodes.sole, nodes.dirty_rc
+            for node_id in self._paths[chunk // FANOUT]:
+                sole[node_id] += 1
+                dirty_rc.add(node_id)
 
     def _write_run(self, run, view):
         if run:

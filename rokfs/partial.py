@@ -32,7 +32,8 @@ Invariants:
 
 from .fileio import pwrite_full
 
-BLOCK = 4096
+BLOCK_SHIFT = 12
+BLOCK = 1 << BLOCK_SHIFT     # the unit a partial slot holds or leaves to its old slot
 
 
 def block_range(within, length):
@@ -42,6 +43,11 @@ def block_range(within, length):
 
 def mask(first, stop):
     return ((1 << (stop - first)) - 1) << first
+
+
+def aligned_mask(within, length):
+    """mask() of a byte range that starts and ends on block boundaries."""
+    return ((1 << (length >> BLOCK_SHIFT)) - 1) << (within >> BLOCK_SHIFT)
 
 
 def runs(bits, first, stop):
@@ -61,6 +67,7 @@ class PartialSlots:
 
     def __init__(self, slots, rows=()):
         self.slots = slots
+        self.chunk_size = slots.chunk_size
         self.nblocks = slots.chunk_size // BLOCK
         self.full = (1 << self.nblocks) - 1
         self.table = {slot: [old, int.from_bytes(bits, "little"), chunk]
@@ -162,18 +169,8 @@ class PartialSlots:
         slot, or None, changing nothing, when it would hold the whole chunk
         (the caller copies the chunk instead)."""
         record = self.table.get(old_slot)
-        if record is None and not (within | len(piece)) % BLOCK:
-            # the hot path of a small write after a snapshot: one allocation,
-            # one pwrite, one record
-            written = ((1 << (len(piece) // BLOCK)) - 1) << (within // BLOCK)
-            if written == self.full:
-                return None
-            slot, fd, offset = self.slots.allocate_at()
-            pwrite_full(fd, piece, offset + within)
-            self.table[slot] = [old_slot, written, chunk]      # _record(), inlined
-            self.dirty.add(slot)
-            self.gone.discard(slot)
-            return slot
+        if record is None and not (within | len(piece)) % BLOCK and len(piece) < self.chunk_size:
+            return self.write_over_plain(old_slot, within, piece, chunk)
         first, stop = block_range(within, len(piece))
         written = mask(first, stop) | (record[1] if record else 0)
         if written == self.full:
@@ -189,8 +186,23 @@ class PartialSlots:
         self.add(slot, record[0], written, chunk)
         return slot
 
+    def write_over_plain(self, old_slot, within, piece, chunk):
+        """The hot path of a small write after a snapshot: `piece`, whole
+        blocks at a block boundary and less than a chunk, over plain slot
+        `old_slot`: one allocation, one pwrite, one record. Returns the new
+        slot (see write_over for the reference it takes over)."""
+        slot, fd, offset = self.slots.allocate_at()
+        pwrite_full(fd, piece, offset + within)
+        self.table[slot] = [old_slot, aligned_mask(within, len(piece)), chunk]
+        self.dirty.add(slot)
+        self.gone.discard(slot)
+        return slot
+
     def write_in_place(self, slot, within, piece):
         """Write into an exclusive partial slot; returns True if now complete."""
+        if not (within | len(piece)) % BLOCK:          # whole blocks: the hot path
+            self.slots.write(slot, within, piece)
+            return self.set_bits(slot, aligned_mask(within, len(piece)))
         first, stop = block_range(within, len(piece))
         self._write_blocks(slot, slot, within, piece)
         return self.set_bits(slot, mask(first, stop))
