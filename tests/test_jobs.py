@@ -274,10 +274,22 @@ def rokctl_process(daemon, *args):
     """rokctl as a person runs it in a terminal: SIGINT is a Ctrl-C. (A
     process started in the background by a non-interactive shell, as a
     test runner may be, ignores SIGINT, and so would its children: Python
-    then installs no KeyboardInterrupt handler and SIGINT does nothing.)"""
-    return subprocess.Popen([sys.executable, "-m", "rokfs.rokctl", "--socket", daemon.control,
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    then installs no KeyboardInterrupt handler and SIGINT does nothing.)
+    Not with a preexec_fn: with one, Popen forks with the fork handlers
+    run (not vfork), and gRPC's (this process has channels open) hung the
+    fork once, in Popen, for good. Instead: a caught signal is reset to its
+    default at exec, an ignored one stays ignored, so SIGINT is caught here
+    while the child starts."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "rokfs.rokctl", "--socket",
+                                 daemon.control, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def wait_until(predicate, what, timeout=60):

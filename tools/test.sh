@@ -6,5 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tools/setup.sh
-# -rs: every skip with its reason; --dist load: no grouping, so the long tests spread out
-exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider -n 2 --dist load "$@"
+# -rfEs: every failure, error and skip (with its reason) in the summary;
+# --dist load: no grouping, so the long tests spread out over the workers
+exec .venv/bin/python -m pytest -q -rfEs -p no:cacheprovider -n 2 --dist load "$@"
