@@ -21,7 +21,10 @@ Invariants:
   bytes: `hashed` marks every slot that has one, in memory or in the store,
   and a write in place into a marked slot (possible once no snapshot reaches
   it any more) forgets the hash first (Image.pwrite); a freed slot's goes
-  with the commit that frees it.
+  with the commit that frees it. A slot whose new hash a batch carries is
+  pinned until that batch ends (not written in place: the write goes to a
+  new slot), so that a crash after the batch cannot leave a stored hash of
+  bytes the slot no longer holds.
 """
 
 import dataclasses
@@ -90,6 +93,7 @@ class Commits:
         slot_state = pool.slots.begin_commit()
         forget, self.forgotten_slot_hashes = self.forgotten_slot_hashes, set()
         new_hashes, self.new_slot_hashes = self.new_slot_hashes, {}
+        pool.slots.pin_inflight(new_hashes)
         return CommitBatch(
             volumes=_rows(pool, volumes), snapshots=_rows(pool, snapshots),
             deleted_volumes=sorted(deleted_volumes), deleted_snapshots=sorted(deleted_snapshots),

@@ -155,11 +155,15 @@ class Control(HydrationVerbs, RegistryVerbs, PolicyVerbs):
             log.info("event=image_freed image=%s", image.full_name)
             self._flush_soon()
 
+    async def _committed_info(self, image):
+        """A verb's answer: `image`'s info, once what the verb changed is
+        committed."""
+        await self.flush()
+        return image.info()
+
     # -- volumes ---------------------------------------------------------------
     async def create_volume(self, name, size):
-        vol = self.pool.create_volume(name, size)
-        await self.flush()
-        return vol.info()
+        return await self._committed_info(self.pool.create_volume(name, size))
 
     async def delete_volume(self, name, *, recursive=False, defer=False, force=False):
         """Delete a volume (and its snapshots if `recursive`); refused while
@@ -170,20 +174,15 @@ class Control(HydrationVerbs, RegistryVerbs, PolicyVerbs):
 
     async def rename_volume(self, old, new):
         names.check_name(new, "new volume")
-        vol = self.pool.rename_volume(old, new)
-        await self.flush()
-        return vol.info()
+        return await self._committed_info(self.pool.rename_volume(old, new))
 
     async def resize_volume(self, name, size, *, force=False):
-        vol = await self._hydrating(self.pool.resize_volume, name, size, force=force)
-        await self.flush()
-        return vol.info()
+        return await self._committed_info(
+            await self._hydrating(self.pool.resize_volume, name, size, force=force))
 
     async def clone(self, source, new_name):
         names.check_name(new_name, "new volume")
-        vol = self.pool.clone(source, new_name)
-        await self.flush()
-        return vol.info()
+        return await self._committed_info(self.pool.clone(source, new_name))
 
     def stat(self, name):
         """Cheap facts about a volume or snapshot (no map walk), for listings."""
@@ -213,14 +212,10 @@ class Control(HydrationVerbs, RegistryVerbs, PolicyVerbs):
     async def hold_snapshot(self, full_name, reason="", *, tag="user"):
         """Keep a snapshot from deletion (retention never deletes it; a
         manual delete needs force) until release_snapshot(tag)."""
-        snap = self.pool.add_hold(full_name, tag, reason)
-        await self.flush()
-        return snap.info()
+        return await self._committed_info(self.pool.add_hold(full_name, tag, reason))
 
     async def release_snapshot(self, full_name, *, tag="user"):
-        snap = self.pool.remove_hold(full_name, tag)
-        await self.flush()
-        return snap.info()
+        return await self._committed_info(self.pool.remove_hold(full_name, tag))
 
     # -- group snapshots -------------------------------------------------------------------
     async def create_group_snapshot(self, group, volumes, labels=None, freeze=None):

@@ -27,7 +27,8 @@ Invariants:
   owner still references it in the committed metadata) and a slot whose
   count reached zero is *pending*: neither is written or reused until the
   commit that records the change has completed. This is what keeps the pool
-  at "the last flush or later" after a crash.
+  at "the last flush or later" after a crash. (A commit in flight also pins
+  the slots whose cached hashes it stores: see commit.py.)
 """
 
 import ctypes
@@ -389,6 +390,13 @@ class ExtentStore:
         self.pinned = set()
         self.freed = []
         return state
+
+    def pin_inflight(self, slots):
+        """Keep `slots` from in-place writes until the commit begun last
+        ends, like the slots pinned in its epoch (a new set: the batch's
+        own `pinned` stays what it was)."""
+        if slots:
+            self.pinned_inflight = self.pinned_inflight | set(slots)
 
     @staticmethod
     def sync(state):

@@ -299,6 +299,34 @@ async def test_a_slot_written_in_place_after_its_snapshot_went_is_hashed_again(t
         b"\2" * cs + b"\1" * (3 * cs)
 
 
+def test_a_slot_whose_hash_a_commit_is_storing_is_not_written_in_place(tmp_path):
+    """Between a commit taking a slot's new hash and storing it, a write in
+    place (the volume owns the slot) and a crash before the next commit
+    would leave the store with a hash of bytes the slot no longer holds (a
+    later push would name old bytes). The slot is pinned until that commit
+    ends: the write goes to another slot and the stored hash stays true."""
+    import blake3
+    pool = Pool.create(str(tmp_path / "p"))
+    cs = pool.chunk_size
+    vol = pool.create_volume("v", 2 * cs)
+    vol.pwrite(0, b"\1" * cs)
+    pool.commit()
+    slot = vol.entry(0) - 2
+    pool.record_slot_hash(slot, blake3.blake3(b"\1" * cs).hexdigest())
+    batch = pool.commits.begin()                        # carries the hash
+    vol.pwrite(0, b"\2" * cs)                           # meanwhile, a write
+    vol.pwrite(cs // 2, b"\3" * 4096)                   # and a small one
+    pool.commits.write(batch)                           # the hash is stored
+    pool.commits.end(batch)                             # (a crash here)
+    held = bytearray(cs)
+    pool.slots.read_raw(slot, 0, memoryview(held))
+    assert pool.store.load_slot_hashes([slot]) == {slot: blake3.blake3(held).hexdigest()}
+    assert vol.entry(0) - 2 != slot and bytes(vol.pread(0, 8)) == b"\2" * 8
+    pool.commit()                                       # the old slot was freed:
+    assert pool.store.load_slot_hashes([slot]) == {}    # its hash went with it
+    pool.close()
+
+
 async def test_volume_deleted_during_a_fetch_is_left_alone(tmp_path):
     remote = open_remote({"type": "dir", "path": str(tmp_path / "remote")})
     a = make_control(tmp_path / "a", remote)

@@ -11,6 +11,7 @@ Invariants:
   pool directory.
 """
 
+import functools
 import os
 
 from ..errors import InvalidArgument
@@ -25,23 +26,19 @@ class Identity:
 
     def __init__(self, pool_path):
         self.dir = os.path.join(pool_path, KEY_DIR)
-        self._signing = self._reader = None
 
-    @property
+    @functools.cached_property
     def signing(self):
-        if self._signing is None:
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-            raw = _load_or_create(os.path.join(self.dir, SIGNING_FILE))
-            self._signing = Ed25519PrivateKey.from_private_bytes(raw)
-        return self._signing
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        return Ed25519PrivateKey.from_private_bytes(self._private(SIGNING_FILE))
 
-    @property
+    @functools.cached_property
     def reader(self):
-        if self._reader is None:
-            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-            raw = _load_or_create(os.path.join(self.dir, READER_FILE))
-            self._reader = X25519PrivateKey.from_private_bytes(raw)
-        return self._reader
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        return X25519PrivateKey.from_private_bytes(self._private(READER_FILE))
+
+    def _private(self, filename):
+        return _load_or_create(os.path.join(self.dir, filename))
 
     @property
     def public_hex(self):
