@@ -35,7 +35,7 @@ Invariants:
 import collections
 
 from .errors import InvalidArgument, OutOfRange
-from .extentmap import FANOUT, INHERIT, LEAF, SLOT_BASE, ZERO
+from .extentmap import FANOUT, INHERIT, LEAF, SLOT_BASE, ZERO, SummaryDeltas
 from .fileio import pread_full
 from .partial import BLOCK as PARTIAL_BLOCK
 
@@ -238,9 +238,10 @@ class Image:
         self._leaves[leaf_no] = hit[1]
         return hit
 
-    def _set_entry(self, leaf_id, leaf, chunk, new):
+    def _set_entry(self, leaf_id, leaf, chunk, new, deltas=None):
         """Set an entry of an owned leaf; the path's summaries and `cold`
-        follow. A new slot entry is a fresh slot (count 1)."""
+        follow, now or through `deltas` (extentmap.SummaryDeltas). A new
+        slot entry is a fresh slot (count 1)."""
         nodes = self.pool.nodes
         i = chunk % FANOUT
         old = leaf[i]
@@ -249,12 +250,16 @@ class Image:
         mapped = sole = 0
         if old >= SLOT_BASE:
             mapped -= 1
-            sole -= nodes.drop_slot(old - SLOT_BASE, leaf_id, i)
+            sole -= nodes.drop_slot(old - SLOT_BASE, leaf_id, i, deltas)
         if new >= SLOT_BASE:
             mapped += 1
             sole += 1
-        if mapped or sole:
+        if not (mapped or sole):
+            pass
+        elif deltas is None:
             nodes.add_along(self._paths[chunk // FANOUT], mapped, sole)
+        else:
+            deltas.along(self._paths[chunk // FANOUT], mapped, sole)
         if self.base_chunks and (old == INHERIT) != (new == INHERIT) \
                 and chunk < self.cold_limit:
             self.cold += 1 if new == INHERIT else -1
@@ -411,37 +416,45 @@ class Volume(Image):
         partials = slots.partials
         partial = partials.table
         hashed = self.pool.commits.hashed
-        run, pos = None, 0
-        for chunk, within, n in self.spans(offset, len(view)):
-            leaf_id, leaf = self._own_leaf(chunk // FANOUT)
-            entry = leaf[chunk % FANOUT]
-            if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
-                if entry - SLOT_BASE in hashed:         # its cached hash no longer holds
-                    self.pool.forget_slot_hashes([entry - SLOT_BASE])
-                if entry - SLOT_BASE in partial:
-                    run = self._write_run(run, view)
-                    partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
-                    pos += n
-                    continue
-                fd, base = slots.locate(entry - SLOT_BASE)
-                if _extends(run, fd, base + within, pos):
-                    run[3] += n
+        # a write over several chunks gathers its summary changes: one walk
+        # per leaf instead of one per chunk (extentmap.SummaryDeltas)
+        deltas = SummaryDeltas() if len(view) > cs else None
+        try:
+            run, pos = None, 0
+            for chunk, within, n in self.spans(offset, len(view)):
+                leaf_id, leaf = self._own_leaf(chunk // FANOUT)
+                entry = leaf[chunk % FANOUT]
+                if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
+                    if entry - SLOT_BASE in hashed:         # its cached hash no longer holds
+                        self.pool.forget_slot_hashes([entry - SLOT_BASE])
+                    if entry - SLOT_BASE in partial:
+                        run = self._write_run(run, view)
+                        partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
+                        pos += n
+                        continue
+                    fd, base = slots.locate(entry - SLOT_BASE)
+                    if _extends(run, fd, base + within, pos):
+                        run[3] += n
+                    else:
+                        run = self._write_run(run, view)
+                        run = [fd, base + within, pos, n]
                 else:
-                    run = self._write_run(run, view)
-                    run = [fd, base + within, pos, n]
-            else:
-                if run:
-                    run = self._write_run(run, view)
-                piece = view[pos:pos + n]
-                old = entry - SLOT_BASE
-                if n >= cs or entry < SLOT_BASE:
-                    self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs)
-                elif old not in partial and not (within | n) & BLOCK_MASK:
-                    self._write_blocks_over(leaf_id, leaf, chunk, old, within, piece)
-                else:
-                    self._write_partial(leaf_id, leaf, chunk, entry, within, piece, cs)
-            pos += n
-        self._write_run(run, view)
+                    if run:
+                        run = self._write_run(run, view)
+                    piece = view[pos:pos + n]
+                    old = entry - SLOT_BASE
+                    if n >= cs or entry < SLOT_BASE:
+                        self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs,
+                                             deltas)
+                    elif old not in partial and not (within | n) & BLOCK_MASK:
+                        self._write_blocks_over(leaf_id, leaf, chunk, old, within, piece)
+                    else:
+                        self._write_partial(leaf_id, leaf, chunk, entry, within, piece, cs)
+                pos += n
+            self._write_run(run, view)
+        finally:
+            if deltas is not None:
+                deltas.apply(self.pool.nodes)
 
     def _write_partial(self, leaf_id, leaf, chunk, entry, within, piece, cs):
         """A write smaller than a chunk over a slot it may not write: a
@@ -491,7 +504,7 @@ class Volume(Image):
         if cold:
             raise NeedsChunks(self, cold)
 
-    def _write_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs):
+    def _write_new_slot(self, leaf_id, leaf, chunk, entry, within, piece, cs, deltas=None):
         """Write a chunk to a fresh slot, one chunk per pwrite (a bigger write
         into fresh file space gets large page-cache folios, which make later
         small in-place writes ~2.5x slower). A partial write copies the rest
@@ -502,7 +515,7 @@ class Volume(Image):
         if len(piece) < cs:
             piece = slots.merged(entry - SLOT_BASE if entry >= SLOT_BASE else None, within, piece)
         slots.write_at(fd, piece, offset)
-        self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE)
+        self._set_entry(leaf_id, leaf, chunk, slot + SLOT_BASE, deltas)
 
     def trim(self, offset, length):
         """Discard the range: it reads as zeros afterwards, and cold chunks
