@@ -8,6 +8,10 @@ side by side with raw boto3 at the same concurrency:
 - S3 requests per GiB pushed (target <= 1024)
 
 Data is random (incompressible): the worst case for lz4 and for bytes sent.
+Next to the hydration ratio, the CPU seconds per GiB that each side costs this
+process and the moto server: on a small machine both share the cores, so the
+ratio is bounded by the two sides' CPU cost (hydration also verifies every
+chunk's blake3 and writes it to disk; the raw side drops what it read).
 Each throughput figure is the median of --rounds runs; a ratio is the median
 of the rounds' ratios (range in brackets).
 """
@@ -15,6 +19,7 @@ of the rounds' ratios (range in brackets).
 import argparse
 import concurrent.futures
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -32,6 +37,16 @@ from rokfs.pool import Pool  # noqa: E402
 from rokfs.remote import open_remote  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
+MOTO = {}                       # "pid" of the moto server started last
+
+
+def cpu_seconds():
+    """(CPU seconds of this process, of the moto server) so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    with open(f"/proc/{MOTO['pid']}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    moto = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own.ru_utime + own.ru_stime, moto
 
 
 def start_moto():
@@ -41,6 +56,7 @@ def start_moto():
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                              "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    MOTO["pid"] = proc.pid
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
@@ -115,15 +131,16 @@ async def hydrate_round(tmp, spec, concurrency, round_no):
     pool = Pool.create(os.path.join(tmp, f"pull{round_no}"))
     control = Control(pool, {"default": remote})
     await control.pull("data@s", "copy")
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     async with trio.open_nursery() as nursery:
         await nursery.start(control.run_background)
         while control.hydration_status("copy")["state"] != "hydrated":
             await trio.sleep(0.001)
         nursery.cancel_scope.cancel()
     seconds = time.perf_counter() - t0
+    cpu = [b - a for a, b in zip(cpu0, cpu_seconds())]
     pool.close()
-    return seconds
+    return seconds, cpu
 
 
 async def first_read(tmp, spec, size, tag):
@@ -167,6 +184,7 @@ async def run(args, url, tmp):
             "region": "us-east-1"}
     size = args.size_mib * MiB
     push_s, raw_put_s, hyd_s, raw_get_s, reqs = [], [], [], [], []
+    raw_cpu, hyd_cpu = [], []           # [(own, moto)] CPU seconds per round
     for r in range(args.rounds):
         data = os.urandom(size)
         blobs = {f"raw/{r}/{i:06d}": data[i * 4 * MiB:(i + 1) * 4 * MiB]
@@ -176,8 +194,12 @@ async def run(args, url, tmp):
         seconds, requests, _ = await push_round(tmp, spec_r, data, args.concurrency, r)
         push_s.append(seconds)
         reqs.append(requests * GiB / size)
+        before = cpu_seconds()
         raw_get_s.append(raw_get(client, "bench", list(blobs), args.concurrency))
-        hyd_s.append(await hydrate_round(tmp, spec_r, args.concurrency, r))
+        raw_cpu.append([b - a for a, b in zip(before, cpu_seconds())])
+        seconds, cpu = await hydrate_round(tmp, spec_r, args.concurrency, r)
+        hyd_s.append(seconds)
+        hyd_cpu.append(cpu)
         del data, blobs
     mb = size / MiB
     rows = [("push", f"{mb / median(push_s):.0f} MiB/s", f"{mb / median(raw_put_s):.0f} MiB/s",
@@ -187,6 +209,14 @@ async def run(args, url, tmp):
     print_table(f"throughput, {args.size_mib} MiB random data, concurrency {args.concurrency}, "
                 f"median of {args.rounds}", ("what", "rokfs", "raw boto3", "ratio", "target"),
                 rows)
+    per_gib = GiB / size
+
+    def cpu_row(what, rounds):
+        own, moto = (median([r[i] for r in rounds]) * per_gib for i in (0, 1))
+        return what, f"{own:.2f}", f"{moto:.2f}", f"{own + moto:.2f}"
+    print_table(f"CPU seconds per GiB, median of {args.rounds}",
+                ("what", "this process", "moto", "both"),
+                [cpu_row("raw boto3 GET", raw_cpu), cpu_row("hydrate", hyd_cpu)])
     print_table("S3 requests per GiB pushed", ("rokfs", "target"),
                 [(f"{median(reqs):.0f}", "<= 1024")])
     small = median([await first_read(tmp, {**spec, "prefix": "fr"}, GiB, f"g1-{r}")
