@@ -253,22 +253,25 @@ class MapNodes:
         self.slots.decref(slot)
         if before == 2:
             leaf_no, index = divmod(chunk, FANOUT)
-            entry = slot + SLOT_BASE
-            for leaf_id in self.at[(LEAF, leaf_no)]:
-                if self.get(leaf_id)[index] == entry:
-                    self.add_sole(leaf_id, 1)
-                    return
+            holder = self._leaf_holding((LEAF, leaf_no), index, slot)
+            if holder is not None:
+                self.add_sole(holder, 1)
 
     def slot_holder(self, slot, leaf_id, index):
         """The other leaf at `leaf_id`'s position whose entry `index` is `slot`."""
-        entry = slot + SLOT_BASE
         hint = self.copy_hint.get(leaf_id)
         if hint in self.rc and self.pos.get(hint) == self.pos[leaf_id] \
-                and self.get(hint)[index] == entry:
+                and self.get(hint)[index] == slot + SLOT_BASE:
             return hint
-        for other in self.at[self.pos[leaf_id]]:
-            if other != leaf_id and self.get(other)[index] == entry:
-                return other
+        return self._leaf_holding(self.pos[leaf_id], index, slot, other_than=leaf_id)
+
+    def _leaf_holding(self, pos, index, slot, other_than=None):
+        """A leaf at `pos` (other than `other_than`) whose entry `index` is
+        `slot`, or None."""
+        entry = slot + SLOT_BASE
+        for leaf_id in self.at[pos]:
+            if leaf_id != other_than and self.get(leaf_id)[index] == entry:
+                return leaf_id
         return None
 
     def parent_of(self, node_id, exclude=None):

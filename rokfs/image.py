@@ -36,7 +36,7 @@ import collections
 
 from .errors import InvalidArgument, OutOfRange
 from .extentmap import FANOUT, INHERIT, LEAF, SLOT_BASE, ZERO, SummaryDeltas
-from .fileio import pread_full
+from .fileio import add_piece, pread_full
 from .partial import BLOCK as PARTIAL_BLOCK
 
 HOLE, ZERO_FLAG = 1, 2  # extent flags, as NBD base:allocation
@@ -143,19 +143,15 @@ class Image:
         plan, cold = [], []
         for chunk, within, n in self.spans(offset, length):
             entry = self.entry(chunk)
-            last = plan[-1] if plan else None
             if entry >= SLOT_BASE and entry - SLOT_BASE in partials:
                 slots.partials.plan(entry - SLOT_BASE, partials[entry - SLOT_BASE],
                                     within, n, plan)
             elif entry >= SLOT_BASE:
                 fd, base = slots.locate(entry - SLOT_BASE)
-                if type(last) is list and last[0] == fd and last[1] + last[2] == base + within:
-                    last[2] += n
-                else:
-                    plan.append([fd, base + within, n])
+                add_piece(plan, fd, base + within, n)
             elif self.is_cold(chunk, entry):
                 cold.append(chunk)
-            elif type(last) is int:
+            elif plan and type(plan[-1]) is int:
                 plan[-1] += n
             else:
                 plan.append(n)
@@ -424,15 +420,16 @@ class Volume(Image):
             for chunk, within, n in self.spans(offset, len(view)):
                 leaf_id, leaf = self._own_leaf(chunk // FANOUT)
                 entry = leaf[chunk % FANOUT]
-                if entry >= SLOT_BASE and slots.writable(entry - SLOT_BASE):
-                    if entry - SLOT_BASE in hashed:         # its cached hash no longer holds
-                        self.pool.forget_slot_hashes([entry - SLOT_BASE])
-                    if entry - SLOT_BASE in partial:
+                old = entry - SLOT_BASE                      # the slot, if entry is one
+                if entry >= SLOT_BASE and slots.writable(old):
+                    if old in hashed:                        # its cached hash no longer holds
+                        self.pool.forget_slot_hashes([old])
+                    if old in partial:
                         run = self._write_run(run, view)
-                        partials.write_in_place(entry - SLOT_BASE, within, view[pos:pos + n])
+                        partials.write_in_place(old, within, view[pos:pos + n])
                         pos += n
                         continue
-                    fd, base = slots.locate(entry - SLOT_BASE)
+                    fd, base = slots.locate(old)
                     if _extends(run, fd, base + within, pos):
                         run[3] += n
                     else:
@@ -442,7 +439,6 @@ class Volume(Image):
                     if run:
                         run = self._write_run(run, view)
                     piece = view[pos:pos + n]
-                    old = entry - SLOT_BASE
                     if n >= cs or entry < SLOT_BASE:
                         self._write_new_slot(leaf_id, leaf, chunk, entry, within, piece, cs,
                                              deltas)

@@ -30,7 +30,7 @@ Invariants:
   pool runs the filler only while no push or publish holds an image.
 """
 
-from .fileio import pwrite_full
+from .fileio import add_piece, pwrite_full
 
 BLOCK_SHIFT = 12
 BLOCK = 1 << BLOCK_SHIFT     # the unit a partial slot holds or leaves to its old slot
@@ -135,11 +135,7 @@ class PartialSlots:
         for start, count, held in runs(bits, first, stop):
             lo, hi = max(start * BLOCK, within), min((start + count) * BLOCK, end)
             fd, base = self.slots.locate(slot if held else old)
-            last = plan[-1] if plan else None
-            if type(last) is list and last[0] == fd and last[1] + last[2] == base + lo:
-                last[2] += hi - lo
-            else:
-                plan.append([fd, base + lo, hi - lo])
+            add_piece(plan, fd, base + lo, hi - lo)
 
     def read_chunk(self, slot, view):
         """Thread-safe (see the note): the whole content of `slot` into `view`."""
@@ -193,9 +189,7 @@ class PartialSlots:
         slot (see write_over for the reference it takes over)."""
         slot, fd, offset = self.slots.allocate_at()
         pwrite_full(fd, piece, offset + within)
-        self.table[slot] = [old_slot, aligned_mask(within, len(piece)), chunk]
-        self.dirty.add(slot)
-        self.gone.discard(slot)
+        self._record(slot, old_slot, aligned_mask(within, len(piece)), chunk)
         return slot
 
     def write_in_place(self, slot, within, piece):
